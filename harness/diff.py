@@ -1,0 +1,115 @@
+"""Observed tables versus the reference model: findings, then ranges of findings."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Iterable
+
+from harness.findings import Finding
+from harness.formats.base import Mapping, WalkResult
+from harness.models.base import ExpectedPage, Expectation
+
+__all__ = ["diff", "coalesce", "find_mapping", "structural_findings"]
+
+
+def find_mapping(mappings: list[Mapping], gpa: int,
+                 starts: list[int] | None = None) -> Mapping | None:
+    """The mapping covering *gpa* in a list sorted by gpa (binary search)."""
+    keys = starts if starts is not None else [m.gpa for m in mappings]
+    i = bisect.bisect_right(keys, gpa) - 1
+    if i >= 0 and mappings[i].gpa <= gpa < mappings[i].end:
+        return mappings[i]
+    return None
+
+
+def structural_findings(vm: str, walk: WalkResult) -> list[Finding]:
+    """The walker's own findings, in the common Finding form."""
+    return [Finding(kind=s.kind, vm=vm, gpa=s.gpa, expected=None, observed=s.raw,
+                    detail=f"level {s.level} table {s.table:#x}[{s.index}] {s.detail}".rstrip())
+            for s in walk.findings]
+
+
+def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Finding]:
+    if m is None:
+        return [Finding("missing", vm, page.gpa, expected=page.hpa, observed=None,
+                        detail="touched page has no present leaf")]
+    out: list[Finding] = []
+    hpa = m.hpa + (page.gpa - m.gpa)
+    if page.hpa is not None and hpa != page.hpa:
+        out.append(Finding("wrong_frame", vm, page.gpa, expected=page.hpa, observed=hpa,
+                           detail=f"leaf {m.raw:#x}"))
+    want = {k: getattr(page, k) for k in "rwx" if getattr(page, k) is not None}
+    got = {k: getattr(m, k) for k in want}
+    if want != got:
+        out.append(Finding("permission", vm, page.gpa, expected=_perm(want), observed=_perm(got),
+                           detail=f"leaf {m.raw:#x}"))
+    if page.memtype is not None and m.memtype != page.memtype:
+        out.append(Finding("memtype", vm, page.gpa, expected=page.memtype, observed=m.memtype,
+                           detail=f"leaf {m.raw:#x}"))
+    return out
+
+
+def _perm(d: dict[str, bool | None]) -> str:
+    return "".join(k if d.get(k) else "-" for k in "rwx" if k in d)
+
+
+def diff(walk: WalkResult, exp: Expectation) -> list[Finding]:
+    """Every finding for one VM: structural, per-leaf rule, and required pages.
+
+    Duplicates (same kind and GPA from two rules) are reported once.
+    """
+    mappings = sorted(walk.mappings, key=lambda m: m.gpa)
+    starts = [m.gpa for m in mappings]
+    found = structural_findings(exp.vm, walk)
+    for m in mappings:
+        found.extend(exp.check(m))
+    for page in exp.required:
+        found.extend(_check_required(exp.vm, page, find_mapping(mappings, page.gpa, starts)))
+    return _dedup(found)
+
+
+def _dedup(findings: Iterable[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str, int | None]] = set()
+    out = []
+    for f in findings:
+        key = (f.kind, f.vm, f.gpa)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def coalesce(findings: list[Finding], page: int = 4096) -> list[Finding]:
+    """Merge runs of same-kind findings on consecutive pages into one ranged finding.
+
+    Values that step by one page along the run (frames) are kept as the
+    first page's; the detail gives the count of pages merged.
+    """
+    keyed = sorted(findings, key=lambda f: (f.vm, f.kind, -1 if f.gpa is None else f.gpa))
+    out: list[Finding] = []
+    run: list[Finding] = []
+    for f in keyed:
+        if run and _extends(run[-1], f, page):
+            run.append(f)
+            continue
+        if run:
+            out.append(_merge(run, page))
+        run = [f]
+    if run:
+        out.append(_merge(run, page))
+    return out
+
+
+def _extends(prev: Finding, f: Finding, page: int) -> bool:
+    return (prev.gpa is not None and f.gpa is not None and prev.vm == f.vm
+            and prev.kind == f.kind and f.gpa == (prev.end or prev.gpa + page)
+            and prev.detail.split(" ")[0] == f.detail.split(" ")[0])
+
+
+def _merge(run: list[Finding], page: int) -> Finding:
+    if len(run) == 1:
+        return run[0]
+    first, last = run[0], run[-1]
+    end = last.end or (last.gpa or 0) + page
+    return Finding(first.kind, first.vm, first.gpa, first.expected, first.observed,
+                   detail=f"{first.detail} ({len(run)} pages)".strip(), end=end)

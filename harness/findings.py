@@ -1,0 +1,76 @@
+"""Findings: what a disagreement between tables and model is reported as."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Finding", "FINDING_KINDS"]
+
+# kind -> one-line meaning (docs/scenario-format.md lists these too)
+FINDING_KINDS: dict[str, str] = {
+    "missing": "a page the workload touched is not mapped",
+    "unexpected": "a mapping outside every memory range (or in a range that must not be mapped)",
+    "wrong_frame": "the leaf maps another host page than the model expects",
+    "permission": "the leaf's R/W/X differ from what the range allows",
+    "memtype": "the leaf's memory type differs from the model's",
+    "reserved_bits": "an entry has reserved bits set",
+    "frame_beyond_memory": "an entry points beyond the L1's memory",
+    "loop": "a table refers back to itself or an ancestor",
+    "read_budget": "the walk read more tables than its budget allows",
+    "bad_entry": "an entry the format forbids (e.g. PS in a PML4E)",
+    "leftover": "an entry or table page remains after teardown or range removal",
+    "stale": "a host PTE with no valid guest page-table path (missed invalidation)",
+    "panic": "the guest kernel panicked or oopsed",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement, with the GPA, the expected and the observed value.
+
+    ``end`` is set when findings were coalesced into a range [gpa, end).
+    """
+
+    kind: str
+    vm: str
+    gpa: int | None
+    expected: Any
+    observed: Any
+    detail: str = ""
+    end: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The findings.json form; addresses as hex strings for humans."""
+        out: dict[str, Any] = {
+            "kind": self.kind, "vm": self.vm,
+            "gpa": None if self.gpa is None else f"{self.gpa:#x}",
+            "expected": _jsonable(self.expected), "observed": _jsonable(self.observed),
+            "detail": self.detail,
+        }
+        if self.end is not None:
+            out["end"] = f"{self.end:#x}"
+        return out
+
+    def summary(self) -> str:
+        """One line for terminals and pytest reports."""
+        where = "-" if self.gpa is None else f"{self.gpa:#x}"
+        if self.end is not None:
+            where += f"..{self.end:#x}"
+        return (f"{self.kind} vm={self.vm} gpa={where} expected={_short(self.expected)} "
+                f"observed={_short(self.observed)} {self.detail}").rstrip()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:#x}"
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _short(v: Any) -> str:
+    j = _jsonable(v)
+    return str(j) if not isinstance(j, str) else j

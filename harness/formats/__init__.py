@@ -1,0 +1,14 @@
+"""Registry of second-level page-table formats.
+
+``FORMATS[name]`` gives a :class:`~harness.formats.base.Format`; an unknown
+name raises an error that lists the registered ones.
+"""
+
+from __future__ import annotations
+
+from harness.formats.base import Format, Mapping, StructuralFinding, WalkLimits, WalkResult
+from harness.registry import Registry
+
+__all__ = ["FORMATS", "Format", "Mapping", "StructuralFinding", "WalkLimits", "WalkResult"]
+
+FORMATS: Registry[Format] = Registry("page-table format")

@@ -1,0 +1,92 @@
+"""Types shared by every second-level page-table format.
+
+A format module exposes ``walk(mem, root, params) -> WalkResult``: a pure
+function over :class:`harness.mem.PhysMem` that yields one :class:`Mapping`
+per present leaf and one :class:`StructuralFinding` per entry that cannot be a
+valid mapping (reserved bits, frame beyond memory, loops, read budget).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from harness.mem import PhysMem
+
+__all__ = ["Mapping", "StructuralFinding", "WalkResult", "Format", "WalkLimits"]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One present leaf: [gpa, gpa+size) -> [hpa, hpa+size).
+
+    >>> Mapping(gpa=0x1000, hpa=0x5000, size=4096, r=True, w=True, x=True,
+    ...         level=1, raw=0x5037).end
+    8192
+    """
+
+    gpa: int              # input address (GPA, IPA, or vkernel VA)
+    hpa: int              # output address (L1 physical, or memory-image offset for VPTE)
+    size: int             # 4 KiB, 2 MiB, 1 GiB, ...
+    r: bool               # guest may read
+    w: bool               # guest may write
+    x: bool               # guest may execute
+    level: int            # 1 = last level (4 KiB), 2 = PD/2 MiB, 3 = PDPT/1 GiB ...
+    raw: int              # the leaf entry as read
+    memtype: int | None = None   # EPT memory type, stage-2 MemAttr; None if the format has none
+    accessed: bool | None = None  # A / AF bit where the format has one
+    dirty: bool | None = None     # D bit where the format has one
+    table: int = 0        # physical address of the table page holding the leaf
+    index: int = 0        # index of the leaf in that table
+
+    @property
+    def end(self) -> int:
+        """First input address past the mapping."""
+        return self.gpa + self.size
+
+    def to_json(self) -> dict[str, Any]:
+        """The slat.json form of the mapping."""
+        return {"gpa": self.gpa, "hpa": self.hpa, "size": self.size,
+                "r": self.r, "w": self.w, "x": self.x, "level": self.level,
+                "raw": f"{self.raw:#018x}", "memtype": self.memtype,
+                "accessed": self.accessed, "dirty": self.dirty}
+
+
+@dataclass(frozen=True)
+class StructuralFinding:
+    """An entry that the walker refused to treat as a mapping."""
+
+    kind: str             # "reserved_bits", "frame_beyond_memory", "loop", "read_budget", "bad_entry"
+    gpa: int              # first input address the entry covers
+    level: int
+    table: int            # physical address of the table holding the entry
+    index: int
+    raw: int
+    detail: str = ""
+
+
+@dataclass
+class WalkResult:
+    """What a walk produced: mappings in ascending input-address order, and findings."""
+
+    mappings: list[Mapping] = field(default_factory=list)
+    findings: list[StructuralFinding] = field(default_factory=list)
+    tables_read: int = 0
+
+
+@dataclass(frozen=True)
+class WalkLimits:
+    """Bounds that keep a walk over hostile tables finite."""
+
+    max_tables: int = 1 << 16      # table pages read before giving up with "read_budget"
+    mem_size: int | None = None    # frames at or beyond this are "frame_beyond_memory"
+
+
+@dataclass(frozen=True)
+class Format:
+    """A registry record for one page-table format."""
+
+    name: str                                  # "ept", "npt", "stage2", "vpte"
+    description: str                           # one line, for `slatcheck formats`
+    walk: Callable[[PhysMem, int, Any], WalkResult]  # walk(mem, root, params)
+    params: type                               # frozen dataclass of walk parameters

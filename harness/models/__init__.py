@@ -1,0 +1,12 @@
+"""Registry of hypervisor reference models (``MODELS[name]``)."""
+
+from __future__ import annotations
+
+from harness.models.base import (Access, Backing, DictBacking, Expectation, ExpectedPage,
+                                 MemRange, Model, VMDesc)
+from harness.registry import Registry
+
+__all__ = ["MODELS", "Access", "Backing", "DictBacking", "Expectation", "ExpectedPage",
+           "MemRange", "Model", "VMDesc"]
+
+MODELS: Registry[Model] = Registry("hypervisor model")
