@@ -1,0 +1,34 @@
+"""One artifact directory per scenario run, and crash-safe JSON writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = ["make_run_dir", "write_json", "DEFAULT_ROOT"]
+
+DEFAULT_ROOT = Path("artifacts")
+
+
+def make_run_dir(root: Path, name: str) -> Path:
+    """Create ``root/name`` (or ``name-2``, ``name-3`` ...) atomically; safe under xdist."""
+    root.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "scenario"
+    for n in range(1, 10_000):
+        path = root / (safe if n == 1 else f"{safe}-{n}")
+        try:
+            path.mkdir()
+            return path.resolve()
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free artifact directory for {name} under {root}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write *data* as indented JSON through a temporary file and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
