@@ -10,3 +10,5 @@ __all__ = ["MODELS", "Access", "Backing", "DictBacking", "Expectation", "Expecte
            "MemRange", "Model", "VMDesc"]
 
 MODELS: Registry[Model] = Registry("hypervisor model")
+
+from harness.models import kvm  # noqa: E402,F401  (registers kvm-x86, kvm-arm64)

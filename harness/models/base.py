@@ -7,16 +7,20 @@ must satisfy.  :func:`harness.diff.diff` applies both to a walk.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol, TypeVar
 
+from harness.errors import ScenarioError
 from harness.findings import Finding
 from harness.formats.base import Mapping
 
 __all__ = ["MemRange", "Backing", "DictBacking", "Access", "VMDesc", "ExpectedPage",
-           "Expectation", "Model", "RANGE_KINDS"]
+           "Expectation", "Model", "RANGE_KINDS", "PAGE_SIZE", "page_accesses", "perm_str",
+           "rule_str", "segments", "outside_finding", "leftover_finding", "options_of"]
 
 RANGE_KINDS = ("ram", "reserved", "mmio", "rom", "device")
+PAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -114,3 +118,93 @@ class Model:
     description: str
     formats: tuple[str, ...]                    # formats it can judge
     expect: Callable[[VMDesc], Expectation]
+
+
+# ---- helpers shared by the models (pure) ---------------------------------------------
+
+def page_accesses(touched: Iterable[Access]) -> dict[int, str]:
+    """Touched pages -> the accesses made to them, e.g. {0x1000: "rw"}.
+
+    >>> page_accesses([Access(0x1008, "w"), Access(0x1000, "r")])
+    {4096: 'rw'}
+    """
+    out: dict[int, set[str]] = {}
+    for a in touched:
+        out.setdefault(a.gpa & ~(PAGE_SIZE - 1), set()).add(a.access)
+    return {page: "".join(k for k in "rwx" if k in acc) for page, acc in out.items()}
+
+
+def perm_str(r: bool, w: bool, x: bool) -> str:
+    """An observed permission as "rwx" with "-" for a clear bit.
+
+    >>> perm_str(True, False, True)
+    'r-x'
+    """
+    return ("r" if r else "-") + ("w" if w else "-") + ("x" if x else "-")
+
+
+def rule_str(want: dict[str, bool]) -> str:
+    """An expected permission as "rwx": letter = must be set, "-" = must be clear, "?" = either.
+
+    >>> rule_str({"r": True, "w": False})
+    'r-?'
+    """
+    return "".join("?" if k not in want else (k if want[k] else "-") for k in "rwx")
+
+
+def segments(vm: VMDesc, start: int, end: int) -> list[tuple[int, int, MemRange | None]]:
+    """Split [start, end) at range borders: (start, end, range or None), ascending.
+
+    Removed ranges are returned too (``rng.gpa in vm.removed``); callers decide.
+    """
+    out: list[tuple[int, int, MemRange | None]] = []
+    pos = start
+    for r in sorted(vm.ranges, key=lambda r: r.gpa):
+        if r.end <= pos or r.gpa >= end:
+            continue
+        if r.gpa > pos:
+            out.append((pos, r.gpa, None))
+        seg_end = min(r.end, end)
+        out.append((max(pos, r.gpa), seg_end, r))
+        pos = seg_end
+    if pos < end:
+        out.append((pos, end, None))
+    return out
+
+
+def _span_end(start: int, end: int) -> int | None:
+    return end if end - start > PAGE_SIZE else None
+
+
+def outside_finding(vm: VMDesc, start: int, end: int, rng: MemRange | None,
+                    m: Mapping) -> Finding:
+    """The finding for a leaf part [start, end) outside every live range.
+
+    A part inside a removed range is ``leftover``; anywhere else ``unexpected``.
+    """
+    if rng is not None and rng.gpa in vm.removed:
+        return Finding("leftover", vm.name, start, expected=None, observed=m.hpa + start - m.gpa,
+                       detail=f"leaf {m.raw:#x} in removed range {rng.gpa:#x}",
+                       end=_span_end(start, end))
+    where = f" in {rng.kind} range {rng.gpa:#x}" if rng is not None else ""
+    return Finding("unexpected", vm.name, start, expected=None, observed=m.hpa + start - m.gpa,
+                   detail=f"leaf {m.raw:#x}{where}", end=_span_end(start, end))
+
+
+def leftover_finding(vm: VMDesc, m: Mapping, why: str = "after teardown") -> Finding:
+    """A leaf that must not exist any more."""
+    return Finding("leftover", vm.name, m.gpa, expected=None, observed=m.hpa,
+                   detail=f"leaf {m.raw:#x} {why}", end=_span_end(m.gpa, m.end))
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+def options_of(vm: VMDesc, cls: type[OptionsT]) -> OptionsT:
+    """The model options of *vm* as the dataclass *cls*; unknown keys are a ScenarioError."""
+    known = set(getattr(cls, "__dataclass_fields__", {}))
+    unknown = sorted(set(vm.options) - known)
+    if unknown:
+        raise ScenarioError(f"unknown model option(s) {unknown}; known: {sorted(known)}",
+                            field="options")
+    return cls(**vm.options)
