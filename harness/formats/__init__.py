@@ -12,3 +12,5 @@ from harness.registry import Registry
 __all__ = ["FORMATS", "Format", "Mapping", "StructuralFinding", "WalkLimits", "WalkResult"]
 
 FORMATS: Registry[Format] = Registry("page-table format")
+
+from harness.formats import npt as _npt  # noqa: E402,F401  (registers "npt")
