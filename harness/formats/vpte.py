@@ -1,0 +1,300 @@
+"""DragonFly BSD VPTE page tables: the vkernel's software second level.
+
+A ``MAP_VPAGETABLE`` map entry of a vkernel process is translated by the
+*host* kernel through page tables that the vkernel keeps inside the entry's
+backing object, its memory image (``MemImageFd``).  Two things differ from
+hardware formats:
+
+* the walk starts from the map entry's *master page-directory entry*
+  (``entry->aux.master_pde``, set by ``mcontrol(MADV_SETMAP)``), not from a
+  table address;
+* every frame is a byte offset into the memory image, so the
+  :class:`~harness.mem.PhysMem` given to :func:`walk` reads the *image*, and
+  ``Mapping.hpa`` is an image offset.
+
+This module mirrors ``vm_fault_vpagetable()`` (``sys/vm/vm_fault.c``)::
+
+    vshift = VPTE_FRAME_END - PAGE_SHIFT = 36;  vpte = master_pde
+    loop: fail unless VPTE_V; a write needs VPTE_RW; an exec fails on VPTE_NX
+          stop if VPTE_PS or vshift == 0
+          page = image page (vpte & VPTE_FRAME) >> PAGE_SHIFT;  vshift -= 9
+          vpte = page[(pindex >> vshift) & VPTE_PAGE_MASK]
+    pindex = ((vpte & VPTE_FRAME) >> PAGE_SHIFT) + (pindex & ((1 << vshift) - 1))
+
+Example (x86-like layout): the master PDE ``0x83`` (VPTE_PS | VPTE_RW |
+VPTE_V, frame 0) maps the whole region linearly onto the image; the master
+PDE ``0x1003`` points at a top-level table at image offset 0x1000, whose
+entries cover 512 GiB each, down to 4 KiB entries after four tables.
+A leaf found with vshift ``s`` is ``Mapping.level`` ``s // 9 + 1`` and spans
+``4096 << s`` bytes (level 5 = a VPTE_PS master entry).
+
+Bit layouts [V: DragonFly ``sys/sys/vkernel.h``]: the current x86-like one
+and the older one with separate R/W/X bits; ``VPTEParams.layout`` picks one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from harness.formats import FORMATS
+from harness.formats.base import Format, Mapping, StructuralFinding, WalkLimits, WalkResult
+from harness.mem import PAGE_SIZE, PhysMem, read_u64, read_u64s
+from harness.registry import Registry
+
+__all__ = ["VPTE_FRAME", "VPTE_FRAME_END", "VPTE_PAGE_BITS", "VPTE_PAGE_ENTRIES",
+           "VPTE_PAGE_MASK", "MASTER_VSHIFT", "VPTELayout", "LAYOUTS", "VPTEParams",
+           "VPTEPerms", "layout_of", "walk", "translate"]
+
+PAGE_SHIFT = 12
+VPTE_FRAME_END = 48                      # bits of address a VPTE walk translates
+VPTE_PAGE_BITS = 9                       # index bits per table page
+VPTE_PAGE_ENTRIES = 1 << VPTE_PAGE_BITS  # 512 vpte_t per table page
+VPTE_PAGE_MASK = VPTE_PAGE_ENTRIES - 1
+VPTE_FRAME = 0x000FFFFFFFFFF000          # image byte offset of the next table or the page
+MASTER_VSHIFT = VPTE_FRAME_END - PAGE_SHIFT  # 36: vshift of the master PDE
+
+
+@dataclass(frozen=True)
+class VPTELayout:
+    """Bit assignments of one generation of ``sys/sys/vkernel.h``; 0 = the bit does not exist."""
+
+    name: str
+    v: int          # VPTE_V: valid
+    ps: int         # VPTE_PS: the walk stops here (large page; linear map in the master PDE)
+    rw: int         # VPTE_RW (x86 layout) or VPTE_W (old): writes allowed
+    r: int          # VPTE_R (old layout): reads allowed; 0 = every valid entry is readable
+    x: int          # VPTE_X (old layout): execution allowed; 0 = executable unless NX
+    nx: int         # VPTE_NX (x86 layout) [M: bit 63]: execution forbidden
+    a: int          # VPTE_A: accessed, written back by the host fault path
+    m: int          # VPTE_M: modified; the host maps a page writable only once it is set
+    u: int          # VPTE_U: user (set for guest user vmspaces; the host does not test it)
+    g: int          # VPTE_G: global
+    wired: int      # VPTE_WIRED: software bit of the vkernel pmap
+    managed: int    # VPTE_MANAGED: software bit of the vkernel pmap
+
+
+LAYOUTS: Registry[VPTELayout] = Registry("VPTE layout")
+LAYOUTS.add("x86", VPTELayout(  # current, x86-like (commit 5d2f5a36)
+    name="x86", v=0x1, rw=0x2, u=0x4, a=0x20, m=0x40, ps=0x80, g=0x100, wired=0x200,
+    managed=0x400, r=0, x=0, nx=1 << 63))
+LAYOUTS.add("old", VPTELayout(  # before the x86-like renumbering (commit 102ec862)
+    name="old", v=0x1, ps=0x2, r=0x4, rw=0x8, x=0x10, a=0x20, m=0x40, u=0x80,
+    managed=0x100, g=0x200, wired=0x400, nx=0))
+
+
+@dataclass(frozen=True)
+class VPTEParams:
+    """Parameters of a VPTE walk over one VPAGETABLE map entry."""
+
+    layout: str = "x86"          # key of LAYOUTS: "x86" (current) or "old"
+    nx_bit: int | None = 63      # VPTE_NX bit of the x86 layout [M]; None = no NX bit
+    base: int = 0                # VA of the map entry's start; added to every Mapping.gpa
+    size: int = 1 << VPTE_FRAME_END   # length of the map entry; the walk covers [0, size)
+    limits: WalkLimits = field(default_factory=WalkLimits)  # mem_size = image size
+
+
+@dataclass(frozen=True)
+class VPTEPerms:
+    """What a VPTE path grants, and its final entry.
+
+    ``r``/``w``/``x`` hold for every entry of the path (as the fault path
+    tests every entry); ``m`` and ``a`` are the final entry's VPTE_M / VPTE_A.
+    """
+
+    r: bool
+    w: bool
+    x: bool
+    m: bool = False
+    a: bool = False
+    vpte: int = 0     # the final entry
+    level: int = 1    # its level: vshift // 9 + 1
+
+    def narrow(self, vpte: int, bits: VPTELayout) -> VPTEPerms:
+        """The grant after also passing through *vpte*."""
+        return replace(self, r=self.r and _readable(vpte, bits),
+                       w=self.w and bool(vpte & bits.rw),
+                       x=self.x and _executable(vpte, bits))
+
+
+_ALL = VPTEPerms(r=True, w=True, x=True)
+
+
+def _readable(vpte: int, bits: VPTELayout) -> bool:
+    return bool(vpte & bits.v) and (bits.r == 0 or bool(vpte & bits.r))
+
+
+def _executable(vpte: int, bits: VPTELayout) -> bool:
+    if bits.x:
+        return bool(vpte & bits.x)
+    return not (bits.nx and vpte & bits.nx)
+
+
+def layout_of(params: VPTEParams) -> VPTELayout:
+    """The bit layout *params* selects, with its VPTE_NX bit.
+
+    >>> hex(layout_of(VPTEParams(nx_bit=62)).nx)
+    '0x4000000000000000'
+    """
+    bits = LAYOUTS[params.layout]
+    if bits.nx:
+        bits = replace(bits, nx=0 if params.nx_bit is None else 1 << params.nx_bit)
+    return bits
+
+
+def _level(vshift: int) -> int:
+    return vshift // VPTE_PAGE_BITS + 1
+
+
+def _room(frame: int, span: int, limits: WalkLimits) -> int:
+    """Bytes of [frame, frame + span) inside the image, whole pages only."""
+    if limits.mem_size is None:
+        return span
+    return max(0, min(span, (limits.mem_size - frame) & ~(PAGE_SIZE - 1)))
+
+
+@dataclass
+class _Walker:
+    """State of one walk: the image, the layout, the result so far."""
+
+    mem: PhysMem
+    bits: VPTELayout
+    params: VPTEParams
+    out: WalkResult = field(default_factory=WalkResult)
+    stopped: bool = False
+
+    def visit(self, vpte: int, vshift: int, va: int, grant: VPTEPerms,
+              path: tuple[int, ...], where: tuple[int, int]) -> None:
+        """One entry covering region offset *va*; *where* = (table, index) holding it."""
+        if self.stopped or not vpte & self.bits.v:
+            return
+        grant = grant.narrow(vpte, self.bits)
+        if vpte & self.bits.ps or vshift == 0:
+            self.leaf(vpte, vshift, va, grant, where)
+        else:
+            self.descend(vpte, vshift, va, grant, path, where)
+
+    def leaf(self, vpte: int, vshift: int, va: int, grant: VPTEPerms,
+             where: tuple[int, int]) -> None:
+        """Emit the mapping of a leaf, clipped to the region and the image."""
+        span = min(PAGE_SIZE << vshift, self.params.size - va)
+        frame = vpte & VPTE_FRAME
+        inside = _room(frame, span, self.params.limits)
+        if inside < span:
+            self.refuse("frame_beyond_memory", vpte, vshift, va + inside, where,
+                        f"image offset {frame + inside:#x} beyond the image")
+        if inside:
+            self.out.mappings.append(Mapping(
+                gpa=self.params.base + va, hpa=frame, size=inside, r=grant.r, w=grant.w,
+                x=grant.x, level=_level(vshift), raw=vpte, accessed=bool(vpte & self.bits.a),
+                dirty=bool(vpte & self.bits.m), table=where[0], index=where[1]))
+
+    def descend(self, vpte: int, vshift: int, va: int, grant: VPTEPerms,
+                path: tuple[int, ...], where: tuple[int, int]) -> None:
+        """Read the table *vpte* points at and visit its entries in order."""
+        table = vpte & VPTE_FRAME
+        entries = self.read_table(vpte, vshift, va, path, where)
+        child = vshift - VPTE_PAGE_BITS
+        for i, raw in enumerate(entries):
+            cva = va + (i << (child + PAGE_SHIFT))
+            if cva >= self.params.size:
+                break
+            self.visit(raw, child, cva, grant, path + (table,), (table, i))
+
+    def read_table(self, vpte: int, vshift: int, va: int, path: tuple[int, ...],
+                   where: tuple[int, int]) -> tuple[int, ...]:
+        """The 512 entries of the table *vpte* points at, or () after a finding."""
+        table = vpte & VPTE_FRAME
+        if _room(table, PAGE_SIZE, self.params.limits) < PAGE_SIZE:
+            self.refuse("frame_beyond_memory", vpte, vshift, va, where,
+                        f"table at image offset {table:#x} beyond the image")
+            return ()
+        if table in path:
+            self.refuse("loop", vpte, vshift, va, where,
+                        f"table {table:#x} is its own ancestor")
+            return ()
+        if self.out.tables_read >= self.params.limits.max_tables:
+            self.refuse("read_budget", vpte, vshift, va, where,
+                        f"more than {self.params.limits.max_tables} tables")
+            self.stopped = True
+            return ()
+        self.out.tables_read += 1
+        return read_u64s(self.mem, table, VPTE_PAGE_ENTRIES)
+
+    def refuse(self, kind: str, vpte: int, vshift: int, va: int,
+               where: tuple[int, int], detail: str) -> None:
+        """Record a structural finding for the entry *vpte*."""
+        self.out.findings.append(StructuralFinding(
+            kind=kind, gpa=self.params.base + va, level=_level(vshift), table=where[0],
+            index=where[1], raw=vpte, detail=detail))
+
+
+def walk(mem: PhysMem, master_pde: int, params: VPTEParams | None = None) -> WalkResult:
+    """Every mapping of a VPAGETABLE region, from its master PDE, over the image *mem*.
+
+    Mappings come in ascending VA order; ``gpa`` is ``params.base`` plus the
+    offset in the region, ``hpa`` the image offset.  The master entry has no
+    table: its findings and mappings carry table 0, index 0.  Tables beyond
+    ``params.limits.mem_size`` (the image size), tables that are their own
+    ancestors, and walks past ``max_tables`` table reads become findings; a
+    failed image read raises :class:`~harness.errors.MemoryReadError`.
+
+    >>> from harness.mem import DictMem
+    >>> walk(DictMem(size=1 << 20), 0x83, VPTEParams(size=1 << 16)).mappings[0].size
+    65536
+    """
+    params = params or VPTEParams()
+    walker = _Walker(mem, layout_of(params), params)
+    walker.visit(master_pde, MASTER_VSHIFT, 0, _ALL, (), (0, 0))
+    return walker.out
+
+
+def _next_vpte(mem: PhysMem, vpte: int, vshift: int, pindex: int,
+               limits: WalkLimits) -> int | None:
+    """The entry for *pindex* in the table *vpte* points at (vshift already lowered)."""
+    table = vpte & VPTE_FRAME
+    if _room(table, PAGE_SIZE, limits) < PAGE_SIZE:
+        return None  # vm_fault_object() fails beyond the object
+    return read_u64(mem, table + 8 * ((pindex >> vshift) & VPTE_PAGE_MASK))
+
+
+def translate(mem: PhysMem, master_pde: int, va: int,
+              params: VPTEParams | None = None) -> tuple[int, VPTEPerms] | None:
+    """The image byte offset of *va* and the path's grant, or None if no valid path.
+
+    *va* is in the same space as ``Mapping.gpa`` (``params.base`` included).
+    Mirrors ``vm_fault_vpagetable()`` step by step, without its write-back
+    of VPTE_A / VPTE_M.
+
+    >>> from harness.mem import DictMem
+    >>> off, perms = translate(DictMem(size=1 << 20), 0x83, 0x5123, VPTEParams(size=1 << 16))
+    >>> hex(off), perms.w, perms.m
+    ('0x5123', True, False)
+    """
+    params = params or VPTEParams()
+    bits, rel = layout_of(params), va - params.base
+    if not 0 <= rel < params.size:
+        return None
+    pindex, vshift, vpte, grant = rel >> PAGE_SHIFT, MASTER_VSHIFT, master_pde, _ALL
+    while True:
+        if not vpte & bits.v:
+            return None
+        grant = grant.narrow(vpte, bits)
+        if vpte & bits.ps or vshift == 0:
+            break
+        vshift -= VPTE_PAGE_BITS
+        nxt = _next_vpte(mem, vpte, vshift, pindex, params.limits)
+        if nxt is None:
+            return None
+        vpte = nxt
+    page = ((vpte & VPTE_FRAME) >> PAGE_SHIFT) + (pindex & ((1 << vshift) - 1))
+    if _room(page << PAGE_SHIFT, PAGE_SIZE, params.limits) < PAGE_SIZE:
+        return None
+    return (page << PAGE_SHIFT | rel & (PAGE_SIZE - 1),
+            replace(grant, m=bool(vpte & bits.m), a=bool(vpte & bits.a), vpte=vpte,
+                    level=_level(vshift)))
+
+
+FORMATS.add("vpte", Format(
+    name="vpte",
+    description="DragonFly vkernel VPTE tables (memory-image offsets, master PDE root)",
+    walk=walk, params=VPTEParams))
