@@ -1,0 +1,340 @@
+"""The L1 guest's serial console: marker-framed shell commands and panic detection.
+
+:class:`Console` runs pexpect over the console's unix socket (never QEMU's
+stdio).  Every byte that arrives is written to ``console.log`` and flushed at
+once, so the log survives a crash of the harness.
+
+Commands are framed the labgrid way: the shell prints a begin marker, runs
+the command, then prints an end marker followed by ``$?``.  The markers are
+built by ``printf '%s%s'`` from two pieces, so they never appear literally in
+the echoed command line.  The output is what lies between the two markers,
+with ``\\r\\n`` turned into ``\\n`` and kernel log lines (``[   1.234] ...``)
+removed (they stay in ``console.log``).
+
+While waiting for anything, the guest OS's panic patterns are watched; the
+first one seen raises :class:`GuestPanic` (a :class:`FindingsError`) with an
+excerpt of up to 50 lines or 2 seconds of what followed.
+
+A command that exits non-zero raises :class:`GuestCommandError`.  It is a
+:class:`ScenarioError`: the command is a step of the scenario, and the runner
+re-raises it with the scenario's file and line.  Losing the console or
+waiting too long is an :class:`InfraError` (:class:`ConsoleTimeout`,
+:class:`ConsoleError`).
+
+>>> with Console.connect(m.console_path, log_path=out / "console.log") as con:
+...     con.wait_for_shell(60)                              # doctest: +SKIP
+...     con.run("uname -r").output
+'6.1.0-28-amd64\\n'
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import pexpect
+import pexpect.fdpexpect
+
+from harness.errors import FindingsError, InfraError, ScenarioError
+from harness.registry import Registry
+
+__all__ = [
+    "GuestOS",
+    "GUEST_OSES",
+    "CmdResult",
+    "Console",
+    "ConsoleError",
+    "ConsoleTimeout",
+    "GuestPanic",
+    "GuestCommandError",
+]
+
+EXCERPT_LINES = 50      # a panic excerpt stops after this many lines ...
+EXCERPT_SECONDS = 2.0   # ... or after this long
+TAIL_CHARS = 16384      # how much recent console text errors may quote
+
+
+@dataclass(frozen=True)
+class GuestOS:
+    """What the console needs to know about one L1 operating system."""
+
+    name: str                     # registry key
+    prompt: str                   # regex of the interactive shell prompt
+    panic: tuple[str, ...]        # regexes that mean the kernel died or oopsed
+    warning: tuple[str, ...] = ()  # regexes that are panics unless warnings are ignored
+    kernel_line: str | None = None  # regex of a kernel log line (removed from outputs)
+
+
+# Anchor at a line start or after a printk timestamp, so that a command line
+# echoed by the shell ("grep 'BUG: ' ...") does not count.
+_LINE = r"(?:^|\] )"
+
+GUEST_OSES: Registry[GuestOS] = Registry("guest OS")
+GUEST_OSES.add("linux", GuestOS(
+    name="linux", prompt=r"[#$] $",
+    panic=(_LINE + r"Kernel panic - not syncing", _LINE + r"BUG: ", _LINE + r"Oops: ",
+           _LINE + r"general protection fault", _LINE + r"watchdog: BUG: soft lockup",
+           _LINE + r"rcu: INFO: rcu_sched detected stalls"),
+    warning=(_LINE + r"WARNING: CPU: \d+ PID: \d+",),
+    kernel_line=r"^\[\s*\d+\.\d+\] "))
+GUEST_OSES.add("openbsd", GuestOS(
+    name="openbsd", prompt=r"[#$] $",
+    panic=(_LINE + r"panic: ", r"ddb(?:\{\d+\})?> ", _LINE + r"uvm_fault\(",
+           _LINE + r"kernel: page fault trap, code=")))
+GUEST_OSES.add("freebsd", GuestOS(
+    name="freebsd", prompt=r"[#$] $",
+    panic=(_LINE + r"panic: ", _LINE + r"Fatal trap \d+: ", _LINE + r"KDB: enter: ",
+           r"\ndb> ")))
+GUEST_OSES.add("dragonfly", GuestOS(
+    name="dragonfly", prompt=r"[#$] $",
+    panic=(_LINE + r"panic: ", _LINE + r"Fatal trap \d+: ", _LINE + r"Trace beginning at frame",
+           r"\ndb> ")))
+
+
+class ConsoleError(InfraError):
+    """The console failed (closed, QEMU gone); carries the last console lines."""
+
+    def __init__(self, message: str, tail: str = "") -> None:
+        self.tail = tail
+        super().__init__(f"{message}\nlast console lines:\n{tail}" if tail else message)
+
+
+class ConsoleTimeout(ConsoleError):
+    """A per-call timeout expired before the expected text appeared."""
+
+
+class GuestPanic(FindingsError):
+    """The L1 kernel panicked, oopsed or hit BUG/WARNING; carries the excerpt."""
+
+    def __init__(self, os_name: str, pattern: str, excerpt: str) -> None:
+        self.os_name = os_name
+        self.pattern = pattern
+        self.excerpt = excerpt
+        super().__init__(f"{os_name} guest panic ({pattern!r}):\n{excerpt}")
+
+
+class GuestCommandError(ScenarioError):
+    """A guest command exited non-zero: carries the command, status and output tail."""
+
+    def __init__(self, cmd: str, status: int, output: str) -> None:
+        self.cmd = cmd
+        self.status = status
+        self.output = output
+        tail = "\n".join(output.splitlines()[-20:])
+        super().__init__(f"guest command {cmd!r} exited with status {status}\n{tail}")
+
+
+@dataclass(frozen=True)
+class CmdResult:
+    """One framed command: its text, output (``\\n`` line ends) and exit status."""
+
+    cmd: str
+    output: str
+    status: int
+    lines: list[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lines", self.output.splitlines())
+
+
+class _Log:
+    """pexpect's logfile: writes through to console.log and keeps a tail."""
+
+    def __init__(self, sink: IO[str]) -> None:
+        self.sink = sink
+        self.recent: collections.deque[str] = collections.deque()
+        self.size = 0
+
+    def write(self, s: str) -> None:
+        """Log and flush at once, so the log survives a crash."""
+        self.sink.write(s)
+        self.sink.flush()
+        self.recent.append(s)
+        self.size += len(s)
+        while self.size > TAIL_CHARS and len(self.recent) > 1:
+            self.size -= len(self.recent.popleft())
+
+    def flush(self) -> None:
+        """Already flushed on every write."""
+
+    def tail(self, lines: int = 20) -> str:
+        """The last *lines* console lines, without carriage returns."""
+        text = "".join(self.recent).replace("\r", "")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _new_tag() -> str:
+    """A fresh marker tag: random, so that old output never matches."""
+    return secrets.token_hex(4)
+
+
+class Console:
+    """Shell access to one guest over a connected console socket.
+
+    *sock* is a connected stream socket (or a socketpair end in tests);
+    the console takes ownership.  *os_name* picks the :data:`GUEST_OSES`
+    record; *ignore_warnings* leaves ``WARNING:`` lines alone.
+    """
+
+    def __init__(self, sock: socket.socket, *, log_path: Path | str, os_name: str = "linux",
+                 ignore_warnings: bool = False, timeout: float = 60.0,
+                 new_tag: Callable[[], str] = _new_tag) -> None:
+        self.guest = GUEST_OSES[os_name]
+        self.timeout = timeout
+        self.new_tag = new_tag
+        self._logfile = open(log_path, "a", encoding="utf-8", newline="")
+        self.log = _Log(self._logfile)
+        patterns = self.guest.panic + (() if ignore_warnings else self.guest.warning)
+        self._panic_res = [re.compile(p, re.MULTILINE) for p in patterns]
+        self._child = pexpect.fdpexpect.fdspawn(
+            sock.detach(), timeout=timeout, encoding="utf-8", codec_errors="replace")
+        self._child.logfile_read = self.log
+
+    @classmethod
+    def connect(cls, path: Path | str, *, retry_for: float = 5.0, **kwargs: object) -> Console:
+        """Connect to the console socket at *path*, retrying while it appears."""
+        deadline = time.monotonic() + retry_for
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(path))
+                return cls(sock, **kwargs)  # type: ignore[arg-type]
+            except OSError as exc:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise ConsoleError(f"cannot connect to console {path}: {exc}") from exc
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        """Close the socket and the log file.  Idempotent."""
+        if self._child is not None and not self._child.closed:
+            self._child.close()
+        if not self._logfile.closed:
+            self._logfile.close()
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- low level ------------------------------------------------------------
+
+    def send_line(self, s: str) -> None:
+        """Type one line (a trailing newline is added)."""
+        try:
+            self._child.send(s + "\n")
+        except OSError as exc:
+            raise ConsoleError(f"console write failed: {exc}", self.log.tail()) from exc
+
+    def expect(self, pattern: str | re.Pattern[str] | Sequence[str | re.Pattern[str]],
+               timeout: float | None = None) -> re.Match[str]:
+        """Wait for *pattern* (a regex, or a list: any of them); return the match.
+
+        Raises :class:`GuestPanic` if a panic pattern shows up first,
+        :class:`ConsoleTimeout` after *timeout* seconds, :class:`ConsoleError`
+        if the console closes.
+        """
+        wanted = list(pattern) if isinstance(pattern, list | tuple) else [pattern]
+        compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in wanted]
+        index = self._expect_raw(compiled + self._panic_res, timeout)
+        if index >= len(compiled):
+            self._raise_panic(self._panic_res[index - len(compiled)].pattern)
+        match = self._child.match
+        assert isinstance(match, re.Match)
+        return match
+
+    def _expect_raw(self, patterns: list[re.Pattern[str]], timeout: float | None) -> int:
+        """pexpect.expect_list with EOF and TIMEOUT turned into exceptions."""
+        wait = self.timeout if timeout is None else timeout
+        try:
+            return int(self._child.expect_list(patterns, timeout=wait))
+        except pexpect.TIMEOUT:
+            raise ConsoleTimeout(
+                f"console: no {[p.pattern for p in patterns[:1]]} within {wait:g} s",
+                self.log.tail()) from None
+        except pexpect.EOF:
+            raise ConsoleError("console closed (QEMU exited?)", self.log.tail()) from None
+
+    def _raise_panic(self, pattern: str) -> None:
+        """Collect up to 50 lines or 2 s after the panic line, then raise."""
+        before = str(self._child.before).rsplit("\n", 1)[-1]
+        excerpt = before + str(self._child.after) + str(self._child.buffer)
+        self._child.buffer = ""
+        deadline = time.monotonic() + EXCERPT_SECONDS
+        while excerpt.count("\n") < EXCERPT_LINES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                excerpt += self._child.read_nonblocking(4096, timeout=min(left, 0.2))
+            except pexpect.TIMEOUT:
+                continue
+            except (pexpect.EOF, OSError):
+                break
+        lines = excerpt.replace("\r", "").splitlines()[:EXCERPT_LINES]
+        raise GuestPanic(self.guest.name, pattern, "\n".join(lines))
+
+    # -- shell ------------------------------------------------------------------
+
+    def wait_for_shell(self, timeout: float | None = None, interval: float = 2.0) -> None:
+        """Wait until a shell answers: type a probe every *interval* seconds.
+
+        Works whatever the prompt looks like; old probes that the shell runs
+        late print a marker that later commands ignore.
+        """
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        tag = self.new_tag()
+        while True:
+            self.send_line(f"printf '%s%s\\n' @@R {tag}@@")
+            left = deadline - time.monotonic()
+            try:
+                self.expect(f"@@R{tag}@@", timeout=max(0.1, min(interval, left)))
+                return
+            except ConsoleTimeout:
+                if time.monotonic() >= deadline:
+                    raise ConsoleTimeout(f"no shell on the console within {wait:g} s",
+                                         self.log.tail()) from None
+
+    def framed(self, cmd: str, tag: str) -> str:
+        """The line that runs *cmd* between begin and end markers carrying *tag*."""
+        if "\n" in cmd:
+            raise ValueError("a framed command is one line; use send_line for scripts")
+        sep = " " if cmd.rstrip().endswith("&") else "; "
+        return (f"printf '%s%s\\n' @@B {tag}@@; {cmd}{sep}"
+                f"printf '\\n%s%s %d\\n' @@E {tag}@@ $?")
+
+    def run(self, cmd: str, timeout: float | None = None, check: bool = True) -> CmdResult:
+        """Run one shell command line; return its output and exit status.
+
+        With *check*, a non-zero status raises :class:`GuestCommandError`.
+        The command gets the console as standard input: for interactive
+        programs use :meth:`send_line` and :meth:`expect`.
+        """
+        tag = self.new_tag()
+        self.send_line(self.framed(cmd, tag))
+        self.expect(f"@@B{tag}@@\r*\n", timeout)
+        self.expect(f"\r*\n@@E{tag}@@ (-?\\d+)\r*\n", timeout)
+        status = int(self._child.match.group(1))
+        result = CmdResult(cmd, self._clean(str(self._child.before)), status)
+        if check and status != 0:
+            raise GuestCommandError(cmd, status, result.output)
+        return result
+
+    def _clean(self, raw: str) -> str:
+        """``\\r\\n`` to ``\\n``; kernel log lines removed."""
+        text = re.sub(r"\r+\n", "\n", raw).replace("\r", "")
+        if self.guest.kernel_line is None:
+            return text
+        kline = re.compile(self.guest.kernel_line)
+        return "".join(ln for ln in text.splitlines(keepends=True) if not kline.match(ln))
