@@ -1,0 +1,184 @@
+"""The check and inject steps: observe, model, diff; corrupt a leaf and restore it."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from harness.diff import coalesce, diff, find_mapping
+from harness.errors import InfraError, ScenarioError
+from harness.findings import Finding
+from harness.hypervisors import HYPERVISORS, Hypervisor, default_hypervisor
+from harness.models import MODELS, Access, DictBacking, MemRange, VMDesc
+from harness.observe import ObservedVM
+from harness.scenario import Step, parse_addr
+
+__all__ = ["run_check", "run_inject", "slat_json", "hypervisor_of", "vm_desc"]
+
+
+@dataclass
+class Injection:
+    """A corrupted leaf and what to put back."""
+
+    addr: int
+    original: int
+    corrupted: int
+    gpa: int
+    kind: str
+    restore: bool
+
+
+def hypervisor_of(ctx: Any) -> Hypervisor:
+    """The scenario's hypervisor record (named, or the default for its guest)."""
+    sc = ctx.scenario
+    name = sc.doc.get("hypervisor") or default_hypervisor(sc.guest["os"], ctx.image.arch)
+    try:
+        return HYPERVISORS[name]
+    except ScenarioError as e:
+        raise sc.error(str(e), "hypervisor") from None
+
+
+def _observer(hv: Hypervisor) -> tuple[Callable[[Any], None], Callable[[Any], list[ObservedVM]]]:
+    mod_name, fn = hv.observer.split(":")
+    mod = importlib.import_module(mod_name)
+    return getattr(mod, "prepare"), getattr(mod, fn)
+
+
+def _gdb(ctx: Any) -> Any:
+    """Attach GDB once per run (lazily: booting does not need it)."""
+    if ctx.gdb is None:
+        from harness.gdb import GdbSession
+        ctx.gdb = ctx.stack.enter_context(GdbSession(
+            ctx.machine.gdb_path, ctx.run_dir / "gdb.log", arch=ctx.image.arch))
+    return ctx.gdb
+
+
+def observe(ctx: Any) -> list[ObservedVM]:
+    """Halt L1, find its live VMs and walk their roots, resume L1."""
+    hv = hypervisor_of(ctx)
+    prepare, obs = _observer(hv)
+    prepare(ctx)
+    gdb = _gdb(ctx)
+    with gdb.halted():
+        return obs(ctx)
+
+
+def _workload_vms(ctx: Any) -> list[tuple[Any, Any]]:
+    """(workload run, reported VM) for every VM a workload reported and has not destroyed."""
+    out = []
+    for run in ctx.workloads.values():
+        if run.report is None or run.released:
+            continue
+        for vm in run.report.vms:
+            out.append((run, vm))
+    return out
+
+
+def vm_desc(run: Any, vm: Any, name: str) -> VMDesc:
+    """The model's input from what the workload reported and the scenario touched."""
+    ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
+                            prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
+                            flags=frozenset({"ro": "readonly", "log": "dirty_log"}[f]
+                                            for f in s.flags))
+                   for s in vm.slots)
+    touched = [Access(g, a) for g, a in run.touched]
+    touched += [Access(g, "x") for g in vm.code_pages]
+    return VMDesc(name=name, ranges=ranges, backing=DictBacking(dict(vm.pagemap)),
+                  touched=tuple(touched))
+
+
+def _match(ctx: Any, observed: list[ObservedVM], step: Step) -> list[tuple[ObservedVM, Any]]:
+    """Pair observed VMs with reported ones by their memslot host addresses."""
+    reported = _workload_vms(ctx)
+    pairs = []
+    for ob in observed:
+        hits = [(run, vm) for run, vm in reported
+                if frozenset(s.hva for s in vm.slots) == ob.slot_hvas]
+        pairs.append((ob, hits[0] if hits else None))
+    want = step.args.get("vms", len(reported)) if isinstance(step.args, dict) else len(reported)
+    if len(observed) != want:
+        raise InfraError(f"{step.label}: discovery found {len(observed)} live VM(s), "
+                         f"expected {want}: {[o.name for o in observed]}")
+    unmatched = [o.name for o, r in pairs if r is None]
+    if unmatched:
+        raise InfraError(f"{step.label}: live VM(s) {unmatched} match no VM the workload "
+                         "reported (memslot addresses differ)")
+    return pairs
+
+
+def run_check(ctx: Any, step: Step) -> None:
+    """Extract, model, diff; record slat state and findings; undo injections."""
+    t0 = time.monotonic()
+    observed = observe(ctx)
+    ctx.add_phase("extract", time.monotonic() - t0)
+    t1 = time.monotonic()
+    model = MODELS[hypervisor_of(ctx).model]
+    record = {"step": step.label, "vms": []}
+    try:
+        for ob, pair in _match(ctx, observed, step):
+            run, vm = pair
+            desc = vm_desc(run, vm, f"{run.id}/vm{vm.index}")
+            found = coalesce(diff(ob.walk, model.expect(desc)))
+            ctx.findings.extend(found)
+            record["vms"].append(_vm_json(ob, desc.name, found))
+    finally:
+        ctx.checks.append(record)
+        ctx.add_phase("diff", time.monotonic() - t1)
+        _restore(ctx)
+
+
+def _vm_json(ob: ObservedVM, name: str, found: list[Finding]) -> dict[str, Any]:
+    return {"vm": name, "observed_as": ob.name, "format": ob.format, "root": f"{ob.root:#x}",
+            "discovery": ob.discovery, "slots": ob.slots,
+            "mappings": [m.to_json() for m in ob.walk.mappings],
+            "structural": [vars(f) for f in ob.walk.findings],
+            "tables_read": ob.walk.tables_read, "findings": len(found)}
+
+
+def _restore(ctx: Any) -> None:
+    """Put back every injected entry that asked for it (so teardown sees sane tables)."""
+    keep = []
+    for inj in ctx.injected:
+        if inj.restore:
+            with ctx.gdb.halted():
+                ctx.gdb.write_phys(inj.addr, inj.original.to_bytes(8, "little"))
+        else:
+            keep.append(inj)
+    ctx.injected = keep
+
+
+def run_inject(ctx: Any, step: Step) -> None:
+    """Corrupt the leaf that maps the step's GPA in the chosen VM."""
+    from harness.inject import corrupt
+    args = step.args
+    gpa = parse_addr(args["gpa"])
+    observed = observe(ctx)
+    pairs = _match(ctx, observed, step)
+    index = args.get("vm", 0)
+    if index >= len(pairs):
+        raise ctx.scenario.error(f"no VM {index}: {len(pairs)} live", "steps", step.index,
+                                 "inject", "vm")
+    ob = pairs[index][0]
+    m = find_mapping(sorted(ob.walk.mappings, key=lambda x: x.gpa), gpa)
+    if m is None:
+        raise InfraError(f"{step.label}: nothing maps {gpa:#x} in {ob.name}; cannot inject")
+    addr = m.table + 8 * m.index
+    new = corrupt(ob.format, args["kind"], m.raw, args.get("permission", "w"))
+    with ctx.gdb.halted():
+        ctx.gdb.write_phys(addr, new.to_bytes(8, "little"))
+        back = int.from_bytes(ctx.gdb.read_phys(addr, 8), "little")
+    if back != new:
+        raise InfraError(f"{step.label}: wrote {new:#x} at {addr:#x}, read back {back:#x}")
+    ctx.injected.append(Injection(addr, m.raw, new, gpa, args["kind"],
+                                  args.get("restore", True)))
+    (ctx.run_dir / "injections.log").open("a").write(
+        f"{step.label}: {args['kind']} gpa={gpa:#x} entry@{addr:#x} "
+        f"{m.raw:#018x} -> {new:#018x}\n")
+
+
+def slat_json(ctx: Any) -> dict[str, Any]:
+    """The extracted state: the last check's VMs at top level, every check below."""
+    last = next((c["vms"] for c in reversed(ctx.checks) if c["vms"]), [])
+    return {"scenario": ctx.scenario.name, "vms": last, "checks": ctx.checks}

@@ -1,0 +1,44 @@
+"""JUnit XML for CI systems (junit-xml), with provenance as properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from junit_xml import TestCase, TestSuite, to_xml_report_string
+
+from harness.result import ScenarioResult
+
+__all__ = ["write_junit"]
+
+
+def _case(res: ScenarioResult) -> TestCase:
+    case = TestCase(name=res.name, classname=f"slatcheck.{res.path.parent.name}",
+                    file=str(res.path), elapsed_sec=res.duration)
+    text = res.summary(max_findings=50)
+    if res.verdict in ("fail", "panic", "timeout", "interrupted"):
+        case.add_failure_info(message=f"{res.verdict}: {res.message}"[:500], output=text,
+                              failure_type=res.verdict)
+    elif res.verdict != "pass":
+        case.add_error_info(message=f"{res.verdict}: {res.message}"[:500], output=text,
+                            error_type=res.verdict)
+    case.stdout = text
+    return case
+
+
+def write_junit(results: list[ScenarioResult], path: Path, name: str = "slatcheck") -> None:
+    """Write one test suite with a test case per scenario.
+
+    Properties: image hashes, package versions, guest kernel version and the
+    artifact directory of each scenario (prefixed with the scenario name).
+    """
+    props: dict[str, str] = {}
+    for res in results:
+        for k, v in sorted(res.properties.items()):
+            props[f"{res.name}.{k}"] = v
+        if res.artifacts:
+            props[f"{res.name}.artifacts"] = str(res.artifacts)
+    suite = TestSuite(name, [_case(r) for r in results], properties=props)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_xml_report_string([suite], prettyprint=True))
+    tmp.replace(path)

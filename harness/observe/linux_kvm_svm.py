@@ -1,0 +1,82 @@
+"""Linux KVM on AMD SVM: live VMs from vm_list, roots cross-checked, NPT walked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.formats import FORMATS
+from harness.formats.base import WalkLimits
+from harness.mem import PageCache
+from harness.observe import ObservedVM
+
+__all__ = ["observe", "prepare"]
+
+
+def _mem_bytes(text: str) -> int:
+    from harness.scenario import parse_size
+    return parse_size(text.strip().upper().removesuffix("B"))
+
+
+def prepare(ctx: Any) -> None:
+    """What must be fetched while L1 still runs: kallsyms, CPU address size, BTF."""
+    from harness.btf import Btf
+    from harness.discovery.linux_kvm_svm import NEEDED_SYMBOLS
+    from harness.kallsyms import kallsyms_command, parse_kallsyms
+    from harness.kernel_image import btf_section, extract_vmlinux
+
+    if "kallsyms" not in ctx.cache:
+        out = ctx.console.run(kallsyms_command(NEEDED_SYMBOLS), timeout=60).output
+        (ctx.run_dir / "kallsyms.txt").write_text(out)
+        ctx.cache["kallsyms"] = parse_kallsyms(out)
+    if "maxphyaddr" not in ctx.cache:
+        out = ctx.console.run("grep -m1 'address sizes' /proc/cpuinfo", timeout=30).output
+        ctx.cache["maxphyaddr"] = int(out.split(":")[1].split("bits physical")[0])
+    if "btf" not in ctx.cache:
+        img = ctx.image
+        base = btf_section(extract_vmlinux(Path(img.kernel).read_bytes()))
+        splits = [btf_section(p.read_bytes()) for p in sorted(Path(img.modules).glob("*.ko"))
+                  if p.stem.replace("-", "_") in ("kvm", "kvm_amd")]
+        ctx.cache["btf"] = Btf.load(base, splits)
+
+
+def _vmrun_vmcbs(ctx: Any) -> list[int] | None:
+    from harness.discovery.linux_kvm_svm import parse_vmrun_log
+    path = ctx.machine.qemu_log_path
+    if not ctx.machine.vmrun_log or not Path(path).exists():
+        return None
+    return parse_vmrun_log(Path(path).read_text(errors="replace"))
+
+
+def observe(ctx: Any) -> list[ObservedVM]:
+    """Discover live VMs and walk each nested root (L1 must be halted by the caller)."""
+    from harness.discovery.linux_kvm_svm import discover, paging_levels
+    from harness.gdb import GdbPhysMem, GdbVirtMem
+
+    gdb = ctx.gdb
+    mem_size = _mem_bytes(str(ctx.scenario.machine.get("memory", "1G")))
+    pmem = PageCache(GdbPhysMem(gdb))
+    kmem = PageCache(GdbVirtMem(gdb))
+    levels = paging_levels(gdb.register("cr4"))
+    vms = discover(kmem, pmem, ctx.cache["kallsyms"], ctx.cache["btf"],
+                   vmrun_vmcbs=_vmrun_vmcbs(ctx), mem_size=mem_size)
+    fmt = FORMATS["npt"]
+    out = []
+    for vm in vms:
+        params = fmt.params(levels=levels, flavour="kvm", maxphyaddr=ctx.cache["maxphyaddr"],
+                            limits=WalkLimits(mem_size=mem_size))
+        walk = fmt.walk(pmem, vm.root, params)
+        slots = [{"id": s.id, "gpa": s.gpa, "size": s.size, "hva": s.hva, "flags": s.flags}
+                 for s in vm.memslots]
+        out.append(ObservedVM(
+            name=f"kvm@{vm.kvm:#x}", format="npt", root=vm.root, params=params, walk=walk,
+            slot_hvas=frozenset(s.hva for s in vm.memslots), slots=slots,
+            discovery={"pid": vm.pid, "levels": levels, "checks": dict(vm.checks),
+                       "vcpus": [_vcpu_json(v) for v in vm.vcpus]}))
+    return out
+
+
+def _vcpu_json(v: Any) -> dict[str, Any]:
+    return {k: (hex(x) if isinstance(x, int) and k != "index" else x)
+            for k, x in vars(v).items()} if hasattr(v, "__dict__") else \
+        {k: getattr(v, k) for k in v.__dataclass_fields__}
