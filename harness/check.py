@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from harness.diff import coalesce, diff, find_mapping
 from harness.errors import InfraError, ScenarioError
@@ -43,7 +44,7 @@ def hypervisor_of(ctx: Any) -> Hypervisor:
 def _observer(hv: Hypervisor) -> tuple[Callable[[Any], None], Callable[[Any], list[ObservedVM]]]:
     mod_name, fn = hv.observer.split(":")
     mod = importlib.import_module(mod_name)
-    return getattr(mod, "prepare"), getattr(mod, fn)
+    return mod.prepare, getattr(mod, fn)
 
 
 def _gdb(ctx: Any) -> Any:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from typing import Iterable
+from collections.abc import Iterable
 
 from harness.findings import Finding
 from harness.formats.base import Mapping, WalkResult
-from harness.models.base import ExpectedPage, Expectation
+from harness.models.base import Expectation, ExpectedPage
 
 __all__ = ["diff", "coalesce", "find_mapping", "structural_findings"]
 

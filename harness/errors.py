@@ -14,6 +14,7 @@ __all__ = [
     "InfraError",
     "ScenarioError",
     "FindingsError",
+    "StepFailed",
     "MemoryReadError",
     "RegistryLookupError",
 ]
@@ -64,6 +65,10 @@ class FindingsError(SlatcheckError):
     """The kernel under test is wrong (findings, panic)."""
 
     exit_status = 1
+
+
+class StepFailed(FindingsError):
+    """A scenario step's own condition failed in the guest (status, expected output)."""
 
 
 class RegistryLookupError(KeyError, ScenarioError):

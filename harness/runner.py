@@ -8,10 +8,11 @@ artifacts (console log, extracted state, findings) are written in `finally`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.artifacts import make_run_dir, write_json
 from harness.errors import FindingsError, InfraError, ScenarioError, SlatcheckError
@@ -72,7 +73,9 @@ def _handler(kind: str) -> Callable[[StepHandler], StepHandler]:
 
 def _verdict_for(exc: BaseException) -> str:
     """Map an exception to a verdict (see harness.result.VERDICTS)."""
-    from harness.console import ConsoleTimeout, GuestPanic
+    from harness.console import ConsoleTimeout, GuestCommandError, GuestPanic
+    if isinstance(exc, GuestCommandError):   # a harness-driven guest command failed
+        return "error"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, GuestPanic):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import InfraError, ScenarioError
+from harness.errors import InfraError, StepFailed
 from harness.runner import RunContext, _handler
 from harness.scenario import Step, parse_addr
 
@@ -53,8 +53,8 @@ def step_boot(ctx: RunContext, step: Step) -> None:
         memory=str(m.get("memory", "1G")), smp=m.get("smp", 1), accel=m.get("accel", "tcg"),
         cpu=m.get("cpu"), artifacts=ctx.run_dir, vmrun_log=m.get("vmrun_log", True),
         name=sc.name))
-    ctx.console = ctx.stack.enter_context(Console(
-        ctx.machine.console_path, ctx.run_dir / "console.log", os=sc.guest["os"]))
+    ctx.console = ctx.stack.enter_context(Console.connect(
+        ctx.machine.console_path, log_path=ctx.run_dir / "console.log", os_name=sc.guest["os"]))
     ctx.console.wait_for_shell(timeout=step.timeout or sc.timeouts["boot"])
     ctx.properties["guest.uname"] = ctx.console.run("uname -r", timeout=30).output.strip()
 
@@ -89,10 +89,10 @@ def step_shell(ctx: RunContext, step: Step) -> None:
     want = args.get("status", 0)
     res = ctx.console.run(args["cmd"], timeout=ctx.step_timeout(step), check=False)
     if res.status != want:
-        raise ScenarioError(f"{step.label}: `{args['cmd']}` exited {res.status}, expected "
+        raise StepFailed(f"{step.label}: `{args['cmd']}` exited {res.status}, expected "
                             f"{want}; output tail:\n{res.output[-1500:]}")
     if "expect" in args and not re.search(args["expect"], res.output, re.M):
-        raise ScenarioError(f"{step.label}: output of `{args['cmd']}` does not match "
+        raise StepFailed(f"{step.label}: output of `{args['cmd']}` does not match "
                             f"/{args['expect']}/; output tail:\n{res.output[-1500:]}")
 
 

@@ -8,8 +8,9 @@ valid mapping (reserved bits, frame beyond memory, loops, read budget).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from harness.mem import PhysMem
 
@@ -56,7 +57,7 @@ class Mapping:
 class StructuralFinding:
     """An entry that the walker refused to treat as a mapping."""
 
-    kind: str             # "reserved_bits", "frame_beyond_memory", "loop", "read_budget", "bad_entry"
+    kind: str             # reserved_bits, frame_beyond_memory, loop, read_budget, bad_entry
     gpa: int              # first input address the entry covers
     level: int
     table: int            # physical address of the table holding the entry
