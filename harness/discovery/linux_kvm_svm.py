@@ -34,15 +34,19 @@ from harness.discovery.linux_lists import (
 from harness.discovery.vmcb import (
     CONTROL_AREA_SIZE,
     NCR3_ADDR_MASK,
+    VmcbCandidate,
     VmcbControl,
     control_offsets,
+    paging_levels,
+    parse_vmrun_log,
+    scan_vmcbs,
     signature_failures,
 )
 from harness.errors import InfraError
 from harness.mem import PAGE_SIZE, PhysMem, read_u64
 
 __all__ = ["discover", "LiveVM", "VCpu", "MemSlot", "NEEDED_SYMBOLS", "BTF_MODULES",
-           "INVALID_PAGE"]
+           "INVALID_PAGE", "scan_vmcbs", "VmcbCandidate", "parse_vmrun_log", "paging_levels"]
 
 NEEDED_SYMBOLS = ("vm_list", "page_offset_base")
 BTF_MODULES = ("kvm", "kvm_amd")      # split BTF needed on top of vmlinux's
