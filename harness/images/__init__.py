@@ -1,0 +1,23 @@
+"""The embedded L1 images: recipes under ``images/<name>/`` built into the user's cache.
+
+>>> from harness.images import IMAGES
+>>> "linux-amd64" in IMAGES
+True
+"""
+
+from __future__ import annotations
+
+from harness.images.build import BUILDER_VERSION, Image, build_image, cache_root, image_hash
+from harness.images.recipe import IMAGES, Recipe, load_recipe, parse_recipe
+
+__all__ = [
+    "BUILDER_VERSION",
+    "IMAGES",
+    "Image",
+    "Recipe",
+    "build_image",
+    "cache_root",
+    "image_hash",
+    "load_recipe",
+    "parse_recipe",
+]

@@ -1,0 +1,126 @@
+"""Fetch Debian packages with the host's apt, for the host's or a foreign architecture.
+
+A foreign architecture (arm64 on an amd64 host) is handled without touching
+dpkg's configuration: apt gets its own architecture, lists and cache directories
+(``-oAPT::Architecture=arm64 -oDir::State::Lists=... -oDir::Cache=...``) and an
+``apt-get update`` of its own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import InfraError
+from harness.images.host import run_tool
+from harness.images.recipe import KernelSpec
+
+__all__ = ["Package", "AptContext", "host_architecture", "parse_depends", "sha256_file"]
+
+
+@dataclass(frozen=True)
+class Package:
+    """A downloaded ``.deb``: what the manifest records about it."""
+
+    name: str
+    version: str
+    architecture: str
+    filename: str
+    sha256: str
+    path: Path
+
+    def manifest(self) -> dict[str, str]:
+        """The manifest record (everything but the local path)."""
+        return {"name": self.name, "version": self.version,
+                "architecture": self.architecture, "filename": self.filename,
+                "sha256": self.sha256}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def host_architecture() -> str:
+    """dpkg's architecture of this host (``dpkg --print-architecture``)."""
+    return run_tool(["dpkg", "--print-architecture"]).strip()
+
+
+def parse_depends(show_output: str) -> list[str]:
+    """Package names of the first ``Depends:`` field of ``apt-cache show`` output.
+
+    >>> parse_depends("Package: x\\nDepends: linux-image-6.1.0-9-amd64 (= 6.1.1-1), a | b\\n")
+    ['linux-image-6.1.0-9-amd64', 'a']
+    """
+    match = re.search(r"^Depends:\s*(.*)$", show_output, re.MULTILINE)
+    if match is None:
+        return []
+    names = []
+    for clause in match.group(1).split(","):
+        first = clause.split("|")[0].strip()
+        names.append(re.split(r"[\s(:]", first, maxsplit=1)[0])
+    return [name for name in names if name]
+
+
+class AptContext:
+    """apt-get/apt-cache for one Debian architecture, with private state if foreign."""
+
+    def __init__(self, architecture: str, state_dir: Path) -> None:
+        self.architecture = architecture
+        self.options: list[str] = []
+        if architecture != host_architecture():
+            lists, cache = state_dir / "lists", state_dir / "cache"
+            for d in (lists / "partial", cache / "archives" / "partial"):
+                d.mkdir(parents=True, exist_ok=True)
+            self.options = [f"-oAPT::Architecture={architecture}",
+                            f"-oAPT::Architectures={architecture}",
+                            f"-oDir::State::Lists={lists}", f"-oDir::Cache={cache}"]
+            with (state_dir / "update.lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not any(lists.glob("*_Packages*")):
+                    run_tool(["apt-get", *self.options, "update"])
+
+    def show(self, package: str) -> str | None:
+        """``apt-cache show`` of the candidate version, or None if apt does not know it."""
+        try:
+            return run_tool(["apt-cache", *self.options, "show", "--no-all-versions",
+                             package])
+        except InfraError:
+            return None
+
+    def resolve_kernel(self, spec: KernelSpec) -> str:
+        """The kernel package to fetch, as ``name`` or ``name=version`` (pinned)."""
+        if spec.package:
+            return f"{spec.package}={spec.version}" if spec.version else spec.package
+        shown = self.show(spec.metapackage)
+        if shown is None:
+            raise InfraError(f"apt knows no package {spec.metapackage!r} for "
+                             f"{self.architecture}; run apt-get update")
+        images = [n for n in parse_depends(shown) if n.startswith("linux-image-")]
+        if not images:
+            raise InfraError(f"{spec.metapackage} depends on no linux-image-* package")
+        unsigned = f"{images[0]}-unsigned"
+        if spec.prefer_unsigned and self.show(unsigned) is not None:
+            return unsigned
+        return images[0]
+
+    def download(self, what: str, dest: Path) -> Package:
+        """``apt-get download`` one package into *dest*; returns its record."""
+        before = set(dest.glob("*.deb"))
+        run_tool(["apt-get", *self.options, "-oAPT::Sandbox::User=root",
+                  "download", what], cwd=dest)
+        new = sorted(set(dest.glob("*.deb")) - before)
+        if len(new) != 1:
+            raise InfraError(f"apt-get download {what} produced {len(new)} files")
+        fields = run_tool(["dpkg-deb", "-f", str(new[0]), "Package", "Version",
+                           "Architecture"])
+        info = dict(line.split(": ", 1) for line in fields.strip().splitlines())
+        return Package(info["Package"], info["Version"], info["Architecture"],
+                       new[0].name, sha256_file(new[0]), new[0])

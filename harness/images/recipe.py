@@ -1,0 +1,155 @@
+"""Image recipes: ``images/<name>/recipe.yaml`` parsed into a frozen :class:`Recipe`.
+
+A recipe is data only; an architecture is added by writing a new recipe (apt
+architecture, kernel metapackage, modules to load, compiler, console), not code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import InfraError
+from harness.registry import Registry
+
+__all__ = [
+    "IMAGES_DIR",
+    "WORKLOAD_DIR",
+    "IMAGES",
+    "ModuleLoad",
+    "KernelSpec",
+    "WorkloadSpec",
+    "Recipe",
+    "parse_recipe",
+    "load_recipe",
+]
+
+IMAGES_DIR = Path(__file__).resolve().parents[2] / "images"
+WORKLOAD_DIR = IMAGES_DIR / "workload"
+
+
+@dataclass(frozen=True)
+class ModuleLoad:
+    """One ``modprobe`` run by ``/init``: module name and its parameters."""
+
+    name: str          # kernel module name, e.g. "kvm_amd"
+    params: str = ""   # e.g. "nested=1 npt=1"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Which Debian kernel package to fetch."""
+
+    metapackage: str               # e.g. "linux-image-amd64"; its Depends names the build
+    prefer_unsigned: bool = True   # take "<package>-unsigned" when the mirror has it
+    package: str | None = None     # pin: exact package, skips the metapackage
+    version: str | None = None     # pin: exact version of that package
+    image: str = "boot/vmlinuz-{release}"   # kernel file inside the package
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """How the workload is compiled."""
+
+    cc: str                        # compiler command, e.g. "gcc"
+    cc_packages: tuple[str, ...]   # Debian packages that provide it (and libc.a)
+    cflags: tuple[str, ...]
+    sources: tuple[str, ...]       # files of images/workload/
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed ``recipe.yaml``; ``path`` is the file it came from."""
+
+    name: str
+    arch: str                      # guest architecture as QEMU names it: "x86_64", "aarch64"
+    apt_architecture: str          # Debian architecture: "amd64", "arm64"
+    kernel: KernelSpec
+    packages: tuple[str, ...]      # further packages (busybox-static)
+    busybox: str                   # busybox path inside its package
+    modules: tuple[ModuleLoad, ...]
+    workload: WorkloadSpec
+    console: str                   # guest console device: "ttyS0", "ttyAMA0"
+    append: str                    # kernel command line
+    prompt: str                    # shell prompt (PS1) on the console
+    path: Path = field(default=Path(), compare=False)
+
+
+def _need(doc: dict[str, Any], key: str, where: str) -> Any:
+    """``doc[key]``, or an InfraError naming the recipe and the key."""
+    if key not in doc:
+        raise InfraError(f"{where}: missing key {key!r}")
+    return doc[key]
+
+
+def _kernel(doc: dict[str, Any], where: str) -> KernelSpec:
+    """The ``kernel:`` block."""
+    return KernelSpec(
+        metapackage=str(_need(doc, "metapackage", f"{where}: kernel")),
+        prefer_unsigned=bool(doc.get("prefer_unsigned", True)),
+        package=doc.get("package"), version=doc.get("version"),
+        image=str(doc.get("image", "boot/vmlinuz-{release}")))
+
+
+def _workload(doc: dict[str, Any], where: str) -> WorkloadSpec:
+    """The ``workload:`` block."""
+    cc = str(_need(doc, "cc", f"{where}: workload"))
+    return WorkloadSpec(
+        cc=cc, cc_packages=tuple(doc.get("cc_packages", [cc])),
+        cflags=tuple(doc.get("cflags", ["-static", "-O2"])),
+        sources=tuple(_need(doc, "sources", f"{where}: workload")))
+
+
+def _modules(items: list[Any]) -> tuple[ModuleLoad, ...]:
+    """The ``modules:`` list: names or ``{name, params}`` mappings."""
+    loads = []
+    for item in items or []:
+        if isinstance(item, str):
+            loads.append(ModuleLoad(item))
+        else:
+            loads.append(ModuleLoad(str(item["name"]), str(item.get("params", ""))))
+    return tuple(loads)
+
+
+def parse_recipe(text: str, where: str = "recipe") -> Recipe:
+    """Parse the YAML text of a recipe; *where* names it in errors."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InfraError(f"{where}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InfraError(f"{where}: not a mapping")
+    return Recipe(
+        name=str(_need(doc, "name", where)), arch=str(_need(doc, "arch", where)),
+        apt_architecture=str(_need(doc, "apt_architecture", where)),
+        kernel=_kernel(_need(doc, "kernel", where), where),
+        packages=tuple(doc.get("packages", [])),
+        busybox=str(doc.get("busybox", "bin/busybox")),
+        modules=_modules(doc.get("modules", [])),
+        workload=_workload(_need(doc, "workload", where), where),
+        console=str(_need(doc, "console", where)),
+        append=str(_need(doc, "append", where)),
+        prompt=str(doc.get("prompt", "slat# ")))
+
+
+def load_recipe(name: str) -> Recipe:
+    """The recipe registered as *name*; unknown names list the valid ones."""
+    path = IMAGES[name]
+    recipe = parse_recipe(path.read_text(), str(path))
+    if recipe.name != name:
+        raise InfraError(f"{path}: name {recipe.name!r} does not match directory {name!r}")
+    return replace(recipe, path=path)
+
+
+def _discover() -> Registry[Path]:
+    """Registry of every ``images/<name>/recipe.yaml``."""
+    registry: Registry[Path] = Registry("image")
+    for path in sorted(IMAGES_DIR.glob("*/recipe.yaml")):
+        registry.add(path.parent.name, path)
+    return registry
+
+
+IMAGES: Registry[Path] = _discover()

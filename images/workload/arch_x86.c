@@ -1,0 +1,1 @@
+void arch_x86_placeholder(void) {}

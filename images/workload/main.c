@@ -1,0 +1,2 @@
+#include <stdio.h>
+int main(void) { puts("@@SLAT {\"event\":\"error\",\"msg\":\"not implemented yet\"}"); return 1; }
