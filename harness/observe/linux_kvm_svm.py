@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.formats import FORMATS
-from harness.formats.base import WalkLimits
+from harness.formats.base import WalkLimits, WalkResult
 from harness.mem import PageCache
 from harness.observe import ObservedVM
 
@@ -21,7 +21,7 @@ def _mem_bytes(text: str) -> int:
 def prepare(ctx: Any) -> None:
     """What must be fetched while L1 still runs: kallsyms, CPU address size, BTF."""
     from harness.btf import Btf
-    from harness.discovery.linux_kvm_svm import NEEDED_SYMBOLS
+    from harness.discovery.linux_kvm_svm import BTF_MODULES, NEEDED_SYMBOLS
     from harness.kallsyms import kallsyms_command, parse_kallsyms
     from harness.kernel_image import btf_section, extract_vmlinux
 
@@ -36,7 +36,7 @@ def prepare(ctx: Any) -> None:
         img = ctx.image
         base = btf_section(extract_vmlinux(Path(img.kernel).read_bytes()))
         splits = [btf_section(p.read_bytes()) for p in sorted(Path(img.modules).glob("*.ko"))
-                  if p.stem.replace("-", "_") in ("kvm", "kvm_amd")]
+                  if p.stem.replace("-", "_") in BTF_MODULES]
         ctx.cache["btf"] = Btf.load(base, splits)
 
 
@@ -62,14 +62,15 @@ def observe(ctx: Any) -> list[ObservedVM]:
                    vmrun_vmcbs=_vmrun_vmcbs(ctx), mem_size=mem_size)
     fmt = FORMATS["npt"]
     out = []
+    params = fmt.params(levels=levels, flavour="kvm", maxphyaddr=ctx.cache["maxphyaddr"],
+                        limits=WalkLimits(mem_size=mem_size))
     for vm in vms:
-        params = fmt.params(levels=levels, flavour="kvm", maxphyaddr=ctx.cache["maxphyaddr"],
-                            limits=WalkLimits(mem_size=mem_size))
-        walk = fmt.walk(pmem, vm.root, params)
+        # a VM whose vCPUs never ran has no root yet, and so no mappings
+        walk = fmt.walk(pmem, vm.root, params) if vm.root is not None else WalkResult()
         slots = [{"id": s.id, "gpa": s.gpa, "size": s.size, "hva": s.hva, "flags": s.flags}
                  for s in vm.memslots]
         out.append(ObservedVM(
-            name=f"kvm@{vm.kvm:#x}", format="npt", root=vm.root, params=params, walk=walk,
+            name=f"kvm@{vm.kvm:#x}", format="npt", root=vm.root or 0, params=params, walk=walk,
             slot_hvas=frozenset(s.hva for s in vm.memslots), slots=slots,
             discovery={"pid": vm.pid, "levels": levels, "checks": dict(vm.checks),
                        "vcpus": [_vcpu_json(v) for v in vm.vcpus]}))
@@ -77,6 +78,6 @@ def observe(ctx: Any) -> list[ObservedVM]:
 
 
 def _vcpu_json(v: Any) -> dict[str, Any]:
-    return {k: (hex(x) if isinstance(x, int) and k != "index" else x)
-            for k, x in vars(v).items()} if hasattr(v, "__dict__") else \
-        {k: getattr(v, k) for k in v.__dataclass_fields__}
+    import dataclasses
+    return {k: (hex(x) if isinstance(x, int) and k not in ("index", "vcpu_id", "asid") else x)
+            for k, x in dataclasses.asdict(v).items()}
