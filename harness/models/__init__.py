@@ -12,3 +12,4 @@ __all__ = ["MODELS", "Access", "Backing", "DictBacking", "Expectation", "Expecte
 MODELS: Registry[Model] = Registry("hypervisor model")
 
 from harness.models import kvm  # noqa: E402,F401  (registers kvm-x86, kvm-arm64)
+from harness.models import openbsd  # noqa: E402,F401  (registers openbsd-vmm, openbsd-vmm-old)

@@ -1,0 +1,154 @@
+"""openbsd-vmm and openbsd-vmm-old on vmd's memory map with hand-written EPT/NPT leaves."""
+
+from __future__ import annotations
+
+from harness.diff import diff
+from harness.findings import Finding
+from harness.formats.base import Mapping, WalkResult
+from harness.models import MODELS
+from harness.models.base import Access, DictBacking, MemRange, VMDesc
+from harness.models.openbsd import empty_tables, table_leftovers
+from harness.models.vmd_memmap import create_memory_map
+
+PAGE = 4096
+RANGES = tuple(create_memory_map(256 << 20))
+VMR_VA = 0x7F7F00000000       # vmd's vmr_va of every range: gpa -> vmr_va + gpa
+
+
+def vmd_backing() -> DictBacking:
+    """Backing of the first pages of each non-MMIO range, as vmd's pmap would give them."""
+    pages = {}
+    for rng in RANGES:
+        if rng.kind != "mmio":
+            for i in range(8):
+                gpa = rng.gpa + i * PAGE
+                pages[gpa] = 0x6000000 + ((VMR_VA + gpa) >> 12 & 0xFFFF) * PAGE * 3
+    return DictBacking(pages)
+
+
+BACKING = vmd_backing()
+TOUCHES = (Access(0x0, "x"), Access(0xB8000 - 0x18000, "w"), Access(0x100000, "r"),
+           Access(0x101000, "w"))
+
+
+def vm(touched: tuple[Access, ...] = TOUCHES, **kw: object) -> VMDesc:
+    return VMDesc("vmd1", RANGES, BACKING, touched, **kw)
+
+
+def ept(gpa: int, hpa: int | None = None, low: int = 0x037, size: int = PAGE) -> Mapping:
+    """An EPT leaf with the given low 12 bits, decoded the way the EPT walker does."""
+    frame = BACKING.pages[gpa] if hpa is None else hpa
+    return Mapping(gpa=gpa, hpa=frame, size=size, r=bool(low & 1), w=bool(low & 2),
+                   x=bool(low & 4), level=1, raw=frame | low, memtype=(low >> 3) & 7,
+                   accessed=bool(low & 0x100), dirty=bool(low & 0x200))
+
+
+def npt(gpa: int, w: bool = True) -> Mapping:
+    frame = BACKING.pages[gpa]
+    return Mapping(gpa=gpa, hpa=frame, size=PAGE, r=True, w=w, x=True, level=1,
+                   raw=frame | 0x65 | (2 if w else 0))
+
+
+GOOD = [ept(a.gpa) for a in TOUCHES]
+
+
+def run(model: str, desc: VMDesc, leaves: list[Mapping]) -> list[Finding]:
+    return diff(WalkResult(mappings=leaves), MODELS[model].expect(desc))
+
+
+def kinds_at(findings: list[Finding]) -> set[tuple[str, int | None]]:
+    return {(f.kind, f.gpa) for f in findings}
+
+
+def test_good_ept_and_npt() -> None:
+    assert run("openbsd-vmm", vm(options={"format": "ept"}), GOOD) == []
+    assert run("openbsd-vmm", vm(options={"format": "npt"}), [npt(a.gpa) for a in TOUCHES]) == []
+
+
+def test_reserved_range_is_mapped_like_ram() -> None:
+    assert RANGES[1].kind == "reserved"
+    assert run("openbsd-vmm", vm((Access(0xA0000, "w"),)), [ept(0xA0000)]) == []
+
+
+def test_wrong_frame() -> None:
+    leaves = [*GOOD[:2], ept(0x100000, hpa=0x9000), GOOD[3]]
+    found = run("openbsd-vmm", vm(), leaves)
+    assert kinds_at(found) == {("wrong_frame", 0x100000)}
+    assert found[0].expected == BACKING.pages[0x100000]
+
+
+def test_mapping_in_mmio() -> None:
+    found = run("openbsd-vmm", vm(), [*GOOD, ept(0xF0000000, hpa=0x5000)])
+    assert kinds_at(found) == {("unexpected", 0xF0000000)}
+    assert "mmio" in found[0].detail
+
+
+def test_mapping_outside_ranges() -> None:
+    assert kinds_at(run("openbsd-vmm", vm(), [*GOOD, ept(0x20000000, hpa=0x5000)])) == {
+        ("unexpected", 0x20000000)}
+
+
+def test_missing_touched_page() -> None:
+    assert kinds_at(run("openbsd-vmm", vm(), GOOD[1:])) == {("missing", 0x0)}
+
+
+def test_permission_not_rwx() -> None:
+    leaves = [*GOOD[:2], ept(0x100000, low=0x035), GOOD[3]]
+    found = run("openbsd-vmm", vm(), leaves)
+    assert kinds_at(found) == {("permission", 0x100000)}
+    assert (found[0].expected, found[0].observed) == ("rwx", "r-x")
+
+
+def test_memtype_and_ipat() -> None:
+    for low in (0x007, 0x077):           # UC; WB with IPAT
+        leaves = [*GOOD[:2], ept(0x100000, low=low), GOOD[3]]
+        assert kinds_at(run("openbsd-vmm", vm(), leaves)) == {("memtype", 0x100000)}
+
+
+def test_ad_bits_new_versus_old() -> None:
+    leaves = [*GOOD[:2], ept(0x100000, low=0x137), GOOD[3]]
+    assert kinds_at(run("openbsd-vmm", vm(), leaves)) == {("bad_entry", 0x100000)}
+    assert run("openbsd-vmm-old", vm(), leaves) == []
+    assert kinds_at(run("openbsd-vmm-old", vm(options={"ad_bits": False}), leaves)) == {
+        ("bad_entry", 0x100000)}
+
+
+def test_old_design_read_page_may_be_read_only() -> None:
+    leaves = [*GOOD[:2], ept(0x100000, low=0x035), GOOD[3]]
+    assert run("openbsd-vmm-old", vm(), leaves) == []
+    leaves = [*GOOD[:3], ept(0x101000, low=0x035)]
+    assert kinds_at(run("openbsd-vmm-old", vm(), leaves)) == {("permission", 0x101000)}
+
+
+def test_huge_leaf_is_bad_entry() -> None:
+    found = run("openbsd-vmm", vm(()), [ept(0x200000, hpa=0x40000000, low=0xB7,
+                                            size=2 << 20)])
+    assert ("bad_entry", 0x200000) in kinds_at(found)
+
+
+def test_torn_down_and_removed() -> None:
+    assert kinds_at(run("openbsd-vmm", vm(torn_down=True), GOOD[:1])) == {("leftover", 0x0)}
+    removed = vm(TOUCHES[:2], removed=(0x100000,))
+    found = run("openbsd-vmm", removed, [*GOOD[:2], ept(0x100000)])
+    assert kinds_at(found) == {("leftover", 0x100000)}
+
+
+def test_table_leftovers_with_no_leaf() -> None:
+    assert table_leftovers(vm(torn_down=True), {0x1000}, root=0x1000) == []
+    found = table_leftovers(vm(torn_down=True), {0x1000, 0x7000, 0x3000}, root=0x1000)
+    assert [(f.kind, f.observed) for f in found] == [("leftover", 0x3000), ("leftover", 0x7000)]
+
+
+def test_empty_tables_counted() -> None:
+    walk = WalkResult(mappings=list(GOOD), tables_read=1 + 1 + 1 + 1)
+    assert empty_tables(vm(), walk) == []          # all four leaves under one PDPT/PD/PT
+    walk = WalkResult(mappings=[], tables_read=2)
+    assert [f.kind for f in empty_tables(vm(torn_down=True), walk)] == ["leftover"]
+    walk = WalkResult(mappings=[ept(0x0)], tables_read=5)
+    assert empty_tables(vm(), walk)[0].observed == 5
+
+
+def test_registered_formats() -> None:
+    assert MODELS["openbsd-vmm"].formats == ("ept", "npt")
+    assert MODELS["openbsd-vmm-old"].formats == ("ept",)
+    assert MemRange(0, PAGE).kind == "ram"
