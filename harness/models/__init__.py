@@ -13,3 +13,4 @@ MODELS: Registry[Model] = Registry("hypervisor model")
 
 from harness.models import kvm  # noqa: E402,F401  (registers kvm-x86, kvm-arm64)
 from harness.models import openbsd  # noqa: E402,F401  (registers openbsd-vmm, openbsd-vmm-old)
+from harness.models import vkernel  # noqa: E402,F401  (registers dragonfly-vkernel)

@@ -1,0 +1,176 @@
+"""Reference model ``dragonfly-vkernel``: the host pmap of one VPAGETABLE region.
+
+A DragonFly vkernel maps its memory image ``MAP_VPAGETABLE`` and keeps page
+tables (VPTEs) inside that image; the host kernel fills its own pmap lazily
+from them in ``vm_fault_vpagetable()`` (``sys/vm/vm_fault.c``).  Invalidation
+is cooperative: when the vkernel changes a VPTE it must call
+``madvise(MADV_INVAL)`` / ``vmspace_mcontrol(MADV_INVAL)`` so that the host
+drops its PTEs.  This model judges the host PTEs of the region (observed
+with an x86-64 walk of the vkernel process's pmap) against the VPTEs in the
+image.
+
+Input (:class:`~harness.models.base.VMDesc`):
+
+* ``ranges``: exactly one :class:`MemRange`, the map entry (``gpa`` = its
+  start VA, ``size`` = its length); listed in ``removed`` once unmapped;
+* ``backing.resolve(rng, image_offset)``: the L1 physical page holding the
+  image object's page at that byte offset (None = not resident: not judged);
+* ``options`` (:class:`VkernelOptions`): the image reader, the master PDE,
+  the VPTE layout;
+* ``touched``: VAs the scenario says the vkernel accessed (usually none).
+
+Rules for every 4 KiB page ``va`` of a host leaf:
+
+* outside the region: ``unexpected`` (inside a removed region or after the
+  vkernel exited: ``leftover``);
+* no valid VPTE path for ``va``: ``stale`` (a VPTE changed, MADV_INVAL skipped);
+* the frame is not the host page of the image page the VPTE walk gives:
+  ``wrong_frame``;
+* writable although a VPTE on the path lacks VPTE_RW or the final VPTE lacks
+  VPTE_M (the host maps read-only until VPTE_M is set), executable under
+  VPTE_NX (old layout: without VPTE_X), readable without VPTE_R (old layout):
+  ``permission``.  Note that DragonFly's read-fault path only tests the final
+  VPTE for RW|M, so a writable host PTE under a non-RW intermediate VPTE is
+  reported here although that kernel could produce it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import ScenarioError
+from harness.findings import Finding
+from harness.formats.base import Mapping, WalkLimits
+from harness.formats.vpte import VPTEParams, VPTEPerms, translate
+from harness.mem import PhysMem
+from harness.models import MODELS
+from harness.models.base import (
+    PAGE_SIZE,
+    Expectation,
+    ExpectedPage,
+    MemRange,
+    Model,
+    VMDesc,
+    leftover_finding,
+    options_of,
+    outside_finding,
+    page_accesses,
+    perm_str,
+    rule_str,
+    segments,
+)
+
+__all__ = ["VkernelOptions", "allowed", "expect", "DRAGONFLY_VKERNEL"]
+
+
+@dataclass(frozen=True)
+class VkernelOptions:
+    """``VMDesc.options`` understood by ``dragonfly-vkernel``."""
+
+    image: Any = None               # PhysMem over the memory image (offset 0 = object page 0)
+    master_pde: int | None = None   # entry->aux.master_pde (the MADV_SETMAP value)
+    layout: str = "x86"             # VPTE layout: "x86" (current) or "old"
+    nx_bit: int | None = 63         # VPTE_NX bit of the x86 layout [M]
+    image_size: int | None = None   # bytes in the image; None = ``image.size`` if it has one
+
+
+@dataclass(frozen=True)
+class _Region:
+    """One VPAGETABLE map entry, resolved from the VMDesc."""
+
+    rng: MemRange
+    image: PhysMem
+    master_pde: int
+    params: VPTEParams
+
+    def translate(self, va: int) -> tuple[int, VPTEPerms] | None:
+        """The image offset and VPTE grant of *va*, or None."""
+        return translate(self.image, self.master_pde, va, self.params)
+
+
+def _region(vm: VMDesc) -> _Region:
+    """Check the options and the single range; ScenarioError if they are unusable."""
+    o = options_of(vm, VkernelOptions)
+    if o.image is None or o.master_pde is None:
+        raise ScenarioError("dragonfly-vkernel needs options 'image' and 'master_pde'",
+                            field="options")
+    if len(vm.ranges) != 1:
+        raise ScenarioError(f"dragonfly-vkernel judges one VPAGETABLE region, got "
+                            f"{len(vm.ranges)} ranges", field="ranges")
+    rng = vm.ranges[0]
+    size = o.image_size if o.image_size is not None else getattr(o.image, "size", None)
+    params = VPTEParams(layout=o.layout, nx_bit=o.nx_bit, base=rng.gpa, size=rng.size,
+                        limits=WalkLimits(mem_size=size))
+    return _Region(rng, o.image, o.master_pde, params)
+
+
+def allowed(perms: VPTEPerms) -> dict[str, bool]:
+    """What a host PTE may grant under a VPTE path: r, w (RW path and M), x.
+
+    >>> allowed(VPTEPerms(r=True, w=True, x=False, m=False))
+    {'r': True, 'w': False, 'x': False}
+    """
+    return {"r": perms.r, "w": perms.w and perms.m, "x": perms.x}
+
+
+def _page_findings(vm: VMDesc, reg: _Region, page: int, m: Mapping) -> list[Finding]:
+    """Findings for one 4 KiB page of a host leaf inside the region."""
+    hpa = m.hpa + (page - m.gpa)
+    t = reg.translate(page)
+    if t is None:
+        return [Finding("stale", vm.name, page, expected=None, observed=hpa,
+                        detail=f"host pte {m.raw:#x} without a valid VPTE path")]
+    off, perms = t
+    detail = f"vpte {perms.vpte:#x} image {off:#x} host pte {m.raw:#x}"
+    out: list[Finding] = []
+    want_hpa = vm.backing.resolve(reg.rng, off)
+    if want_hpa is not None and want_hpa != hpa:
+        out.append(Finding("wrong_frame", vm.name, page, expected=want_hpa, observed=hpa,
+                           detail=detail))
+    got = {"r": m.r, "w": m.w, "x": m.x}
+    want = {k: False for k, ok in allowed(perms).items() if not ok}
+    if any(got[k] for k in want):
+        out.append(Finding("permission", vm.name, page, expected=rule_str(want),
+                           observed=perm_str(m.r, m.w, m.x), detail=detail))
+    return out
+
+
+def _check_leaf(vm: VMDesc, reg: _Region, m: Mapping) -> list[Finding]:
+    """Every finding for one observed host leaf."""
+    if vm.torn_down:
+        return [leftover_finding(vm, m, "after the vkernel exited")]
+    out: list[Finding] = []
+    for start, end, rng in segments(vm, m.gpa, m.end):
+        if rng is None or rng.gpa in vm.removed:
+            out.append(outside_finding(vm, start, end, rng, m))
+            continue
+        for page in range(start, end, PAGE_SIZE):
+            out.extend(_page_findings(vm, reg, page, m))
+    return out
+
+
+def _required(vm: VMDesc, reg: _Region) -> list[ExpectedPage]:
+    """Touched pages with a valid VPTE path must be mapped to their image page."""
+    out = []
+    for page, acc in sorted(page_accesses(vm.touched).items()):
+        t = None if vm.torn_down or vm.range_of(page) is None else reg.translate(page)
+        if t is None:
+            continue    # the access faulted back to the vkernel: nothing to map
+        off, perms = t
+        out.append(ExpectedPage(page, vm.backing.resolve(reg.rng, off), r=True,
+                                w=True if "w" in acc and perms.w else None,
+                                x=True if "x" in acc and perms.x else None))
+    return out
+
+
+def expect(vm: VMDesc) -> Expectation:
+    """The ``dragonfly-vkernel`` expectation for one VPAGETABLE region of *vm*."""
+    reg = _region(vm)
+    return Expectation(vm.name, _required(vm, reg), lambda m: _check_leaf(vm, reg, m))
+
+
+DRAGONFLY_VKERNEL = MODELS.add("dragonfly-vkernel", Model(
+    name="dragonfly-vkernel",
+    description="DragonFly vkernel: host PTEs of a VPAGETABLE region follow its VPTEs",
+    formats=("npt",), expect=expect))
