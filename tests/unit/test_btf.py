@@ -1,0 +1,194 @@
+"""The BTF reader on small BTF blobs built by an independent encoder (below)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from harness.btf import Btf, BtfError, Kind
+
+# -- a tiny BTF encoder, written from Documentation/bpf/btf.rst -------------------
+
+
+class BtfBuilder:
+    """Builds a BTF blob; with *base*, a split blob continuing its ids and strings."""
+
+    def __init__(self, base: BtfBuilder | None = None) -> None:
+        self.base = base
+        self.recs: list[bytes] = []
+        self.strings = bytearray(b"" if base else b"\0")
+        self.str_base = len(base.strings) if base else 0
+        self.first_id = base.next_id() if base else 1
+        self._str_cache: dict[str, int] = {}
+
+    def next_id(self) -> int:
+        """The id the next type will get."""
+        return self.first_id + len(self.recs)
+
+    def s(self, name: str) -> int:
+        """String offset of *name* (the empty string is offset 0 of the base)."""
+        if not name:
+            return 0
+        if self.base and name in self.base._str_cache:
+            return self.base._str_cache[name]
+        if name not in self._str_cache:
+            self._str_cache[name] = self.str_base + len(self.strings)
+            self.strings += name.encode() + b"\0"
+        return self._str_cache[name]
+
+    def add(self, kind: int, name: str, vlen: int, size_or_type: int, extra: bytes = b"",
+            kflag: int = 0) -> int:
+        """Append one btf_type record; returns its id."""
+        info = (kflag << 31) | (kind << 24) | vlen
+        self.recs.append(struct.pack("<III", self.s(name), info, size_or_type) + extra)
+        return self.next_id() - 1
+
+    def int_(self, name: str, size: int, signed: bool = False) -> int:
+        """BTF_KIND_INT, encoding SIGNED when *signed*."""
+        return self.add(Kind.INT, name, 0, size,
+                        struct.pack("<I", (int(signed) << 24) | (size * 8)))
+
+    def ptr(self, ref: int) -> int:
+        return self.add(Kind.PTR, "", 0, ref)
+
+    def array(self, elem: int, nelems: int, index_type: int) -> int:
+        return self.add(Kind.ARRAY, "", 0, 0, struct.pack("<III", elem, index_type, nelems))
+
+    def struct(self, name: str, size: int, members: list[tuple], union: bool = False,
+               kflag: int = 0) -> int:
+        """members: (name, type id, bit offset[, bitfield size]) tuples."""
+        extra = b""
+        for m in members:
+            name_, tid, bits = m[:3]
+            off = ((m[3] << 24) | bits) if kflag else bits
+            extra += struct.pack("<III", self.s(name_), tid, off)
+        return self.add(Kind.UNION if union else Kind.STRUCT, name, len(members), size, extra,
+                        kflag)
+
+    def ref(self, kind: int, ref: int, name: str = "") -> int:
+        """TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG, FUNC."""
+        return self.add(kind, name, 0, ref)
+
+    def encode(self) -> bytes:
+        """Header + type section + string section."""
+        types = b"".join(self.recs)
+        hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types),
+                          len(self.strings))
+        return hdr + types + bytes(self.strings)
+
+
+def struct_of(b: BtfBuilder, name: str, size: int, fields: dict[str, tuple[int, int]]) -> int:
+    """A struct from {member: (byte offset, type id)}."""
+    return b.struct(name, size, [(n, t, off * 8) for n, (off, t) in fields.items()])
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def every_kind() -> tuple[Btf, dict[str, int]]:
+    """A blob with every kind, so that a wrong record length shifts later ids."""
+    b = BtfBuilder()
+    ids: dict[str, int] = {}
+    u32 = ids["u32"] = b.int_("unsigned int", 4)
+    s16 = b.int_("short int", 2, signed=True)
+    u64 = b.int_("long long unsigned int", 8)
+    b.add(Kind.ENUM, "mode", 2, 4,
+          struct.pack("<Ii", b.s("A"), 0) + struct.pack("<Ii", b.s("B"), -1))
+    b.add(Kind.FWD, "later", 0, 0)
+    proto = b.add(Kind.FUNC_PROTO, "", 2, u32, struct.pack("<II", b.s("x"), u32) +
+                  struct.pack("<II", 0, u64))
+    b.ref(Kind.FUNC, proto, "f")
+    var = b.add(Kind.VAR, "v", 0, u32, struct.pack("<I", 1))
+    b.add(Kind.DATASEC, ".data", 1, 4, struct.pack("<III", var, 0, 4))
+    b.add(Kind.FLOAT, "double", 0, 8)
+    b.add(Kind.DECL_TAG, "tag", 0, var, struct.pack("<i", -1))
+    tagged = b.ref(Kind.TYPE_TAG, u64, "user")
+    b.add(Kind.ENUM64, "big", 1, 8, struct.pack("<III", b.s("C"), 1, 2))
+    vol = b.ref(Kind.VOLATILE, u32)
+    cst = b.ref(Kind.CONST, vol)
+    td = ids["td"] = b.ref(Kind.TYPEDEF, cst, "u32_t")
+    arr = b.array(s16, 3, u32)
+    inner = b.struct("", 8, [("lo", u32, 0), ("hi", u32, 32)], union=False)
+    uni = b.struct("", 8, [("whole", u64, 0), ("", inner, 0)], union=True)
+    rest = b.ref(Kind.RESTRICT, b.ptr(0))
+    ids["s"] = b.struct("s", 48, [("a", td, 0), ("b", arr, 32), ("", uni, 128),
+                                  ("p", rest, 192), ("t", tagged, 256), ("c", s16, 320)])
+    ids["bits"] = b.struct("bits", 4, [("x", u32, 0, 3), ("y", u32, 3, 5), ("z", u32, 8, 0)],
+                           kflag=1)
+    return Btf.load(b.encode()), ids
+
+
+# -- tests ---------------------------------------------------------------------
+
+
+def test_offsets_through_every_kind(every_kind: tuple[Btf, dict[str, int]]) -> None:
+    btf, ids = every_kind
+    assert btf.find("struct s").id == ids["s"]
+    assert btf.offsetof("struct s", "a") == 0
+    assert btf.offsetof("struct s", "b") == 4
+    assert btf.offsetof("struct s", "b[2]") == 4 + 2 * 2
+    assert btf.offsetof("struct s", "whole") == 16          # inside the anonymous union
+    assert btf.offsetof("struct s", "hi") == 20             # anonymous union > anonymous struct
+    assert btf.offsetof("struct s", "p") == 24
+    assert btf.offsetof("struct s", "c") == 40
+    assert btf.sizeof("struct s") == 48
+    assert btf.sizeof("u32_t") == 4                         # typedef > const > volatile
+    assert btf.sizeof(btf.member_type("struct s", "b")) == 6
+    assert btf.sizeof(btf.member_type("struct s", "p")) == 8
+    assert btf.sizeof(btf.member_type("struct s", "t")) == 8    # type tag skipped
+    assert btf.is_signed(btf.member_type("struct s", "c"))
+    assert not btf.is_signed(btf.member_type("struct s", "a"))
+    assert btf.find("enum mode").size == 4 and btf.find("enum big").kind == Kind.ENUM64
+
+
+def test_bitfields_with_kind_flag(every_kind: tuple[Btf, dict[str, int]]) -> None:
+    btf, _ = every_kind
+    assert btf.member("struct bits", "y")[:2] == (3, 5)
+    assert btf.offsetof("struct bits", "z") == 1
+    with pytest.raises(BtfError, match="bitfield"):
+        btf.offsetof("struct bits", "y")
+
+
+def test_errors_name_struct_member_and_close_names(every_kind: tuple[Btf, dict[str, int]]
+                                                   ) -> None:
+    btf, _ = every_kind
+    with pytest.raises(BtfError, match=r"struct s has no member 'whol'.*close names: whole"):
+        btf.offsetof("struct s", "whol")
+    with pytest.raises(BtfError, match="no type 'struct t'"):
+        btf.find("struct t")
+    with pytest.raises(BtfError, match="not an array"):
+        btf.offsetof("struct s", "a[1]")
+    with pytest.raises(BtfError, match="out of bounds"):
+        btf.offsetof("struct s", "b[3]")
+    with pytest.raises(BtfError, match="not a struct or union"):
+        btf.offsetof("struct s", "a.x")
+
+
+def test_rejects_non_btf() -> None:
+    with pytest.raises(BtfError, match="not BTF"):
+        Btf.load(b"\0" * 32)
+    with pytest.raises(BtfError, match="shorter"):
+        Btf.load(b"\x9f\xeb")
+
+
+def test_split_btf_continues_ids_and_strings() -> None:
+    """Two modules split on the same base: their ids overlap, each resolves in its own."""
+    base = BtfBuilder()
+    u64 = base.int_("long unsigned int", 8)
+    lh = base.struct("list_head", 16, [("next", u64, 0), ("prev", u64, 64)])
+    base.add(Kind.FWD, "kvm", 0, 0)
+    kvm_mod = BtfBuilder(base)
+    pid = kvm_mod.ref(Kind.TYPEDEF, u64, "pid_t")
+    kvm_mod.struct("kvm", 64, [("pad", u64, 0), ("vm_list", lh, 64), ("userspace_pid", pid, 256)])
+    amd_mod = BtfBuilder(base)
+    info = amd_mod.struct("kvm_vmcb_info", 16, [("ptr", u64, 0), ("pa", u64, 64)])
+    amd_mod.struct("vcpu_svm", 0x100, [("vcpu", u64, 0), ("vmcb01", info, 0x80 * 8)])
+    assert kvm_mod.first_id == amd_mod.first_id == base.next_id()
+    btf = Btf.load(base.encode(), [kvm_mod.encode(), amd_mod.encode()])
+    assert btf.offsetof("struct kvm", "vm_list") == 8          # not the base FWD
+    assert btf.offsetof("struct kvm", "vm_list.prev") == 16    # base type from a split
+    assert btf.offsetof("struct vcpu_svm", "vmcb01.pa") == 0x88   # ids resolved in layer 2
+    assert btf.sizeof(btf.member_type("struct kvm", "userspace_pid")) == 8
+    assert btf.find("struct kvm").layer == 1 and btf.find("struct vcpu_svm").layer == 2
