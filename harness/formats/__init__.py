@@ -13,5 +13,6 @@ __all__ = ["FORMATS", "Format", "Mapping", "StructuralFinding", "WalkLimits", "W
 
 FORMATS: Registry[Format] = Registry("page-table format")
 
+from harness.formats import ept as _ept  # noqa: E402,F401  (registers "ept")
 from harness.formats import npt as _npt  # noqa: E402,F401  (registers "npt")
 from harness.formats import vpte  # noqa: E402,F401  (registers vpte)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from encoders import ALL_PERMS, NptEncoder, build, observed, spec_lists
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.errors import MemoryReadError
 from harness.formats import FORMATS, WalkLimits
@@ -161,3 +164,23 @@ def test_frames_beyond_memory() -> None:
 def test_bad_params(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         NptParams(**bad)  # type: ignore[arg-type]
+
+
+PERMS_NPT = [p for p in ALL_PERMS if p[0]] + [(False, False, False)]
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+@pytest.mark.parametrize("flavour", ["hw", "kvm"])
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_walk_reads_back_what_the_encoder_wrote(levels: int, flavour: str,
+                                                data: st.DataObject) -> None:
+    specs = data.draw(spec_lists(9 * levels + 12, PERMS_NPT, [None]))
+    enc = NptEncoder(kvm=flavour == "kvm")
+    mem = DictMem(size=1 << 32)
+    end = build(mem, enc, 0x10000, levels, specs)
+    res = walk(mem, 0x10000, NptParams(levels=levels, flavour=flavour,
+                                       limits=WalkLimits(mem_size=1 << 40)))
+    assert res.findings == []
+    assert observed(res.mappings) == [enc.expect(s) for s in specs]
+    assert res.tables_read == (end - 0x10000) // 0x1000
