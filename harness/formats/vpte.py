@@ -34,8 +34,11 @@ and the older one with separate R/W/X bits; ``VPTEParams.layout`` picks one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from harness.errors import MemoryReadError, ScenarioError
 from harness.formats import FORMATS
 from harness.formats.base import Format, Mapping, StructuralFinding, WalkLimits, WalkResult
 from harness.mem import PAGE_SIZE, PhysMem, read_u64, read_u64s
@@ -43,7 +46,7 @@ from harness.registry import Registry
 
 __all__ = ["VPTE_FRAME", "VPTE_FRAME_END", "VPTE_PAGE_BITS", "VPTE_PAGE_ENTRIES",
            "VPTE_PAGE_MASK", "MASTER_VSHIFT", "VPTELayout", "LAYOUTS", "VPTEParams",
-           "VPTEPerms", "layout_of", "walk", "translate"]
+           "VPTEPerms", "ObjectImage", "layout_of", "walk", "translate"]
 
 PAGE_SHIFT = 12
 VPTE_FRAME_END = 48                      # bits of address a VPTE walk translates
@@ -136,6 +139,9 @@ def layout_of(params: VPTEParams) -> VPTELayout:
     '0x4000000000000000'
     """
     bits = LAYOUTS[params.layout]
+    if params.nx_bit is not None and not VPTE_FRAME_END + 4 <= params.nx_bit <= 63:
+        raise ScenarioError(f"VPTE_NX bit {params.nx_bit} is not one of bits 52..63",
+                            field="nx_bit")
     if bits.nx:
         bits = replace(bits, nx=0 if params.nx_bit is None else 1 << params.nx_bit)
     return bits
@@ -292,6 +298,46 @@ def translate(mem: PhysMem, master_pde: int, va: int,
     return (page << PAGE_SHIFT | rel & (PAGE_SIZE - 1),
             replace(grant, m=bool(vpte & bits.m), a=bool(vpte & bits.a), vpte=vpte,
                     level=_level(vshift)))
+
+
+class ObjectImage:
+    """The memory image as its object's resident pages: image offset -> L1 physical page.
+
+    Serves as the image reader of :func:`walk` / :func:`translate` (a
+    :class:`~harness.mem.PhysMem` over image offsets) and as the model's
+    :class:`~harness.models.base.Backing`.  *pages* maps each resident
+    object page's image offset to the L1 physical page holding it (the
+    ``vm_object``'s page list); reading a page not in it raises.
+
+    >>> from harness.mem import DictMem
+    >>> phys = DictMem(size=1 << 20); phys.write_u64(0x9008, 0x1003)
+    >>> img = ObjectImage(phys, {0x1000: 0x9000}, size=0x4000)
+    >>> hex(read_u64(img, 0x1008)), hex(img.resolve(None, 0x1234))
+    ('0x1003', '0x9000')
+    """
+
+    def __init__(self, phys: PhysMem, pages: AbcMapping[int, int], size: int) -> None:
+        self.phys = phys
+        self.pages = dict(pages)
+        self.size = size
+
+    def read(self, addr: int, size: int) -> bytes:
+        """*size* bytes at image offset *addr*; raises on a page that is not resident."""
+        if addr < 0 or size < 0 or addr + size > self.size:
+            raise MemoryReadError(addr, size, f"beyond the image size {self.size:#x}")
+        out = bytearray()
+        while len(out) < size:
+            pos = addr + len(out)
+            page, off = pos & ~(PAGE_SIZE - 1), pos & (PAGE_SIZE - 1)
+            if page not in self.pages:
+                raise MemoryReadError(pos, size - len(out), "image page not resident")
+            n = min(size - len(out), PAGE_SIZE - off)
+            out += self.phys.read(self.pages[page] + off, n)
+        return bytes(out)
+
+    def resolve(self, rng: Any, offset: int) -> int | None:
+        """The L1 physical page holding image offset *offset* (Backing protocol)."""
+        return self.pages.get(offset & ~(PAGE_SIZE - 1))
 
 
 FORMATS.add("vpte", Format(

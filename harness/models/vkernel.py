@@ -15,6 +15,7 @@ Input (:class:`~harness.models.base.VMDesc`):
   start VA, ``size`` = its length); listed in ``removed`` once unmapped;
 * ``backing.resolve(rng, image_offset)``: the L1 physical page holding the
   image object's page at that byte offset (None = not resident: not judged);
+  :class:`~harness.formats.vpte.ObjectImage` serves as both image and backing;
 * ``options`` (:class:`VkernelOptions`): the image reader, the master PDE,
   the VPTE layout;
 * ``touched``: VAs the scenario says the vkernel accessed (usually none).
@@ -42,7 +43,7 @@ from typing import Any
 from harness.errors import ScenarioError
 from harness.findings import Finding
 from harness.formats.base import Mapping, WalkLimits
-from harness.formats.vpte import VPTEParams, VPTEPerms, translate
+from harness.formats.vpte import VPTEParams, VPTEPerms, layout_of, translate
 from harness.mem import PhysMem
 from harness.models import MODELS
 from harness.models.base import (
@@ -102,6 +103,7 @@ def _region(vm: VMDesc) -> _Region:
     size = o.image_size if o.image_size is not None else getattr(o.image, "size", None)
     params = VPTEParams(layout=o.layout, nx_bit=o.nx_bit, base=rng.gpa, size=rng.size,
                         limits=WalkLimits(mem_size=size))
+    layout_of(params)       # an unknown layout or a bad NX bit fails here, not mid-check
     return _Region(rng, o.image, o.master_pde, params)
 
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.errors import MemoryReadError
+from harness.errors import MemoryReadError, ScenarioError
 from harness.formats import FORMATS
 from harness.formats.base import WalkLimits
-from harness.formats.vpte import VPTEParams, translate, walk
+from harness.formats.vpte import ObjectImage, VPTEParams, translate, walk
 from harness.mem import DictMem
 
 # Bit values typed in again from sys/sys/vkernel.h (REFERENCE.md section 3.1), so that the
@@ -128,6 +128,13 @@ def test_old_layout_vectors() -> None:
     assert walk(mem, 0x1F, params("x86", size=2 * MIB)).tables_read == 1
 
 
+def test_nx_bit_must_be_a_high_bit() -> None:
+    with pytest.raises(ScenarioError):
+        walk(DictMem(size=MIB), 0x83, params(nx_bit=12, size=MIB))
+    with pytest.raises(ScenarioError):
+        walk(DictMem(size=MIB), 0x83, params("vax", size=MIB))
+
+
 def test_registered() -> None:
     fmt = FORMATS["vpte"]
     assert fmt.walk is walk and fmt.params is VPTEParams
@@ -143,7 +150,7 @@ class Encoder:
     """Builds VPTE tables for leaves given as index paths; keeps the expected result."""
 
     layout: str
-    mem: DictMem = field(default_factory=lambda: DictMem(size=1 << 34))
+    mem: DictMem = field(default_factory=lambda: DictMem(size=1 << 41))
     next_table: int = 0x1000
     tables: dict[tuple[int, ...], int] = field(default_factory=dict)
     grants: dict[tuple[int, ...], tuple[bool, bool]] = field(default_factory=dict)
@@ -204,7 +211,7 @@ class Encoder:
 
 
 leaf_st = st.tuples(
-    st.lists(st.integers(0, 3), min_size=2, max_size=4),             # index path: level 3..1
+    st.lists(st.integers(0, 3), min_size=1, max_size=4),             # index path: level 4..1
     st.integers(0x100, 0xFFFFF).map(lambda p: p << 12),               # leaf frame
     st.fixed_dictionaries({k: st.booleans() for k in "rwxam"}),
     st.tuples(st.booleans(), st.booleans()))                          # intermediate w, x
@@ -218,7 +225,7 @@ def test_walk_and_translate_match_the_encoder(layout: str, leaves: list, base: i
     enc = Encoder(layout)
     for path, frame, flags, inter in leaves:
         enc.add(tuple(path), frame, flags, inter)
-    p = params(layout, base=base, mem_size=1 << 34)
+    p = params(layout, base=base, mem_size=1 << 41)
     res = walk(enc.mem, enc.master(), p)
     want = enc.expected(base)
     assert summary(res) == want and res.findings == []
@@ -290,3 +297,26 @@ def test_region_size_bounds_the_walk() -> None:
     mem.reads = 0
     res = walk(mem, 0x1003, params(size=1 << 39))    # only the first top-level slot
     assert res.mappings == [] and res.tables_read == 1 and mem.reads == 1
+
+
+# ---------------------------------------------------------------- the object image reader
+
+def test_object_image_reads_scattered_pages() -> None:
+    flat = four_level_x86()
+    phys = DictMem(size=64 * MIB)
+    pages = {}
+    for k, off in enumerate((0x1000, 0x2000, 0x3000, 0x4000)):
+        pages[off] = 0x900000 - k * 0x3000           # descending, non-contiguous L1 pages
+        phys.write(pages[off], flat.read(off, 0x1000))
+    img = ObjectImage(phys, pages, size=64 * MIB)
+    assert summary(walk(img, 0x1003, params())) == summary(walk(flat, 0x1003, params()))
+    assert img.read(0x1FFC, 8) == flat.read(0x1FFC, 8)          # crosses an object page
+    assert img.resolve(None, 0x3FF8) == 0x900000 - 2 * 0x3000
+    assert img.resolve(None, 0x5000) is None
+    with pytest.raises(MemoryReadError):
+        img.read(0x4FFC, 8)                                     # 0x5000 is not resident
+    with pytest.raises(MemoryReadError):
+        img.read(64 * MIB - 4, 8)
+    del img.pages[0x4000]
+    with pytest.raises(MemoryReadError):
+        walk(img, 0x1003, params())                             # never an empty table

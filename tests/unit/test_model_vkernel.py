@@ -173,7 +173,8 @@ def test_old_layout() -> None:
 
 
 @pytest.mark.parametrize("options, ranges", [
-    ({"image": None}, 1), ({"master_pde": None}, 1), ({"bogus": 1}, 1), ({}, 2)])
+    ({"image": None}, 1), ({"master_pde": None}, 1), ({"bogus": 1}, 1), ({}, 2),
+    ({"layout": "vax"}, 1), ({"nx_bit": 7}, 1)])
 def test_bad_input_is_a_scenario_error(options: dict[str, object], ranges: int) -> None:
     desc = vm(image(), options=options)
     desc.ranges = tuple(MemRange(BASE + k * SIZE, SIZE) for k in range(ranges))
