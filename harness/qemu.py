@@ -25,6 +25,7 @@ import asyncio
 import ctypes
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -48,6 +49,7 @@ __all__ = [
     "Machine",
     "QemuLaunchError",
     "kvm_usable",
+    "parse_ram_ranges",
 ]
 
 T = TypeVar("T")
@@ -110,6 +112,33 @@ def kvm_usable(path: str = "/dev/kvm") -> bool:
         return False
     finally:
         os.close(fd)
+
+
+_MTREE_RAM = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, ram\)")
+
+
+def parse_ram_ranges(mtree: str) -> list[tuple[int, int]]:
+    """RAM ``(start, end)`` ranges (end exclusive, adjacent ones merged) of the
+    flat view of address space "memory" in HMP ``info mtree -f`` output.
+
+    >>> parse_ram_ranges('FlatView #0\\n AS "memory", root: system\\n'
+    ...     '  0000000040000000-000000007fffffff (prio 0, ram): mach-virt.ram\\n')
+    [(1073741824, 2147483648)]
+    """
+    for view in mtree.split("FlatView #")[1:]:
+        if ' AS "memory",' not in view:
+            continue
+        ranges: list[tuple[int, int]] = []
+        for line in view.splitlines():
+            m = _MTREE_RAM.match(line)
+            if not m:
+                continue
+            lo, hi = int(m.group(1), 16), int(m.group(2), 16) + 1
+            if ranges and ranges[-1][1] == lo:
+                lo = ranges.pop()[0]
+            ranges.append((lo, hi))
+        return ranges
+    raise InfraError('no flat view of address space "memory" in info mtree output')
 
 
 def _die_with_parent() -> None:
@@ -344,6 +373,15 @@ class Machine:
         """Have QEMU write L1 physical memory [addr, addr+size) to *path*."""
         self.qmp_command("pmemsave", val=addr, size=size,
                          filename=str(Path(path).resolve()))
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """The L1's RAM as ``(start, end)`` physical ranges, from QEMU's memory tree.
+
+        Give them to :class:`harness.gdb.GdbPhysMem`: QEMU's gdbstub reads
+        holes as zeros instead of failing.
+        """
+        text = self.qmp_command("human-monitor-command", command_line="info mtree -f")
+        return parse_ram_ranges(str(text))
 
     # -- shutdown -------------------------------------------------------------
 
