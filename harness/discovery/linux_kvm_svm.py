@@ -22,7 +22,7 @@ members are reported: VMCB pages of closed VMs linger in memory (see
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.btf import Btf
 from harness.discovery.linux_lists import (
@@ -191,16 +191,16 @@ def _check_direct_map(ctx: _Context, svm: int, vmcb_pa: int,
 
 def _check_vmcb(ctx: _Context, where: str, c: VmcbControl, root: int, vmcb_pa: int,
                 checks: dict[str, bool | None]) -> None:
-    """VMCB signature, nCR3 == root.hpa, and the vmrun! log."""
-    fails = signature_failures(c, ctx.mem_size)
-    if fails:
-        raise InfraError(f"{where}: not a live NPT VMCB: {'; '.join(fails)}")
-    checks["vmcb signature"] = True
+    """nCR3 == root.hpa, VMCB signature (nCR3 without C-bit), and the vmrun! log."""
     ncr3 = c.nested_cr3 & NCR3_ADDR_MASK
     if ncr3 != root and not _differs_by_cbit(ncr3, root, ctx.mem_size):
         raise InfraError(f"{where}: VMCB nCR3 {c.nested_cr3:#x} != "
                          f"vcpu->arch.mmu->root.hpa {root:#x}")
     checks["vmcb nCR3 == arch.mmu->root.hpa"] = True
+    fails = signature_failures(replace(c, nested_cr3=root), ctx.mem_size)
+    if fails:
+        raise InfraError(f"{where}: not a live NPT VMCB: {'; '.join(fails)}")
+    checks["vmcb signature"] = True
     if ctx.vmruns is None:
         checks.setdefault("vmcb01.pa in QEMU vmrun! log", None)
     elif vmcb_pa not in ctx.vmruns:
