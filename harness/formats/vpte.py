@@ -113,10 +113,9 @@ class VPTEPerms:
     level: int = 1    # its level: vshift // 9 + 1
 
     def narrow(self, vpte: int, bits: VPTELayout) -> VPTEPerms:
-        """The grant after also passing through *vpte*."""
-        return replace(self, r=self.r and _readable(vpte, bits),
-                       w=self.w and bool(vpte & bits.rw),
-                       x=self.x and _executable(vpte, bits))
+        """The grant after also passing through *vpte* (final-entry fields reset)."""
+        return VPTEPerms(r=self.r and _readable(vpte, bits), w=self.w and bool(vpte & bits.rw),
+                         x=self.x and _executable(vpte, bits))
 
 
 _ALL = VPTEPerms(r=True, w=True, x=True)
@@ -296,8 +295,8 @@ def translate(mem: PhysMem, master_pde: int, va: int,
     if _room(page << PAGE_SHIFT, PAGE_SIZE, params.limits) < PAGE_SIZE:
         return None
     return (page << PAGE_SHIFT | rel & (PAGE_SIZE - 1),
-            replace(grant, m=bool(vpte & bits.m), a=bool(vpte & bits.a), vpte=vpte,
-                    level=_level(vshift)))
+            VPTEPerms(r=grant.r, w=grant.w, x=grant.x, m=bool(vpte & bits.m),
+                      a=bool(vpte & bits.a), vpte=vpte, level=_level(vshift)))
 
 
 class ObjectImage:

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from harness.diff import diff
 from harness.errors import ScenarioError
+from harness.formats import FORMATS
 from harness.formats.base import Mapping, WalkResult
+from harness.formats.npt import NptParams
+from harness.formats.vpte import ObjectImage
 from harness.mem import DictMem
 from harness.models import MODELS, Access, DictBacking, MemRange, VMDesc
 
@@ -208,3 +211,44 @@ def test_injected_corruption_is_found_where_it_was_injected(page: int, kind: str
         return
     want = {"frame": "wrong_frame", "w": "permission", "x": "permission", "vpte": "stale"}
     assert got == [(want[kind], BASE + page * 0x1000)]
+
+
+# ---------------------------------------------------------------- with the x86-64 host walk
+
+def host_pmap(ptes: dict[int, int]) -> DictMem:
+    """An x86-64 host pmap (root at 0x1000) with 4 KiB PTEs for the given VAs."""
+    mem = DictMem(size=1 << 30)
+    nxt = 0x2000
+    for va, pte in ptes.items():
+        table = 0x1000
+        for shift in (39, 30, 21):
+            slot = table + 8 * (va >> shift & 511)
+            entry = int.from_bytes(mem.read(slot, 8), "little")
+            if not entry:
+                entry, nxt = nxt | 0x7, nxt + 0x1000      # P|RW|US
+                mem.write_u64(slot, entry)
+            table = entry & ~0xFFF
+        mem.write_u64(table + 8 * (va >> 12 & 511), pte)
+    return mem
+
+
+def test_judging_the_npt_walk_of_a_host_pmap() -> None:
+    phys = DictMem(size=1 << 30)
+    flat = image()
+    resident = {off: 0x100000 + off * 3 for off in (0x1000, 0x2000, 0x3000, 0x4000)}
+    for off, pa in resident.items():
+        phys.write(pa, flat.read(off, 0x1000))
+    img = ObjectImage(phys, {**resident, **HOST_PAGE}, size=16 << 20)
+    P, W, U = 0x1, 0x2, 0x4
+    ptes = {BASE: 0x5550000 | P | W | U, BASE + 0x1000: 0x5551000 | P | U,
+            BASE + 0x2000: 0x5552000 | P | U | HOST_NX}
+    desc = VMDesc(name="vk0", ranges=(MemRange(BASE, SIZE),), backing=img,
+                  options={"image": img, "master_pde": 0x1003})
+    exp = MODELS["dragonfly-vkernel"].expect(desc)
+    res = FORMATS["npt"].walk(host_pmap(ptes), 0x1000, NptParams())
+    assert len(res.mappings) == 3 and diff(res, exp) == []
+    ptes[BASE + 0x1000] |= W                            # clean VPTE, writable host PTE
+    ptes[BASE + 0x3000 + 0x1000] = 0x5554000 | P | U    # VA page 4 has no VPTE
+    res = FORMATS["npt"].walk(host_pmap(ptes), 0x1000, NptParams())
+    assert [(f.kind, f.gpa) for f in diff(res, exp)] == [
+        ("permission", BASE + 0x1000), ("stale", BASE + 0x4000)]
