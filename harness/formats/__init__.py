@@ -15,4 +15,5 @@ FORMATS: Registry[Format] = Registry("page-table format")
 
 from harness.formats import ept as _ept  # noqa: E402,F401  (registers "ept")
 from harness.formats import npt as _npt  # noqa: E402,F401  (registers "npt")
+from harness.formats import stage2 as _stage2  # noqa: E402,F401  (registers "stage2")
 from harness.formats import vpte  # noqa: E402,F401  (registers vpte)

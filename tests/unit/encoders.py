@@ -160,6 +160,7 @@ def build(mem: DictMem, enc: Encoder, root: int, top_level: int, specs: list[Spe
     free = root + 0x1000 * root_pages
     for spec in specs:
         leaf_level = LEVEL_OF_SIZE[spec.size]
+        assert leaf_level <= top_level, f"no {spec.size:#x} leaf under a level-{top_level} root"
         table, level = root, top_level
         while level > leaf_level:
             index = _index(spec.gpa, level, level == top_level)
@@ -203,7 +204,8 @@ def _indices(limit: int, most: int) -> st.SearchStrategy[set[int]]:
 
 @st.composite
 def spec_lists(draw: Callable[..., object], gpa_bits: int, perms: list[Perm],
-               memtypes: list[int | None], dirty_needs_accessed: bool = False) -> list[Spec]:
+               memtypes: list[int | None], dirty_needs_accessed: bool = False,
+               gib_leaves: bool = True) -> list[Spec]:
     """Non-overlapping 4 KiB / 2 MiB / 1 GiB mappings below 2**gpa_bits, random attributes."""
     specs: list[Spec] = []
 
@@ -217,7 +219,7 @@ def spec_lists(draw: Callable[..., object], gpa_bits: int, perms: list[Perm],
                           accessed, dirty))  # type: ignore[arg-type]
 
     for region in sorted(draw(_indices(1 << (gpa_bits - 30), 3))):  # type: ignore[call-overload]
-        if draw(st.booleans()):
+        if gib_leaves and draw(st.booleans()):
             one(region << 30, 1 << 30)
             continue
         for chunk in sorted(draw(_indices(512, 3))):  # type: ignore[call-overload]
