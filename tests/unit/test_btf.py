@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
+import shutil
 import struct
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.btf import Btf, BtfError, Kind
+from harness.errors import InfraError
+from harness.kernel_image import btf_section, extract_vmlinux
 
 # -- a tiny BTF encoder, written from Documentation/bpf/btf.rst -------------------
 
@@ -192,3 +201,54 @@ def test_split_btf_continues_ids_and_strings() -> None:
     assert btf.offsetof("struct vcpu_svm", "vmcb01.pa") == 0x88   # ids resolved in layer 2
     assert btf.sizeof(btf.member_type("struct kvm", "userspace_pid")) == 8
     assert btf.find("struct kvm").layer == 1 and btf.find("struct vcpu_svm").layer == 2
+
+
+# -- kernel_image: vmlinux and .BTF out of a bzImage-like file --------------------
+
+
+def _elf_with_btf(tmp_path: Path, blob: bytes) -> bytes:
+    """A relocatable ELF with a .BTF section, made by the host toolchain."""
+    if not (shutil.which("gcc") and shutil.which("objcopy")):
+        pytest.skip("needs gcc and objcopy")
+    (tmp_path / "x.c").write_text("int x;\n")
+    (tmp_path / "btf").write_bytes(blob)
+    subprocess.run(["gcc", "-c", "-o", str(tmp_path / "x.o"), str(tmp_path / "x.c")], check=True)
+    subprocess.run(["objcopy", "--add-section", f".BTF={tmp_path / 'btf'}",
+                    str(tmp_path / "x.o")], check=True)
+    return (tmp_path / "x.o").read_bytes()
+
+
+def _zstd(data: bytes) -> bytes:
+    if not shutil.which("zstd"):
+        pytest.skip("needs the zstd tool")
+    return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress, _zstd],
+                         ids=["gzip", "xz", "bzip2", "zstd"])
+def test_extract_vmlinux_skips_decoys_and_finds_the_elf(tmp_path: Path, compress: Any) -> None:
+    b = BtfBuilder()
+    b.struct("kvm", 8, [])
+    elf = _elf_with_btf(tmp_path, b.encode())
+    decoy = gzip.compress(b"not an elf, but gzip")
+    image = b"MZ" + bytes(0x200) + b"\x1f\x8b\x08 junk" + decoy + compress(elf) + bytes(64)
+    vmlinux = extract_vmlinux(image)
+    assert vmlinux == elf
+    assert Btf.load(btf_section(vmlinux)).sizeof("struct kvm") == 8
+
+
+def test_extract_vmlinux_without_payload_raises() -> None:
+    with pytest.raises(InfraError, match="no compressed payload"):
+        extract_vmlinux(b"MZ" + bytes(4096) + gzip.compress(b"text"))
+
+
+def test_btf_section_missing_or_not_elf(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="not an ELF"):
+        btf_section(b"hello")
+    if not shutil.which("gcc"):
+        pytest.skip("needs gcc")
+    (tmp_path / "y.c").write_text("int y;\n")
+    subprocess.run(["gcc", "-c", "-o", str(tmp_path / "y.o"), str(tmp_path / "y.c")], check=True)
+    with pytest.raises(InfraError, match="no .BTF section"):
+        btf_section((tmp_path / "y.o").read_bytes())
