@@ -12,7 +12,8 @@ image.
 Input (:class:`~harness.models.base.VMDesc`):
 
 * ``ranges``: exactly one :class:`MemRange`, the map entry (``gpa`` = its
-  start VA, ``size`` = its length); listed in ``removed`` once unmapped;
+  start VA, ``size`` = its length, ``prot`` = its protection, which caps the
+  host PTEs); listed in ``removed`` once unmapped;
 * ``backing.resolve(rng, image_offset)``: the L1 physical page holding the
   image object's page at that byte offset (None = not resident: not judged);
   :class:`~harness.formats.vpte.ObjectImage` serves as both image and backing;
@@ -38,7 +39,6 @@ Rules for every 4 KiB page ``va`` of a host leaf:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from harness.errors import ScenarioError
 from harness.findings import Finding
@@ -69,7 +69,7 @@ __all__ = ["VkernelOptions", "allowed", "expect", "DRAGONFLY_VKERNEL"]
 class VkernelOptions:
     """``VMDesc.options`` understood by ``dragonfly-vkernel``."""
 
-    image: Any = None               # PhysMem over the memory image (offset 0 = object page 0)
+    image: PhysMem | None = None    # reader of the memory image (offset 0 = object page 0)
     master_pde: int | None = None   # entry->aux.master_pde (the MADV_SETMAP value)
     layout: str = "x86"             # VPTE layout: "x86" (current) or "old"
     nx_bit: int | None = 63         # VPTE_NX bit of the x86 layout [M]
@@ -107,13 +107,16 @@ def _region(vm: VMDesc) -> _Region:
     return _Region(rng, o.image, o.master_pde, params)
 
 
-def allowed(perms: VPTEPerms) -> dict[str, bool]:
+def allowed(perms: VPTEPerms, prot: str = "rwx") -> dict[str, bool]:
     """What a host PTE may grant under a VPTE path: r, w (RW path and M), x.
+
+    *prot* is the map entry's protection, which caps all three.
 
     >>> allowed(VPTEPerms(r=True, w=True, x=False, m=False))
     {'r': True, 'w': False, 'x': False}
     """
-    return {"r": perms.r, "w": perms.w and perms.m, "x": perms.x}
+    grant = {"r": perms.r, "w": perms.w and perms.m, "x": perms.x}
+    return {k: ok and k in prot for k, ok in grant.items()}
 
 
 def _page_findings(vm: VMDesc, reg: _Region, page: int, m: Mapping) -> list[Finding]:
@@ -131,7 +134,7 @@ def _page_findings(vm: VMDesc, reg: _Region, page: int, m: Mapping) -> list[Find
         out.append(Finding("wrong_frame", vm.name, page, expected=want_hpa, observed=hpa,
                            detail=detail))
     got = {"r": m.r, "w": m.w, "x": m.x}
-    want = {k: False for k, ok in allowed(perms).items() if not ok}
+    want = {k: False for k, ok in allowed(perms, reg.rng.prot).items() if not ok}
     if any(got[k] for k in want):
         out.append(Finding("permission", vm.name, page, expected=rule_str(want),
                            observed=perm_str(m.r, m.w, m.x), detail=detail))

@@ -132,6 +132,12 @@ def test_executable_host_pte_under_nx() -> None:
     assert findings(vm(image(), options={"nx_bit": None}), bad) == []
 
 
+def test_map_entry_protection_caps_the_host_ptes() -> None:
+    desc = vm(image())
+    desc.ranges = (MemRange(BASE, SIZE, prot="rw"),)
+    assert findings(desc, good_host()) == [("permission", BASE), ("permission", BASE + 0x1000)]
+
+
 def test_outside_the_region_removed_and_torn_down() -> None:
     outside = Mapping(gpa=BASE + SIZE, hpa=0x5550000, size=0x1000, r=True, w=False, x=False,
                       level=1, raw=0x5550025)
