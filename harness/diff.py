@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from harness.findings import Finding
 from harness.formats.base import Mapping, WalkResult
-from harness.models.base import Expectation, ExpectedPage
+from harness.models.base import Expectation, ExpectedPage, perm_str, rule_str
 
 __all__ = ["diff", "coalesce", "find_mapping", "structural_findings"]
 
@@ -39,18 +39,13 @@ def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Find
         out.append(Finding("wrong_frame", vm, page.gpa, expected=page.hpa, observed=hpa,
                            detail=f"leaf {m.raw:#x}"))
     want = {k: getattr(page, k) for k in "rwx" if getattr(page, k) is not None}
-    got = {k: getattr(m, k) for k in want}
-    if want != got:
-        out.append(Finding("permission", vm, page.gpa, expected=_perm(want), observed=_perm(got),
-                           detail=f"leaf {m.raw:#x}"))
+    if any(getattr(m, k) != v for k, v in want.items()):
+        out.append(Finding("permission", vm, page.gpa, expected=rule_str(want),
+                           observed=perm_str(m.r, m.w, m.x), detail=f"leaf {m.raw:#x}"))
     if page.memtype is not None and m.memtype != page.memtype:
         out.append(Finding("memtype", vm, page.gpa, expected=page.memtype, observed=m.memtype,
                            detail=f"leaf {m.raw:#x}"))
     return out
-
-
-def _perm(d: dict[str, bool | None]) -> str:
-    return "".join(k if d.get(k) else "-" for k in "rwx" if k in d)
 
 
 def diff(walk: WalkResult, exp: Expectation) -> list[Finding]:
@@ -82,8 +77,9 @@ def _dedup(findings: Iterable[Finding]) -> list[Finding]:
 def coalesce(findings: list[Finding], page: int = 4096) -> list[Finding]:
     """Merge runs of same-kind findings on consecutive pages into one ranged finding.
 
-    Values that step by one page along the run (frames) are kept as the
-    first page's; the detail gives the count of pages merged.
+    Findings merge only when their expected and observed values agree along the run:
+    equal, or (addresses) stepping with the GPA.  The merged finding keeps the first
+    page's values; the detail gives the number of pages covered.
     """
     keyed = sorted(findings, key=lambda f: (f.vm, f.kind, -1 if f.gpa is None else f.gpa))
     out: list[Finding] = []
@@ -101,9 +97,19 @@ def coalesce(findings: list[Finding], page: int = 4096) -> list[Finding]:
 
 
 def _extends(prev: Finding, f: Finding, page: int) -> bool:
-    return (prev.gpa is not None and f.gpa is not None and prev.vm == f.vm
-            and prev.kind == f.kind and f.gpa == (prev.end or prev.gpa + page)
-            and prev.detail.split(" ")[0] == f.detail.split(" ")[0])
+    if prev.gpa is None or f.gpa is None:
+        return False
+    step = f.gpa - prev.gpa
+    return (prev.vm == f.vm and prev.kind == f.kind and f.gpa == (prev.end or prev.gpa + page)
+            and prev.detail.split(" ")[0] == f.detail.split(" ")[0]
+            and _steps(prev.expected, f.expected, step) and _steps(prev.observed, f.observed, step))
+
+
+def _steps(a: object, b: object, step: int) -> bool:
+    """Whether value *b* continues value *a* over *step* bytes of GPA."""
+    if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
+        return b == a + step
+    return a == b
 
 
 def _merge(run: list[Finding], page: int) -> Finding:
@@ -111,5 +117,6 @@ def _merge(run: list[Finding], page: int) -> Finding:
         return run[0]
     first, last = run[0], run[-1]
     end = last.end or (last.gpa or 0) + page
+    pages = (end - (first.gpa or 0)) // page
     return Finding(first.kind, first.vm, first.gpa, first.expected, first.observed,
-                   detail=f"{first.detail} ({len(run)} pages)".strip(), end=end)
+                   detail=f"{first.detail} ({pages} pages)".strip(), end=end)
