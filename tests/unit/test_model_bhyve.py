@@ -123,3 +123,27 @@ def test_written_page_not_writable() -> None:
 
 def test_torn_down() -> None:
     assert kinds_at(run(vm(torn_down=True), GOOD[:1])) == {("leftover", 0x0)}
+
+
+# ---- through the real EPT walker, FreeBSD emulated-A/D flavour ----
+
+def test_emulated_ad_walk() -> None:
+    from harness.formats.ept import EptParams, walk
+    from harness.mem import DictMem
+
+    mem = DictMem(size=1 << 31)
+    for table, child in ((0x1000, 0x2000), (0x2000, 0x3000), (0x3000, 0x4000)):
+        mem.write_u64(table, child | EMUL_V | EMUL_RW | 0x7)      # pmap_allocpte's PDE bits
+    valid_rw = EMUL_V | EMUL_RW | 0x70 | 0x4                      # valid, RW allowed, X, WB+IPAT
+    mem.write_u64(0x4000, BACKING.pages[0x0] | valid_rw | 0x1)            # accessed
+    mem.write_u64(0x4008, BACKING.pages[0x1000] | valid_rw | 0x1)         # accessed
+    mem.write_u64(0x4010, BACKING.pages[0x2000] | valid_rw | 0x3)         # accessed, dirty
+    mem.write_u64(0x4018, BACKING.pages[0x3000] | valid_rw)               # not yet accessed
+    params = EptParams(flavour="freebsd-emulated-ad")
+    desc = vm(TOUCHES[:3], SYSMEM, options={"emulate_ad": True, "format": "ept"})
+    result = walk(mem, 0x1000, params)
+    assert len(result.mappings) == 4 and result.findings == []
+    assert run(desc, result.mappings) == []
+    mem.write_u64(0x4018, BACKING.pages[0x3000] | (valid_rw & ~EMUL_RW) | 0x3)  # W never granted
+    found = run(desc, walk(mem, 0x1000, params).mappings)
+    assert kinds_at(found) == {("permission", 0x3000)}

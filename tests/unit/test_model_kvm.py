@@ -238,3 +238,26 @@ def test_arm64_identity_vm() -> None:
     assert run("kvm-arm64", desc, [good]) == []
     bad = s2(0x40001000, hpa=0x50001000)
     assert kinds_at(run("kvm-arm64", desc, [bad])) == {("wrong_frame", 0x40001000)}
+
+
+# ---- through the real NPT walker (KVM flavour), leaves as seen on the live L1 ----
+
+def test_npt_walk_of_kvm_tables() -> None:
+    from harness.formats.npt import NptParams, walk
+    from harness.mem import DictMem
+
+    mem = DictMem(size=1 << 31)
+    for table, child in ((0x1000, 0x2000), (0x2000, 0x3000), (0x3000, 0x4000)):
+        mem.write_u64(table, child | 0xE27)          # P|RW|US|A + KVM bits 9-11
+    touched = TOUCHES[:3]                            # slot 0 only: x, r, w
+    for a in touched:
+        mem.write_u64(0x4000 + 8 * (a.gpa >> 12), BACKING.pages[a.gpa] | 0xE67)
+    desc = VMDesc("vm0", (SLOT0,), BACKING, touched, options={"format": "npt"})
+    pt = 0x4000 + 8 * (0x1000 >> 12)
+    assert run("kvm-x86", desc, walk(mem, 0x1000, NptParams(flavour="kvm")).mappings) == []
+    mem.write_u64(pt, 0x5000 | 0xE67)                # injected: wrong frame for gpa 0x1000
+    found = run("kvm-x86", desc, walk(mem, 0x1000, NptParams(flavour="kvm")).mappings)
+    assert kinds_at(found) == {("wrong_frame", 0x1000)}
+    mem.write_u64(pt, BACKING.pages[0x1000] | 0xE67 | 1 << 63)   # injected: NX
+    found = run("kvm-x86", desc, walk(mem, 0x1000, NptParams(flavour="kvm")).mappings)
+    assert kinds_at(found) == {("permission", 0x1000)}

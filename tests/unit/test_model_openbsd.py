@@ -152,3 +152,43 @@ def test_registered_formats() -> None:
     assert MODELS["openbsd-vmm"].formats == ("ept", "npt")
     assert MODELS["openbsd-vmm-old"].formats == ("ept",)
     assert MemRange(0, PAGE).kind == "ram"
+
+
+# ---- through the real EPT walker: pmap_enter_ept's entries ----
+
+def ept_tables(leaves: dict[int, int]) -> tuple[object, int]:
+    """A 4-level EPT as pmap_enter_ept builds it (non-leaf low bits 0x7) below 2 MiB."""
+    from harness.mem import DictMem
+
+    mem = DictMem(size=1 << 31)
+    for table, child in ((0x1000, 0x2000), (0x2000, 0x3000), (0x3000, 0x4000)):
+        mem.write_u64(table, child | 0x7)
+    for gpa, entry in leaves.items():
+        mem.write_u64(0x4000 + 8 * (gpa >> 12), entry)
+    return mem, 0x1000
+
+
+def test_ept_walk_of_openbsd_tables() -> None:
+    from harness.formats.ept import EptParams, walk
+
+    entries = {a.gpa: BACKING.pages[a.gpa] | 0x037 for a in TOUCHES}
+    mem, root = ept_tables(entries)
+    result = walk(mem, root, EptParams())
+    assert run("openbsd-vmm", vm(options={"format": "ept"}), result.mappings) == []
+    assert empty_tables(vm(), result) == []
+    mem.write_u64(0x4000 + 8, BACKING.pages[0x1000] | 0x077)     # injected: IPAT
+    entries[0x100000] |= 0x100                                    # and an A bit
+    mem.write_u64(0x4000 + 8 * 0x100, entries[0x100000])
+    found = run("openbsd-vmm", vm(options={"format": "ept"}), walk(mem, root).mappings)
+    assert kinds_at(found) == {("memtype", 0x1000), ("bad_entry", 0x100000)}
+
+
+def test_teardown_walk_with_empty_tables_is_leftover() -> None:
+    from harness.formats.ept import walk
+
+    mem, root = ept_tables({})                  # every leaf gone, the tables kept
+    result = walk(mem, root)
+    gone = vm(torn_down=True)
+    assert result.mappings == []
+    assert run("openbsd-vmm", gone, result.mappings) == []
+    assert [f.kind for f in empty_tables(gone, result)] == ["leftover"]
