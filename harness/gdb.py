@@ -272,7 +272,7 @@ class GdbSession:
         try:
             yield
         finally:
-            if self._ctl is not None:
+            if self._ctl is not None and _alive(self._ctl):
                 self.cont()
 
     # -- physical-memory mode ---------------------------------------------------
@@ -313,7 +313,7 @@ class GdbSession:
         try:
             yield
         finally:
-            if previous != want and self._ctl is not None:
+            if previous != want and self._ctl is not None and _alive(self._ctl):
                 self._set_mode(previous)
 
     # -- memory -----------------------------------------------------------------
@@ -356,14 +356,12 @@ class GdbSession:
         """Read *size* bytes in the current mode (large reads through a dump file)."""
         if size < 0 or addr < 0:
             raise MemoryReadError(addr, size, "negative address or size")
+        if size == 0:
+            return b""
         with self.halted():
             if size > CHUNK:
                 return self._read_dump(addr, size)
-            out = bytearray()
-            while len(out) < size:
-                n = min(CHUNK, size - len(out))
-                out += self._read_chunk(addr + len(out), n)
-            return bytes(out)
+            return self._read_chunk(addr, size)
 
     def read_phys(self, addr: int, size: int) -> bytes:
         """Exactly *size* bytes of L1 physical memory at *addr*."""
