@@ -32,8 +32,9 @@ def init_script(recipe: Recipe) -> str:
     """The ``/init`` shell script: mounts, module loads, then a root shell on the console.
 
     The shell runs under ``setsid cttyhack`` so the console is its controlling
-    terminal (Ctrl-C reaches the foreground command); when it exits the machine
-    powers off instead of panicking.
+    terminal (Ctrl-C reaches the foreground command); the console is 1024 columns
+    wide so long command lines are echoed without wrapping.  When the shell exits
+    the machine powers off instead of panicking.
     """
     loads = "".join(
         f"modprobe {m.name} {m.params}".rstrip()
@@ -48,6 +49,7 @@ def init_script(recipe: Recipe) -> str:
         f"{loads}"
         "export HOME=/root PATH=/bin:/sbin:/usr/bin:/usr/sbin\n"
         f"export PS1='{recipe.prompt}'\n"
+        "stty cols 1024 rows 40 2>/dev/null\n"
         "cd /root\n"
         "echo 'slatcheck-init: ready'\n"
         "setsid cttyhack sh\n"
