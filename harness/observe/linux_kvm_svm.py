@@ -13,11 +13,6 @@ from harness.observe import ObservedVM
 __all__ = ["observe", "prepare"]
 
 
-def _mem_bytes(text: str) -> int:
-    from harness.scenario import parse_size
-    return parse_size(text.strip().upper().removesuffix("B"))
-
-
 def prepare(ctx: Any) -> None:
     """What must be fetched while L1 still runs: kallsyms, CPU address size, BTF."""
     from harness.btf import Btf
@@ -54,8 +49,9 @@ def observe(ctx: Any) -> list[ObservedVM]:
     from harness.gdb import GdbPhysMem, GdbVirtMem
 
     gdb = ctx.gdb
-    mem_size = _mem_bytes(str(ctx.scenario.machine.get("memory", "1G")))
-    pmem = PageCache(GdbPhysMem(gdb))
+    ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
+    mem_size = max(hi for _, hi in ram)
+    pmem = PageCache(GdbPhysMem(gdb, ram=ram))
     kmem = PageCache(GdbVirtMem(gdb))
     levels = paging_levels(gdb.register("cr4"))
     vms = discover(kmem, pmem, ctx.cache["kallsyms"], ctx.cache["btf"],
