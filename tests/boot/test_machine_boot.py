@@ -1,0 +1,184 @@
+"""Boots real QEMU: shell, exit statuses, GDB reads against independent oracles, cleanup.
+
+Oracles: the guest's own ``/proc/version`` and ``/proc/kallsyms``, QEMU's own
+address translation (HMP ``gva2gpa``), register dump (HMP ``info
+registers``) and memory dump (QMP ``pmemsave``).  Tests that need no kernel
+come first, so that at most one QEMU runs at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.console import Console, GuestCommandError
+from harness.gdb import GdbPhysMem, GdbSession
+from harness.qemu import ARCHES, Machine
+
+pytestmark = [
+    pytest.mark.boot,
+    pytest.mark.skipif(shutil.which(ARCHES["x86_64"].qemu) is None,
+                       reason=f"{ARCHES['x86_64'].qemu} is not installed"),
+]
+
+
+def gone(pid: int) -> bool:
+    """True if *pid* no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
+def wait_gone(pids: list[int], limit: float = 20.0) -> list[int]:
+    """The pids still running after up to *limit* seconds."""
+    deadline = time.monotonic() + limit
+    while any(not gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if not gone(p)]
+
+
+# -- lifecycle: no kernel needed (SeaBIOS just runs) ------------------------------
+
+def test_sigint_in_block_leaves_nothing_behind(tmp_path: Path) -> None:
+    pids: list[int] = []
+    with pytest.raises(KeyboardInterrupt), Machine(artifacts=tmp_path, name="sigint") as m:
+        sockdir = m.console_path.parent
+        assert m.pid is not None
+        pids.append(m.pid)
+        with Console.connect(m.console_path, log_path=tmp_path / "console.log"), \
+                GdbSession(m.gdb_path, tmp_path / "gdb.log") as gdb:
+            pids.append(gdb._ctl.gdb_process.pid)  # type: ignore[union-attr]
+            assert gdb.running
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)   # not reached: the signal raises KeyboardInterrupt
+    assert wait_gone(pids, limit=0.5) == []
+    assert not sockdir.exists()
+    assert (tmp_path / "console.log").exists()
+    assert "-target-select remote" in (tmp_path / "gdb.log").read_text()
+    assert m.exitcode is not None
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from harness.qemu import Machine
+    from harness.gdb import GdbSession
+    out = Path(sys.argv[1])
+    with Machine(artifacts=out, name="orphan") as m:
+        with GdbSession(m.gdb_path, out / "gdb.log") as g:
+            print(m.pid, g._ctl.gdb_process.pid, flush=True)
+            time.sleep(600)
+""")
+
+
+def test_qemu_and_gdb_die_with_a_killed_harness(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        line = child.stdout.readline()  # type: ignore[union-attr]
+        pids = [int(x) for x in line.split()]
+        assert len(pids) == 2, f"child said {line!r}"
+        assert wait_gone(pids, limit=0.5) == pids     # both alive
+    finally:
+        child.kill()
+        child.wait()
+    assert wait_gone(pids) == []
+
+
+def test_qmp_quit_is_the_soft_path(tmp_path: Path) -> None:
+    with Machine(artifacts=tmp_path, name="soft") as m:
+        assert m.qmp_command("query-status")["status"] == "running"
+    assert m.exitcode == 0   # QEMU quit on its own; SIGTERM/SIGKILL give negative codes
+
+
+# -- a booted Linux guest ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, Console, object]]:
+    from harness.images import build_image
+    image = build_image("linux-amd64", progress=lambda line: None)
+    art = tmp_path_factory.mktemp("boot")
+    with Machine(arch=image.arch, kernel=image.kernel, initrd=image.initrd,
+                 append=image.append, artifacts=art, name="boot") as m, \
+            Console.connect(m.console_path, log_path=art / "console.log") as con:
+        con.wait_for_shell(120)
+        yield m, con, image
+    assert (art / "console.log").stat().st_size > 0
+    assert (art / "qemu.cmdline").read_text().startswith("qemu-system-")
+
+
+def test_shell_commands_and_statuses(guest) -> None:
+    m, con, image = guest
+    assert con.run("uname -r").output.strip() == image.kernel_release
+    assert con.run("(exit 3)", check=False).status == 3
+    with pytest.raises(GuestCommandError) as err:
+        con.run("cat /nonexistent-file")
+    assert err.value.status != 0 and "nonexistent-file" in err.value.output
+    lines = con.run("for i in 1 2 3; do echo line$i; done").lines
+    assert lines == ["line1", "line2", "line3"]
+
+
+def banner(con: Console) -> tuple[int, str]:
+    """linux_banner's virtual address (kallsyms) and the guest's /proc/version."""
+    va = con.run("grep ' linux_banner$' /proc/kallsyms").output.split()[0]
+    return int(va, 16), con.run("cat /proc/version").output
+
+
+def test_read_phys_matches_guest_and_qemu(guest, tmp_path: Path) -> None:
+    m, con, _ = guest
+    va, version = banner(con)
+    assert version.startswith("Linux version ")
+    with GdbSession(m.gdb_path, tmp_path / "gdb.log", arch=m.arch.name) as gdb, gdb.halted():
+        gpa = m.qmp_command("human-monitor-command", command_line=f"gva2gpa {va:#x}")
+        pa = int(re.search(r"gpa: (0x[0-9a-f]+)", gpa).group(1), 16)  # type: ignore[union-attr]
+        size = len(version.encode())
+        phys = GdbPhysMem(gdb, m.ram_ranges()).read(pa, size)
+        assert phys.decode() == version                      # the guest's own view
+        assert gdb.read_virt(va, size) == phys                # GDB's own translation
+        m.pmemsave(pa, size, tmp_path / "banner.bin")
+        assert (tmp_path / "banner.bin").read_bytes() == phys   # QEMU's dump
+        big = gdb.read_phys(pa & ~0xfffff, 0x100000)          # dump-file path
+        assert big[pa & 0xfffff:(pa & 0xfffff) + size] == phys
+    assert con.run("echo resumed").output == "resumed\n"      # L1 runs after detach
+
+
+def test_write_phys_seen_by_qemu_and_restored(guest, tmp_path: Path) -> None:
+    m, con, _ = guest
+    va, version = banner(con)
+    with GdbSession(m.gdb_path, tmp_path / "gdb.log") as gdb, gdb.halted():
+        gpa = m.qmp_command("human-monitor-command", command_line=f"gva2gpa {va:#x}")
+        pa = int(re.search(r"gpa: (0x[0-9a-f]+)", gpa).group(1), 16)  # type: ignore[union-attr]
+        original = gdb.read_phys(pa, 16)
+        gdb.write_phys(pa, b"SLATCHECK-WROTE!")
+        m.pmemsave(pa, 16, tmp_path / "w.bin")
+        assert (tmp_path / "w.bin").read_bytes() == b"SLATCHECK-WROTE!"
+        gdb.write_phys(pa, original)
+        assert gdb.read_phys(pa, 16) == original == version.encode()[:16]
+
+
+def test_registers_match_qemu_register_dump(guest, tmp_path: Path) -> None:
+    m, _, _ = guest
+    with GdbSession(m.gdb_path, tmp_path / "gdb.log") as gdb, gdb.halted():
+        dump = m.qmp_command("human-monitor-command", command_line="info registers")
+        for reg in ("cr3", "cr4"):
+            want = int(re.search(rf"{reg.upper()}=([0-9a-f]+)", dump).group(1), 16)  # type: ignore[union-attr]
+            assert gdb.register(reg) == want
+        assert gdb.register("cr4") & (1 << 5)        # PAE: long mode needs it
+
+
+def test_ram_ranges_cover_the_configured_memory(guest) -> None:
+    m, _, _ = guest
+    ranges = m.ram_ranges()
+    total = sum(hi - lo for lo, hi in ranges)
+    assert (1 << 30) - 0x100000 <= total <= 1 << 30    # -m 1G minus the legacy holes
