@@ -20,10 +20,13 @@ Rules shared by both architectures:
 x86 (``kvm-x86``; ``ept`` and ``npt``): every leaf is executable, unless the NX huge page
 mitigation is on, in which case huge leaves are not; on EPT the memory type is WB (6),
 IPAT masked (KVM sets it or not depending on version, quirks and non-coherent DMA).
+An EPT leaf with R, W and X all clear is an access-tracked SPTE (EPT without A/D bits,
+``mark_spte_for_access_track``): its frame is checked, its permissions are not.
 
 arm64 (``kvm-arm64``; ``stage2``): a page the guest executed is executable, any other
 leaf is XN unless the CPU has DIC (``user_mem_abort`` then grants X on every fault);
-MemAttr is Normal WB (0xF, or 6 under FEAT_S2FWB); option ``identity`` for a
+MemAttr is Normal WB (0xF, or 6 under FEAT_S2FWB; option ``fwb``, unset = either: QEMU's
+``-cpu max`` has FWB, leaves read ``...7db``); option ``identity`` for a
 kernel-internal VM that maps IPA to the same PA.
 """
 
@@ -74,7 +77,7 @@ class KvmX86Options:
 class KvmArm64Options:
     """``VMDesc.options`` understood by ``kvm-arm64``."""
 
-    fwb: bool = False               # FEAT_S2FWB: MemAttr 6 instead of 0xF
+    fwb: bool | None = None         # FEAT_S2FWB: MemAttr 6, else 0xF; None: accept either
     dic: bool = False               # CTR_EL0.DIC: X granted on every fault
     identity: bool = False          # kernel-internal VM: IPA == PA, no backing needed
     dirty_log_strict: bool = True   # user_mem_abort(): read faults map read-only when logging
@@ -86,7 +89,7 @@ class _Rules:
 
     strict_log: bool
     x_rule: Callable[[Mapping, str], bool | None]   # (leaf, accesses) -> X wanted, None = either
-    memtype: int | None                             # wanted memtype, None = not checked
+    memtype: int | tuple[int, ...] | None           # wanted memtype(s), None = not checked
     memtype_mask: int = 0xF                         # bits of Mapping.memtype compared
     identity: bool = False
 
@@ -115,6 +118,8 @@ def _page_findings(vm: VMDesc, rng: MemRange, page: int, m: Mapping, acc: str,
     if want_hpa is not None and want_hpa != hpa:
         out.append(Finding("wrong_frame", vm.name, page, expected=want_hpa, observed=hpa,
                            detail=f"leaf {m.raw:#x}"))
+    if not (m.r or m.w or m.x):
+        return out      # access-tracked SPTE (no EPT A/D): R/W/X saved in bits 54-55
     want = _want(rng, acc, m, rules)
     got = {"r": m.r, "w": m.w, "x": m.x}
     if any(got[k] != v for k, v in want.items()):
@@ -126,7 +131,8 @@ def _page_findings(vm: VMDesc, rng: MemRange, page: int, m: Mapping, acc: str,
 def _memtype_finding(vm: VMDesc, m: Mapping, rules: _Rules) -> list[Finding]:
     if rules.memtype is None or m.memtype is None:
         return []
-    if m.memtype & rules.memtype_mask == rules.memtype:
+    wanted = rules.memtype if isinstance(rules.memtype, tuple) else (rules.memtype,)
+    if (m.memtype & rules.memtype_mask) in wanted:
         return []
     return [Finding("memtype", vm.name, m.gpa, expected=rules.memtype, observed=m.memtype,
                     detail=f"leaf {m.raw:#x}")]
@@ -195,7 +201,8 @@ def expect_x86(vm: VMDesc) -> Expectation:
 def expect_arm64(vm: VMDesc) -> Expectation:
     """The ``kvm-arm64`` expectation for *vm* (stage-2 of a KVM VM)."""
     o = options_of(vm, KvmArm64Options)
-    memtype = MT_S2_FWB_NORMAL if o.fwb else MT_S2_NORMAL
+    memtype = {None: (MT_S2_NORMAL, MT_S2_FWB_NORMAL), True: MT_S2_FWB_NORMAL,
+               False: MT_S2_NORMAL}[o.fwb]
     return _expect(vm, _Rules(o.dirty_log_strict, _arm64_x(o.dic), memtype, 0xF, o.identity))
 
 

@@ -166,6 +166,16 @@ def test_ept_memtype_must_be_wb() -> None:
     assert (found[0].expected, found[0].observed) == (6, 0)
 
 
+def test_access_tracked_ept_spte() -> None:
+    ept = vm(TOUCHES, options={"format": "ept"})
+    tracked = leaf(0x1000, r=False, w=False, x=False, memtype=6)
+    assert MODELS["kvm-x86"].expect(ept).check(tracked) == []
+    # a touched page still needs R through the required list
+    assert ("permission", 0x1000) in kinds_at(run("kvm-x86", ept, [tracked]))
+    moved = leaf(0x1000, hpa=0x7000, r=False, w=False, x=False, memtype=6)
+    assert kinds_at(MODELS["kvm-x86"].expect(ept).check(moved)) == {("wrong_frame", 0x1000)}
+
+
 def test_npt_memtype_not_checked() -> None:
     desc = vm(TOUCHES, options={"format": "npt"})
     assert run("kvm-x86", desc, [leaf(g.gpa, w=g.w, memtype=0) for g in GOOD]) == []
@@ -225,8 +235,12 @@ def test_arm64_dirty_log_read_page_writable() -> None:
 
 def test_arm64_memtype_and_fwb() -> None:
     fwb = [s2(m.gpa, w=m.w, x=m.x, memtype=6) for m in ARM_GOOD]
-    assert {f.kind for f in run("kvm-arm64", vm(TOUCHES), fwb)} == {"memtype"}
+    assert {f.kind for f in run("kvm-arm64", vm(TOUCHES, options={"fwb": False}), fwb)} == {
+        "memtype"}
     assert run("kvm-arm64", vm(TOUCHES, options={"fwb": True}), fwb) == []
+    assert run("kvm-arm64", vm(TOUCHES), fwb) == []            # unknown CPU: either encoding
+    assert {f.kind for f in run("kvm-arm64", vm(TOUCHES, options={"fwb": True}),
+                                ARM_GOOD)} == {"memtype"}
     device = [*ARM_GOOD[:1], s2(0x1000, memtype=1), *ARM_GOOD[2:]]
     assert kinds_at(run("kvm-arm64", vm(TOUCHES), device)) == {("memtype", 0x1000)}
 
