@@ -127,7 +127,7 @@ class _Walker:
         self.limits = limits
         self.result = WalkResult()
         self.pages: dict[int, tuple[int, ...]] = {}
-        self.cache: dict[tuple[int, int], Decoded] = {}
+        self.cache: dict[int, dict[int, Decoded]] = {}
         self.walked = 0
 
     def read_table(self, pa: int, gpa: int, level: int) -> tuple[int, ...]:
@@ -147,12 +147,16 @@ class _Walker:
         self.result.findings.append(
             StructuralFinding(kind, gpa, level, table, index, raw, detail))
 
+    def decoder(self, level: int) -> dict[int, Decoded]:
+        """The memo of decoded attribute bits at *level* (filled by :meth:`decode`)."""
+        return self.cache.setdefault(level, {})
+
     def decode(self, attr: int, level: int) -> Decoded:
         """The codec's decoding of *attr* at *level*, memoised for the walk."""
-        key = (attr, level)
-        d = self.cache.get(key)
+        memo = self.decoder(level)
+        d = memo.get(attr)
         if d is None:
-            d = self.cache[key] = self.codec.decode(attr, level)
+            d = memo[attr] = self.codec.decode(attr, level)
         return d
 
     def beyond(self, pa: int, size: int) -> bool:
@@ -163,10 +167,20 @@ class _Walker:
     def walk_table(self, pa: int, level: int, base: int, inherited: int,
                    path: frozenset[int], entries: tuple[int, ...],
                    slots: Collection[int] | None = None) -> None:
-        """Walk one table whose entries are already read; recurse into tables."""
+        """Walk one table whose entries are already read; recurse into tables.
+
+        The common case (an aligned leaf inside memory, in a one-page table)
+        is handled inline: this loop runs once per entry of every table.
+        """
         codec = self.codec
         present, alarm, frame_mask = codec.present_mask, codec.alarm_mask, codec.frame_mask
+        not_frame = ~frame_mask
         shift = level_shift(level)
+        size = 1 << shift
+        top = (1 << 64) if self.limits.mem_size is None else self.limits.mem_size - size
+        odd = (size - 1) | (0 if len(entries) <= ENTRIES else -1)   # slow path if set
+        memo = self.decoder(level)
+        append = self.result.mappings.append
         for index, entry in enumerate(entries):
             if not entry & present:
                 if entry & alarm:
@@ -174,15 +188,21 @@ class _Walker:
                 continue
             if slots is not None and index not in slots:
                 continue
-            gpa = base + (index << shift)
-            d = self.decode(entry & ~frame_mask, level)
+            d = memo.get(entry & not_frame) or self.decode(entry & not_frame, level)
             if d.kind == LEAF:
-                self.leaf(entry, d, gpa, level, pa, index, inherited)
+                hpa = entry & frame_mask
+                if hpa & odd or hpa > top:
+                    self.leaf(entry, d, base + (index << shift), level, pa, index, inherited)
+                    continue
+                r, w, x = _PERM_BOOLS[d.perm & inherited]
+                append(Mapping(base + (index << shift), hpa, size, r, w, x, level, entry,
+                               d.memtype, d.accessed, d.dirty, pa, index))
             elif d.kind == TABLE:
-                self.table(entry & frame_mask, gpa, level, pa, index, entry,
-                           inherited & d.perm, path)
+                self.table(entry & frame_mask, base + (index << shift), level, pa, index,
+                           entry, inherited & d.perm, path)
             elif d.kind != SKIP:
-                self.finding(d.kind, gpa, level, *_where(pa, index), entry, d.detail)
+                self.finding(d.kind, base + (index << shift), level, *_where(pa, index),
+                             entry, d.detail)
 
     def absent(self, entry: int, table: int, level: int, gpa: int, index: int) -> None:
         """A non-present entry with alarm bits: report what the codec says."""
