@@ -299,7 +299,7 @@ static void map_slot(struct vm *vm, int i)
 {
 	const struct slot *s = &cfg.slots[i];
 	size_t align = s->flags & SLOT_HUGE ? HUGE_2M : PAGE_SIZE;
-	size_t len = s->size + align;
+	size_t len = s->size + (align > PAGE_SIZE ? align : 0);
 	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
