@@ -1,0 +1,290 @@
+"""harness.images without network: recipes, module closure, cpio, cache key, apt options."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InfraError, RegistryLookupError
+from harness.images import IMAGES, build_image, image_hash, kmod, load_recipe, parse_recipe
+from harness.images import apt as apt_mod
+from harness.images import build as build_mod
+from harness.images.cpio import CpioWriter
+from harness.images.host import require_tool
+from harness.images.initramfs import InitramfsContents, build_initramfs, init_script
+
+ARM64_RECIPE = """
+name: linux-arm64
+arch: aarch64
+apt_architecture: arm64
+kernel: {metapackage: linux-image-arm64, image: "boot/vmlinuz-{release}"}
+packages: [busybox-static]
+modules: []
+workload:
+  cc: aarch64-linux-gnu-gcc
+  cc_packages: [gcc-aarch64-linux-gnu, libc6-dev-arm64-cross]
+  sources: [main.c, arch_arm64.c]
+console: ttyAMA0
+append: console=ttyAMA0 panic=-1
+"""
+
+# What `modinfo -F depends` says in Debian's 6.1 amd64 kernel package.
+DEBIAN_DEPENDS = {"kvm_amd": ["kvm", "ccp"], "kvm": ["irqbypass"], "ccp": [],
+                  "irqbypass": [], "kvm_intel": ["kvm"]}
+
+
+# ---- recipes -----------------------------------------------------------------
+
+def test_linux_amd64_recipe() -> None:
+    recipe = load_recipe("linux-amd64")
+    assert recipe.arch == "x86_64" and recipe.apt_architecture == "amd64"
+    assert recipe.kernel.metapackage == "linux-image-amd64" and recipe.kernel.package is None
+    assert [(m.name, m.params) for m in recipe.modules] == [("kvm_amd", "nested=1 npt=1")]
+    assert "busybox-static" in recipe.packages
+    assert "console=ttyS0" in recipe.append and recipe.console == "ttyS0"
+    for src in recipe.workload.sources:
+        assert (recipe.path.parents[1] / "workload" / src).is_file()
+
+
+def test_unknown_image_lists_the_valid_ones() -> None:
+    with pytest.raises(RegistryLookupError) as info:
+        build_image("linux-vax", progress=lambda s: None)
+    assert "linux-amd64" in str(info.value)
+    assert "linux-amd64" in IMAGES.names()
+
+
+def test_an_arm64_recipe_is_data_only() -> None:
+    recipe = parse_recipe(ARM64_RECIPE)
+    assert recipe.modules == () and recipe.apt_architecture == "arm64"
+    assert recipe.workload.cc == "aarch64-linux-gnu-gcc"
+    assert recipe.prompt == "slat# "
+
+
+@pytest.mark.parametrize("drop", ["name", "kernel", "workload", "console", "append"])
+def test_recipe_missing_key(drop: str) -> None:
+    lines = [ln for ln in ARM64_RECIPE.splitlines() if not ln.startswith(f"{drop}:")]
+    if drop == "workload":
+        lines = [ln for ln in lines if not ln.startswith("  ")]
+    with pytest.raises(InfraError, match=drop):
+        parse_recipe("\n".join(lines), "r.yaml")
+
+
+def test_init_script_loads_the_recipes_modules() -> None:
+    script = init_script(load_recipe("linux-amd64"))
+    assert script.startswith("#!/bin/busybox sh\n")
+    assert "modprobe kvm_amd nested=1 npt=1" in script
+    assert "mount -t devtmpfs" in script and "PS1='slat# '" in script
+    assert script.index("modprobe") > script.index("mount -t sysfs")
+
+
+# ---- kernel modules ----------------------------------------------------------
+
+def test_closure_puts_dependencies_first() -> None:
+    order = kmod.module_closure(["kvm_amd", "kvm_intel"], DEBIAN_DEPENDS.__getitem__)
+    assert sorted(order) == ["ccp", "irqbypass", "kvm", "kvm_amd", "kvm_intel"]
+    for name in order:
+        for dep in DEBIAN_DEPENDS[name]:
+            assert order.index(dep) < order.index(name)
+
+
+def test_closure_cycle_raises() -> None:
+    with pytest.raises(InfraError, match="cycle"):
+        kmod.module_closure(["a"], {"a": ["b"], "b": ["a"]}.__getitem__)
+
+
+def test_modules_dep_lists_the_whole_closure() -> None:
+    paths = {n: Path(f"kernel/{n.replace('_', '-')}.ko") for n in DEBIAN_DEPENDS}
+    order = kmod.module_closure(["kvm_amd"], DEBIAN_DEPENDS.__getitem__)
+    lines = dict(ln.split(":", 1) for ln in
+                 kmod.modules_dep(order, paths, DEBIAN_DEPENDS.__getitem__).splitlines())
+    assert set(lines["kernel/kvm-amd.ko"].split()) == {
+        "kernel/kvm.ko", "kernel/ccp.ko", "kernel/irqbypass.ko"}
+    assert lines["kernel/irqbypass.ko"].strip() == ""
+
+
+def _fake_module(tmp: Path, rel: str, depends: str) -> Path:
+    """An ELF object with a .modinfo section, as a kernel module has."""
+    src = tmp / "m.c"
+    src.write_text('__attribute__((section(".modinfo"), used)) static const char m[] = '
+                   f'"license=GPL\\0depends={depends}\\0name=x";\n')
+    out = tmp / "lib" / rel
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-c", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def test_modinfo_from_real_elf_objects(tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    _fake_module(tmp_path, "kernel/arch/x86/kvm/kvm-amd.ko", "kvm,ccp")
+    kvm = _fake_module(tmp_path, "kernel/arch/x86/kvm/kvm.ko", "irqbypass")
+    _fake_module(tmp_path, "kernel/virt/lib/irqbypass.ko", "")
+    ccp = _fake_module(tmp_path, "kernel/drivers/crypto/ccp/ccp.ko", "")
+    xz = ccp.with_name("ccp.ko.xz")
+    xz.write_bytes(lzma.compress(ccp.read_bytes()))
+    ccp.unlink()
+    index = kmod.index_modules(tmp_path / "lib")
+    assert index["kvm_amd"] == Path("kernel/arch/x86/kvm/kvm-amd.ko")
+    assert index["ccp"].name == "ccp.ko.xz"
+    order = kmod.module_closure(
+        ["kvm_amd"], lambda n: kmod.module_depends(tmp_path / "lib" / index[n]))
+    assert order.index("irqbypass") < order.index("kvm") < order.index("kvm_amd")
+    assert kmod.read_modinfo(kvm)["license"] == ["GPL"]
+
+
+def test_module_without_modinfo_raises(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ko"
+    bad.write_bytes(b"not an elf")
+    with pytest.raises(InfraError, match="bad.ko"):
+        kmod.module_depends(bad)
+
+
+# ---- initramfs ---------------------------------------------------------------
+
+def test_initramfs_unpacks_with_the_cpio_tool(tmp_path: Path) -> None:
+    if shutil.which("cpio") is None:
+        pytest.skip("cpio not installed")
+    contents = InitramfsContents(
+        busybox=b"BUSYBOX", workload=b"WORKLOAD", kernel_release="6.1.0-9-amd64",
+        modules={"kernel/arch/x86/kvm/kvm.ko": b"KVM"},
+        modules_dep="kernel/arch/x86/kvm/kvm.ko:\n")
+    archive = tmp_path / "initramfs.cpio.gz"
+    build_initramfs(load_recipe("linux-amd64"), contents, archive)
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames"], cwd=root,
+                   input=gzip.decompress(archive.read_bytes()), check=True)
+    assert (root / "bin/busybox").read_bytes() == b"BUSYBOX"
+    assert (root / "bin/slat-workload").read_bytes() == b"WORKLOAD"
+    assert (root / "init").stat().st_mode & 0o111
+    assert (root / "bin/sh").is_symlink() and str((root / "bin/sh").readlink()) == "busybox"
+    mods = root / "lib/modules/6.1.0-9-amd64"
+    assert (mods / "kernel/arch/x86/kvm/kvm.ko").read_bytes() == b"KVM"
+    assert (mods / "modules.dep").read_text().startswith("kernel/arch/x86/kvm/kvm.ko:")
+
+
+def test_cpio_rejects_duplicates_and_pads() -> None:
+    archive = CpioWriter()
+    archive.file("a", b"xyz")
+    with pytest.raises(ValueError):
+        archive.file("a", b"")
+    data = archive.finish()
+    assert len(data) % 4 == 0 and data.startswith(b"070701") and b"TRAILER!!!" in data
+
+
+# ---- cache -------------------------------------------------------------------
+
+def _hash_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(ARM64_RECIPE)
+    workload, builder = tmp_path / "wl", tmp_path / "builder"
+    workload.mkdir()
+    builder.mkdir()
+    (workload / "main.c").write_text("int main(void) { return 0; }\n")
+    (builder / "build.py").write_text("# v1\n")
+    return recipe, workload, builder
+
+
+@pytest.mark.parametrize("edit", ["recipe", "workload", "builder", "new_source"])
+def test_cache_key_covers_every_input(tmp_path: Path, edit: str) -> None:
+    recipe, workload, builder = _hash_inputs(tmp_path)
+    before = image_hash(recipe, workload, builder)
+    assert image_hash(recipe, workload, builder) == before
+    target = {"recipe": recipe, "workload": workload / "main.c",
+              "builder": builder / "build.py", "new_source": workload / "arch_x86.c"}[edit]
+    target.write_text(target.read_text() + "\n" if target.exists() else "x\n")
+    assert image_hash(recipe, workload, builder) != before
+
+
+def test_cached_image_is_reused_without_network(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = load_recipe("linux-amd64")
+    final = build_mod.cache_root(tmp_path) / f"linux-amd64-{image_hash(recipe.path)}"
+    (final / "modules").mkdir(parents=True)
+    (final / "manifest.json").write_text(json.dumps({"kernel_release": "6.1.0-9-amd64"}))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached image must not fetch anything")
+
+    monkeypatch.setattr(build_mod, "_assemble", no_network)
+    lines: list[str] = []
+    image = build_image("linux-amd64", progress=lines.append, cache_dir=tmp_path)
+    assert image.dir == final and image.kernel == final / "vmlinuz"
+    assert image.kernel_release == "6.1.0-9-amd64" and image.arch == "x86_64"
+    assert image.append == recipe.append and any("cached" in ln for ln in lines)
+
+
+def test_cache_dir_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert build_mod.cache_root() == tmp_path / "slatcheck" / "images"
+
+
+# ---- host tools and apt ------------------------------------------------------
+
+def test_missing_tool_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(InfraError, match="apt-get install dpkg"):
+        require_tool("dpkg-deb")
+    with pytest.raises(InfraError, match="apt-get install gcc-aarch64-linux-gnu"):
+        require_tool("aarch64-linux-gnu-gcc")
+
+
+def test_depends_of_the_metapackage() -> None:
+    shown = ("Package: linux-image-amd64\nVersion: 6.1.192-2\n"
+             "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n")
+    assert apt_mod.parse_depends(shown) == ["linux-image-6.1.0-56-amd64"]
+    assert apt_mod.parse_depends("Package: x\n") == []
+
+
+def _fake_apt(monkeypatch: pytest.MonkeyPatch, known: set[str]) -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def run_tool(argv: list[str], cwd: Path | None = None, packages: object = ()) -> str:
+        calls.append(list(argv))
+        if argv[0] == "dpkg":
+            return "amd64\n"
+        if argv[0] == "apt-cache":
+            if argv[-1] not in known:
+                raise InfraError("unknown")
+            return "Depends: linux-image-6.1.0-9-arm64 (= 6.1.1-1)\n"
+        return ""
+
+    monkeypatch.setattr(apt_mod, "run_tool", run_tool)
+    return calls
+
+
+def test_foreign_architecture_gets_private_apt_state(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_apt(monkeypatch, {"linux-image-arm64", "linux-image-6.1.0-9-arm64-unsigned"})
+    ctx = apt_mod.AptContext("arm64", tmp_path / "apt-arm64")
+    assert "-oAPT::Architecture=arm64" in ctx.options
+    assert any(o.startswith("-oDir::State::Lists=") for o in ctx.options)
+    assert [c for c in calls if c[0] == "apt-get"][0][-1] == "update"
+    spec = parse_recipe(ARM64_RECIPE).kernel
+    assert ctx.resolve_kernel(spec) == "linux-image-6.1.0-9-arm64-unsigned"
+    assert all(c[1:1 + len(ctx.options)] == ctx.options for c in calls if c[0] == "apt-cache")
+
+
+def test_signed_kernel_when_no_unsigned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_apt(monkeypatch, {"linux-image-arm64"})
+    ctx = apt_mod.AptContext("amd64", tmp_path)
+    assert ctx.options == []
+    spec = parse_recipe(ARM64_RECIPE).kernel
+    assert ctx.resolve_kernel(spec) == "linux-image-6.1.0-9-arm64"
+
+
+def test_pinned_kernel_skips_the_metapackage(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_apt(monkeypatch, set())
+    pinned = parse_recipe(ARM64_RECIPE.replace(
+        "kernel: {metapackage: linux-image-arm64,",
+        "kernel: {metapackage: linux-image-arm64, package: linux-image-x, version: '1.2',"))
+    ctx = apt_mod.AptContext("amd64", tmp_path)
+    assert ctx.resolve_kernel(pinned.kernel) == "linux-image-x=1.2"
+    assert not [c for c in calls if c[0] == "apt-cache"]
