@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from encoders import ALL_PERMS, NptEncoder, build, observed, spec_lists
+from encoders import ALL_PERMS, NptEncoder, Spec, build, observed, spec_lists
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +184,26 @@ def test_walk_reads_back_what_the_encoder_wrote(levels: int, flavour: str,
     assert res.findings == []
     assert observed(res.mappings) == [enc.expect(s) for s in specs]
     assert res.tables_read == (end - 0x10000) // 0x1000
+
+
+@pytest.mark.parametrize("flip,fields", [
+    (1 << 1, [4]),          # RW: w (the victim is read-only)
+    (1 << 63, [5]),         # NX: x
+    (1 << 20, [1]),         # a frame bit: hpa
+    (1 << 2, [3, 5]),       # US: r and x (w was already off)
+    (1 << 5, [8]),          # A: accessed
+])
+def test_a_corrupted_leaf_is_seen(flip: int, fields: list[int]) -> None:
+    """Flip one bit of one encoded leaf: exactly that mapping reads back differently."""
+    specs = [Spec(i << 12, (0x400 + i) << 12, 4096, True, i % 2 == 0, True, None, True, False)
+             for i in range(0, 64, 3)]
+    enc = NptEncoder()
+    mem = DictMem(size=1 << 32)
+    build(mem, enc, 0x10000, 4, specs)
+    victim = walk(mem, 0x10000).mappings[5]
+    mem.write_u64(victim.table + 8 * victim.index, victim.raw ^ flip)
+    got = observed(walk(mem, 0x10000).mappings)
+    want = [enc.expect(s) for s in specs]
+    diffs = [(g, w) for g, w in zip(got, want, strict=True) if g != w]
+    assert len(diffs) == 1 and diffs[0][0][0] == victim.gpa
+    assert [k for k in range(10) if diffs[0][0][k] != diffs[0][1][k]] == fields
