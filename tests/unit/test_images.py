@@ -288,3 +288,11 @@ def test_pinned_kernel_skips_the_metapackage(tmp_path: Path,
     ctx = apt_mod.AptContext("amd64", tmp_path)
     assert ctx.resolve_kernel(pinned.kernel) == "linux-image-x=1.2"
     assert not [c for c in calls if c[0] == "apt-cache"]
+
+
+def test_linux_arm64_recipe() -> None:
+    recipe = load_recipe("linux-arm64")
+    assert recipe.arch == "aarch64" and recipe.apt_architecture == "arm64"
+    assert recipe.modules == () and recipe.console == "ttyAMA0"
+    assert "arch_arm64.c" in recipe.workload.sources
+    assert (recipe.path.parents[1] / "workload" / "arch_arm64.c").is_file()
