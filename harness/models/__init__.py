@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from harness.models.base import (Access, Backing, DictBacking, Expectation, ExpectedPage,
-                                 MemRange, Model, VMDesc)
+from harness.models.base import (
+    Access,
+    Backing,
+    DictBacking,
+    Expectation,
+    ExpectedPage,
+    MemRange,
+    Model,
+    VMDesc,
+)
 from harness.registry import Registry
 
 __all__ = ["MODELS", "Access", "Backing", "DictBacking", "Expectation", "ExpectedPage",
@@ -11,7 +19,10 @@ __all__ = ["MODELS", "Access", "Backing", "DictBacking", "Expectation", "Expecte
 
 MODELS: Registry[Model] = Registry("hypervisor model")
 
-from harness.models import kvm  # noqa: E402,F401  (registers kvm-x86, kvm-arm64)
-from harness.models import openbsd  # noqa: E402,F401  (registers openbsd-vmm, openbsd-vmm-old)
-from harness.models import vkernel  # noqa: E402,F401  (registers dragonfly-vkernel)
-from harness.models import bhyve  # noqa: E402,F401  (registers bhyve)
+# Each model module registers itself in MODELS when imported.
+from harness.models import (  # noqa: E402,F401
+    bhyve,  # bhyve
+    kvm,  # kvm-x86, kvm-arm64
+    openbsd,  # openbsd-vmm, openbsd-vmm-old
+    vkernel,  # dragonfly-vkernel
+)
