@@ -49,14 +49,16 @@ from harness.models.base import (
     segments,
 )
 
-__all__ = ["OpenbsdOptions", "EPT_LEAF_LOW_BITS", "EPT_AD_BITS", "expect_new", "expect_old",
-           "table_leftovers", "empty_tables", "OPENBSD_VMM", "OPENBSD_VMM_OLD"]
+__all__ = ["OpenbsdOptions", "EPT_LEAF_LOW_BITS", "EPT_AD_BITS", "VM_MEM_TYPES", "mem_range",
+           "expect_new", "expect_old", "table_leftovers", "empty_tables", "OPENBSD_VMM",
+           "OPENBSD_VMM_OLD"]
 
 EPT_R, EPT_W, EPT_X = 0x1, 0x2, 0x4     # sys/arch/amd64/include/pte.h
 EPT_WB = 6 << 3
 EPT_LEAF_LOW_BITS = EPT_WB | EPT_R | EPT_W | EPT_X     # 0x037
 EPT_AD_BITS = 0x300                     # EPT A (bit 8), D (bit 9)
 MAPPED_KINDS = ("ram", "reserved")      # VMM_MEM_TYPE_REGULAR; VM_MEM_MMIO is never mapped
+VM_MEM_TYPES = {0: "ram", 1: "reserved", 2: "mmio"}   # VM_MEM_RAM, VM_MEM_RESERVED, VM_MEM_MMIO
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,17 @@ class OpenbsdOptions:
 
     format: str | None = None     # "ept" or "npt"; None: EPT rules where the leaf has a memtype
     ad_bits: bool | None = None   # EPTP A/D enabled; None = the design's default
+
+
+def mem_range(vmr_gpa: int, vmr_va: int, vmr_size: int, vmr_type: int,
+              index: int = 0) -> MemRange:
+    """A :class:`MemRange` from one live ``struct vm_mem_range`` (hva = vmr_va).
+
+    >>> mem_range(0xF0000000, 0, 0xFE00000, 2, 3).kind
+    'mmio'
+    """
+    return MemRange(vmr_gpa, vmr_size, kind=VM_MEM_TYPES[vmr_type], hva=vmr_va,
+                    name=f"vm_memranges[{index}]")
 
 
 @dataclass(frozen=True)

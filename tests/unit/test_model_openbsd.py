@@ -7,8 +7,8 @@ from harness.findings import Finding
 from harness.formats.base import Mapping, WalkResult
 from harness.models import MODELS
 from harness.models.base import Access, DictBacking, MemRange, VMDesc
-from harness.models.openbsd import empty_tables, table_leftovers
-from harness.models.vmd_memmap import create_memory_map
+from harness.models.openbsd import empty_tables, mem_range, table_leftovers
+from harness.models.vmd_memmap import create_memory_map, cross_check
 
 PAGE = 4096
 RANGES = tuple(create_memory_map(256 << 20))
@@ -192,3 +192,13 @@ def test_teardown_walk_with_empty_tables_is_leftover() -> None:
     assert result.mappings == []
     assert run("openbsd-vmm", gone, result.mappings) == []
     assert [f.kind for f in empty_tables(gone, result)] == ["leftover"]
+
+
+def test_live_vm_memranges_cross_check_with_vmd() -> None:
+    live = [mem_range(0x0, VMR_VA, 0xA0000, 0, 0), mem_range(0xA0000, VMR_VA + 0xA0000,
+                                                            0x60000, 1, 1),
+            mem_range(0x100000, VMR_VA + 0x100000, 0xFF00000, 0, 2),
+            mem_range(0xF0000000, 0, 0xFE00000, 2, 3),
+            mem_range(0xFFE00000, VMR_VA + 0x10000000, 0x200000, 1, 4)]
+    assert cross_check(list(RANGES), live) == []
+    assert live[2].hva == VMR_VA + 0x100000
