@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.diff import diff
 from harness.errors import ScenarioError
@@ -275,3 +277,25 @@ def test_npt_walk_of_kvm_tables() -> None:
     mem.write_u64(pt, BACKING.pages[0x1000] | 0xE67 | 1 << 63)   # injected: NX
     found = run("kvm-x86", desc, walk(mem, 0x1000, NptParams(flavour="kvm")).mappings)
     assert kinds_at(found) == {("permission", 0x1000)}
+
+
+# ---- properties: leaves built from the backing pass; any one corruption is caught ----
+
+@given(st.sets(st.integers(min_value=0, max_value=15), min_size=1),
+       st.integers(min_value=0, max_value=3), st.data())
+def test_any_single_corruption_is_caught(pages: set[int], how: int, data: st.DataObject) -> None:
+    touched = tuple(Access(p * PAGE, "w") for p in sorted(pages))
+    leaves = [leaf(a.gpa) for a in touched]
+    desc = vm(touched)
+    assert run("kvm-x86", desc, leaves) == []
+    i = data.draw(st.integers(min_value=0, max_value=len(leaves) - 1))
+    victim = leaves[i]
+    bad = [leaf(victim.gpa, hpa=victim.hpa ^ 0x100000),          # another frame
+           leaf(victim.gpa, w=False),                            # written page read-only
+           leaf(victim.gpa, x=False),                            # NPT leaf without X
+           None][how]                                            # leaf gone
+    corrupted = [*leaves[:i], *([bad] if bad else []), *leaves[i + 1:]]
+    found = run("kvm-x86", desc, corrupted)
+    assert {f.gpa for f in found} == {victim.gpa}
+    assert {f.kind for f in found} == {("wrong_frame", "permission", "permission",
+                                        "missing")[how]}
