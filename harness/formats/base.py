@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.mem import PhysMem
 
 __all__ = ["Mapping", "StructuralFinding", "WalkResult", "Format", "WalkLimits"]
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     """One present leaf: [gpa, gpa+size) -> [hpa, hpa+size).
+
+    A NamedTuple rather than a frozen dataclass: a walk builds one per leaf,
+    and a million of them must cost well under a second.
 
     >>> Mapping(gpa=0x1000, hpa=0x5000, size=4096, r=True, w=True, x=True,
     ...         level=1, raw=0x5037).end
@@ -50,7 +52,8 @@ class Mapping:
         return {"gpa": self.gpa, "hpa": self.hpa, "size": self.size,
                 "r": self.r, "w": self.w, "x": self.x, "level": self.level,
                 "raw": f"{self.raw:#018x}", "memtype": self.memtype,
-                "accessed": self.accessed, "dirty": self.dirty}
+                "accessed": self.accessed, "dirty": self.dirty,
+                "table": self.table, "index": self.index}
 
 
 @dataclass(frozen=True)

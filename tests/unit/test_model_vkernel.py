@@ -202,11 +202,11 @@ def test_injected_corruption_is_found_where_it_was_injected(page: int, kind: str
     mem, hosts = image(), good_host()
     m = hosts[page]
     if kind == "frame":
-        hosts[page] = replace(m, hpa=m.hpa ^ 0x100000)
+        hosts[page] = m._replace(hpa=m.hpa ^ 0x100000)
     elif kind == "w":
-        hosts[page] = replace(m, w=True)
+        hosts[page] = m._replace(w=True)
     elif kind == "x":
-        hosts[page] = replace(m, x=True)
+        hosts[page] = m._replace(x=True)
     else:
         mem.write_u64(0x4000 + 8 * page, LEAVES[page] & ~V)
     got = findings(vm(mem), hosts)
