@@ -296,3 +296,37 @@ def test_linux_arm64_recipe() -> None:
     assert recipe.modules == () and recipe.console == "ttyAMA0"
     assert "arch_arm64.c" in recipe.workload.sources
     assert (recipe.path.parents[1] / "workload" / "arch_arm64.c").is_file()
+
+
+def test_concurrent_builds_assemble_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builders of one image: one assembles, the other waits and reuses its result."""
+    import threading
+    import time
+
+    calls: list[Path] = []
+
+    def fake_assemble(recipe: object, root: Path, work: Path, out: Path,
+                      progress: object) -> dict[str, object]:
+        calls.append(out)
+        time.sleep(0.2)   # hold the lock long enough for the other builder to queue
+        for name in ("vmlinuz", "initramfs.cpio.gz", "slat-workload"):
+            (out / name).write_bytes(name.encode())
+        (out / "modules").mkdir()
+        return {"packages": [], "kernel_release": "6.1.0-9-amd64", "modules": []}
+
+    monkeypatch.setattr(build_mod, "_assemble", fake_assemble)
+    images: list[object] = []
+    threads = [threading.Thread(target=lambda: images.append(
+        build_image("linux-amd64", progress=lambda s: None, cache_dir=tmp_path)))
+        for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(images) == 2
+    first, second = images
+    assert first.dir == second.dir and (first.dir / "vmlinuz").read_bytes() == b"vmlinuz"
+    leftovers = [p.name for p in first.dir.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    manifest = json.loads((first.dir / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"vmlinuz", "initramfs.cpio.gz", "slat-workload"}

@@ -250,3 +250,14 @@ def test_the_c_parser_rejects_with_an_error_event(host_workload: Path, argv: lis
     report = parse_report(lines)
     assert status != 0
     assert any(message in e for e in report.errors), report.errors
+
+
+@pytest.mark.parametrize("cc, arch_file", [("gcc", "arch_x86.c"),
+                                           ("aarch64-linux-gnu-gcc", "arch_arm64.c")])
+def test_workload_compiles_without_warnings(tmp_path: Path, cc: str, arch_file: str) -> None:
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} not installed")
+    proc = subprocess.run([cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
+                           "-o", str(tmp_path / "w"), str(WORKLOAD_SRC / "main.c"),
+                           str(WORKLOAD_SRC / arch_file)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
