@@ -11,12 +11,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InfraError
-from harness.images.host import run_tool
+from harness.images.host import require_tool, run_tool
 from harness.images.recipe import KernelSpec
+
+_MAX_AGE = 24 * 3600     # seconds before private apt lists are refreshed
 
 __all__ = ["Package", "AptContext", "host_architecture", "parse_depends", "sha256_file"]
 
@@ -73,8 +76,10 @@ class AptContext:
     """apt-get/apt-cache for one Debian architecture, with private state if foreign."""
 
     def __init__(self, architecture: str, state_dir: Path) -> None:
+        require_tool("apt-cache")
         self.architecture = architecture
         self.options: list[str] = []
+        self._lists: Path | None = None
         if architecture != host_architecture():
             lists, cache = state_dir / "lists", state_dir / "cache"
             for d in (lists / "partial", cache / "archives" / "partial"):
@@ -82,10 +87,22 @@ class AptContext:
             self.options = [f"-oAPT::Architecture={architecture}",
                             f"-oAPT::Architectures={architecture}",
                             f"-oDir::State::Lists={lists}", f"-oDir::Cache={cache}"]
-            with (state_dir / "update.lock").open("a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not any(lists.glob("*_Packages*")):
-                    run_tool(["apt-get", *self.options, "update"])
+            self._lists = lists
+            self._update(only_if_fresh=True)
+
+    def _update(self, only_if_fresh: bool) -> None:
+        """``apt-get update`` of the private lists (serialised between builders).
+
+        With *only_if_fresh*, lists younger than a day are kept, so the metapackage
+        does not resolve to a kernel build the mirror has already dropped.
+        """
+        assert self._lists is not None
+        with (self._lists.parent / "update.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            lists = list(self._lists.glob("*_Packages*"))
+            fresh = lists and time.time() - min(p.stat().st_mtime for p in lists) < _MAX_AGE
+            if not (only_if_fresh and fresh):
+                run_tool(["apt-get", *self.options, "update"])
 
     def show(self, package: str) -> str | None:
         """``apt-cache show`` of the candidate version, or None if apt does not know it."""
@@ -114,8 +131,14 @@ class AptContext:
     def download(self, what: str, dest: Path) -> Package:
         """``apt-get download`` one package into *dest*; returns its record."""
         before = set(dest.glob("*.deb"))
-        run_tool(["apt-get", *self.options, "-oAPT::Sandbox::User=root",
-                  "download", what], cwd=dest)
+        argv = ["apt-get", *self.options, "-oAPT::Sandbox::User=root", "download", what]
+        try:
+            run_tool(argv, cwd=dest)
+        except InfraError:
+            if self._lists is None:
+                raise
+            self._update(only_if_fresh=False)   # private lists may be older than the mirror
+            run_tool(argv, cwd=dest)
         new = sorted(set(dest.glob("*.deb")) - before)
         if len(new) != 1:
             raise InfraError(f"apt-get download {what} produced {len(new)} files")

@@ -184,12 +184,17 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
     moddir = _moddir(roots[0], release)
     paths, order, depends = _modules(recipe, moddir, progress)
     kernel_src = roots[0] / recipe.kernel.image.format(release=release)
+    if not kernel_src.is_file():
+        raise InfraError(f"{packages[0].filename} has no {kernel_src.relative_to(roots[0])}")
     shutil.copyfile(kernel_src, out / "vmlinuz")
     (out / "modules").mkdir()
     for name in order:
         shutil.copyfile(moddir / paths[name], out / "modules" / paths[name].name)
     _compile_workload(recipe, out / "slat-workload", progress)
-    busybox = next(r / recipe.busybox for r in roots[1:] if (r / recipe.busybox).is_file())
+    busybox = next((r / recipe.busybox for r in roots[1:] if (r / recipe.busybox).is_file()),
+                   None)
+    if busybox is None:
+        raise InfraError(f"no package of {recipe.name} holds {recipe.busybox}")
     progress("writing initramfs")
     contents = InitramfsContents(
         busybox=busybox.read_bytes(), workload=(out / "slat-workload").read_bytes(),
