@@ -60,6 +60,11 @@ __all__ = [
 EXCERPT_LINES = 50      # a panic excerpt stops after this many lines ...
 EXCERPT_SECONDS = 2.0   # ... or after this long
 TAIL_CHARS = 16384      # how much recent console text errors may quote
+READ_SIZE = 16384       # bytes per read from the socket
+# pexpect searches only this much of the unmatched text: the fresh read plus a
+# margin for a pattern split across reads (all patterns are short).  Searching
+# all of it made a 1 MB command output take a minute.
+SEARCH_WINDOW = READ_SIZE + 1024
 
 
 @dataclass(frozen=True)
@@ -193,9 +198,11 @@ class Console:
         self._logfile = open(log_path, "a", encoding="utf-8", newline="")
         self.log = _Log(self._logfile)
         patterns = self.guest.panic + (() if ignore_warnings else self.guest.warning)
-        self._panic_res = [re.compile(p, re.MULTILINE) for p in patterns]
+        # one alternation: one scan per read instead of one per pattern
+        self._panic_re = re.compile("|".join(f"(?:{p})" for p in patterns), re.MULTILINE)
         self._child = pexpect.fdpexpect.fdspawn(
-            sock.detach(), timeout=timeout, encoding="utf-8", codec_errors="replace")
+            sock.detach(), timeout=timeout, encoding="utf-8", codec_errors="replace",
+            maxread=READ_SIZE, searchwindowsize=SEARCH_WINDOW)
         self._child.logfile_read = self.log
 
     @classmethod
@@ -246,9 +253,9 @@ class Console:
         """
         wanted = list(pattern) if isinstance(pattern, list | tuple) else [pattern]
         compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in wanted]
-        index = self._expect_raw(compiled + self._panic_res, timeout)
-        if index >= len(compiled):
-            self._raise_panic(self._panic_res[index - len(compiled)].pattern)
+        index = self._expect_raw([*compiled, self._panic_re], timeout)
+        if index == len(compiled):
+            self._raise_panic(str(self._child.after).strip())
         match = self._child.match
         assert isinstance(match, re.Match)
         return match
@@ -266,7 +273,10 @@ class Console:
             raise ConsoleError("console closed (QEMU exited?)", self.log.tail()) from None
 
     def _raise_panic(self, pattern: str) -> None:
-        """Collect up to 50 lines or 2 s after the panic line, then raise."""
+        """Collect up to 50 lines or 2 s after the panic line, then raise.
+
+        *pattern* is the text that matched a panic pattern.
+        """
         before = str(self._child.before).rsplit("\n", 1)[-1]
         excerpt = before + str(self._child.after) + str(self._child.buffer)
         self._child.buffer = ""
