@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,3 +233,29 @@ def test_guest_os_registry() -> None:
     assert GUEST_OSES.names() == ["dragonfly", "freebsd", "linux", "openbsd"]
     with pytest.raises(RegistryLookupError, match="valid: dragonfly, freebsd, linux, openbsd"):
         GUEST_OSES["plan9"]
+
+
+def test_large_output_is_complete(console_pair) -> None:
+    con, guest, _ = console(console_pair, "00000010")
+    body = [f"ffffffff8{i:07x} T sym_{i}" for i in range(30000)]   # ~1 MB, > search window
+    text = "@@B00000010@@\n" + "\n".join(body) + "\n\n@@E00000010@@ 0\n"
+    threading.Thread(target=guest.play, args=(text,), daemon=True).start()
+    assert con.run("cat /proc/kallsyms", timeout=60).lines == body
+    con.close()
+
+
+def test_markers_and_panics_split_across_reads(console_pair) -> None:
+    con, guest, _ = console(console_pair, "00000011", "00000012")
+    text = ("@@B00000011@@\nok\n\n@@E00000011@@ 0\n"
+            "@@B00000012@@\n[    1.000000] Kernel panic - not syncing: split\n")
+    data = text.replace("\n", "\r\n").encode()
+
+    def trickle() -> None:
+        for i in range(0, len(data), 5):
+            guest.peer.sendall(data[i:i + 5])
+            time.sleep(0.002)
+    threading.Thread(target=trickle, daemon=True).start()
+    assert con.run("echo ok").output == "ok\n"
+    with pytest.raises(GuestPanic, match="split"):
+        con.run("true")
+    con.close()
