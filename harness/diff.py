@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from harness.findings import Finding
 from harness.formats.base import Mapping, WalkResult
@@ -29,12 +29,23 @@ def structural_findings(vm: str, walk: WalkResult) -> list[Finding]:
             for s in walk.findings]
 
 
+def _agrees(page: ExpectedPage, m: Mapping, hpa: int) -> bool:
+    """Whether leaf *m* satisfies everything *page* asks (None fields ask nothing)."""
+    return ((page.hpa is None or hpa == page.hpa)
+            and (page.r is None or page.r == m.r)
+            and (page.w is None or page.w == m.w)
+            and (page.x is None or page.x == m.x)
+            and (page.memtype is None or page.memtype == m.memtype))
+
+
 def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Finding]:
     if m is None:
         return [Finding("missing", vm, page.gpa, expected=page.hpa, observed=None,
                         detail="touched page has no present leaf")]
-    out: list[Finding] = []
     hpa = m.hpa + (page.gpa - m.gpa)
+    if _agrees(page, m, hpa):     # the common case, without building dicts
+        return []
+    out: list[Finding] = []
     if page.hpa is not None and hpa != page.hpa:
         out.append(Finding("wrong_frame", vm, page.gpa, expected=page.hpa, observed=hpa,
                            detail=f"leaf {m.raw:#x}"))
@@ -54,13 +65,27 @@ def diff(walk: WalkResult, exp: Expectation) -> list[Finding]:
     Duplicates (same kind and GPA from two rules) are reported once.
     """
     mappings = sorted(walk.mappings, key=lambda m: m.gpa)
-    starts = [m.gpa for m in mappings]
     found = structural_findings(exp.vm, walk)
+    check = exp.check
     for m in mappings:
-        found.extend(exp.check(m))
-    for page in exp.required:
-        found.extend(_check_required(exp.vm, page, find_mapping(mappings, page.gpa, starts)))
+        bad = check(m)
+        if bad:
+            found.extend(bad)
+    for page, m in _covering(sorted(exp.required, key=lambda p: p.gpa), mappings):
+        if m is None or not _agrees(page, m, m.hpa + (page.gpa - m.gpa)):
+            found.extend(_check_required(exp.vm, page, m))
     return _dedup(found)
+
+
+def _covering(pages: list[ExpectedPage], mappings: list[Mapping]
+              ) -> Iterator[tuple[ExpectedPage, Mapping | None]]:
+    """Each page with the mapping covering it: one merge pass over two sorted lists."""
+    i, n = 0, len(mappings)
+    for page in pages:
+        while i < n and mappings[i].gpa + mappings[i].size <= page.gpa:
+            i += 1
+        m = mappings[i] if i < n and mappings[i].gpa <= page.gpa else None
+        yield page, m
 
 
 def _dedup(findings: Iterable[Finding]) -> list[Finding]:
