@@ -150,6 +150,7 @@ class GdbSession:
                     self.interrupt()   # gdb refuses to detach from a running target
                     self._restore_mode()
                     self.mi("-target-detach", timeout=5.0)
+                with contextlib.suppress(InfraError):
                     self.mi("-gdb-exit", timeout=2.0, expect_result=False)
         finally:
             self._ctl = None

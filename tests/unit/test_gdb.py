@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,18 @@ def test_commands_after_close_raise(fake: FakeGdb, tmp_path: Path) -> None:
     s.close()                           # idempotent
     with pytest.raises(GdbError, match="not attached"):
         s.read_phys(0, 8)
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+def test_real_gdb_without_a_stub_fails_cleanly(tmp_path: Path) -> None:
+    pids: list[int] = []
+
+    def spawn(gdb: str):  # the real controller, remembering its pid
+        from harness.gdb import _spawn_gdb
+        ctl = _spawn_gdb(gdb)
+        pids.append(ctl.gdb_process.pid)
+        return ctl
+    with pytest.raises(GdbError, match="No such file"), \
+            GdbSession(tmp_path / "missing.sock", tmp_path / "gdb.log", spawn=spawn):
+        pass
+    assert pids and not Path(f"/proc/{pids[0]}").exists()   # gdb ended and reaped
