@@ -83,8 +83,11 @@ CHILD = textwrap.dedent("""
 
 
 def test_qemu_and_gdb_die_with_a_killed_harness(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"   # the killed child cannot remove its socket directory
+    scratch.mkdir()
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
-                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+                             env={**os.environ, "TMPDIR": str(scratch)})
     try:
         line = child.stdout.readline()  # type: ignore[union-attr]
         pids = [int(x) for x in line.split()]
@@ -94,6 +97,7 @@ def test_qemu_and_gdb_die_with_a_killed_harness(tmp_path: Path) -> None:
         child.kill()
         child.wait()
     assert wait_gone(pids) == []
+    assert sorted(p.name.split("-")[1] for p in scratch.iterdir()) == ["gdb", "orphan"]
 
 
 def test_qmp_quit_is_the_soft_path(tmp_path: Path) -> None:
