@@ -77,17 +77,20 @@ def _workload_vms(ctx: Any) -> list[tuple[Any, Any]]:
     return out
 
 
-def vm_desc(run: Any, vm: Any, name: str) -> VMDesc:
+# workload slot flag -> MemRange flag
+SLOT_FLAGS = {"ro": "readonly", "log": "dirty_log", "huge": "huge"}
+
+
+def vm_desc(run: Any, vm: Any, name: str, options: dict[str, Any]) -> VMDesc:
     """The model's input from what the workload reported and the scenario touched."""
     ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
                             prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
-                            flags=frozenset({"ro": "readonly", "log": "dirty_log"}[f]
-                                            for f in s.flags))
+                            flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
                    for s in vm.slots)
     touched = [Access(g, a) for g, a in run.touched]
     touched += [Access(g, "x") for g in vm.code_pages]
     return VMDesc(name=name, ranges=ranges, backing=DictBacking(dict(vm.pagemap)),
-                  touched=tuple(touched))
+                  touched=tuple(touched), options=dict(options))
 
 
 def _match(ctx: Any, observed: list[ObservedVM], step: Step) -> list[tuple[ObservedVM, Any]]:
@@ -115,12 +118,13 @@ def run_check(ctx: Any, step: Step) -> None:
     observed = observe(ctx)
     ctx.add_phase("extract", time.monotonic() - t0)
     t1 = time.monotonic()
-    model = MODELS[hypervisor_of(ctx).model]
+    hv = hypervisor_of(ctx)
+    model = MODELS[hv.model]
     record = {"step": step.label, "vms": []}
     try:
         for ob, pair in _match(ctx, observed, step):
             run, vm = pair
-            desc = vm_desc(run, vm, f"{run.id}/vm{vm.index}")
+            desc = vm_desc(run, vm, f"{run.id}/vm{vm.index}", dict(hv.model_options))
             found = coalesce(diff(ob.walk, model.expect(desc)))
             ctx.findings.extend(found)
             record["vms"].append(_vm_json(ob, desc.name, found))

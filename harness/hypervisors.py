@@ -6,7 +6,9 @@ format their roots point at, and which reference model judges them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from harness.registry import Registry
 
@@ -24,13 +26,15 @@ class Hypervisor:
     model: str       # MODELS key of its reference model
     observer: str    # "module:function" that discovers live VMs and walks their roots
     description: str
+    model_options: Mapping[str, Any] = field(default_factory=dict)  # VMDesc.options for the model
 
 
 HYPERVISORS: Registry[Hypervisor] = Registry("hypervisor")
 HYPERVISORS.add("linux-kvm-svm", Hypervisor(
     name="linux-kvm-svm", guest_os="linux", arch="x86_64", format="npt", model="kvm-x86",
     observer="harness.observe.linux_kvm_svm:observe",
-    description="Linux KVM on AMD SVM with nested paging (NPT), TDP MMU"))
+    description="Linux KVM on AMD SVM with nested paging (NPT), TDP MMU",
+    model_options={"format": "npt"}))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str:
