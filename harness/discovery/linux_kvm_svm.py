@@ -25,12 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from harness.btf import Btf
-from harness.discovery.linux_lists import (
-    container_of,
-    list_for_each_entry,
-    rbtree_inorder,
-    xa_for_each,
-)
+from harness.discovery.linux_kvm_common import KernelReader as _Kernel
+from harness.discovery.linux_kvm_common import MemSlot
+from harness.discovery.linux_kvm_common import read_memslots as _memslots
+from harness.discovery.linux_lists import container_of, list_for_each_entry, xa_for_each
 from harness.discovery.vmcb import (
     CONTROL_AREA_SIZE,
     NCR3_ADDR_MASK,
@@ -68,17 +66,6 @@ class VCpu:
 
 
 @dataclass(frozen=True)
-class MemSlot:
-    """One KVM memslot of address space 0."""
-
-    id: int
-    gpa: int              # base_gfn << 12
-    size: int             # npages << 12
-    hva: int              # userspace_addr
-    flags: int            # KVM_MEM_LOG_DIRTY_PAGES 1, KVM_MEM_READONLY 2
-
-
-@dataclass(frozen=True)
 class LiveVM:
     """A VM on ``vm_list`` with its agreed nested root and the checks that passed."""
 
@@ -88,25 +75,6 @@ class LiveVM:
     memslots: tuple[MemSlot, ...]
     root: int | None                  # the agreed nCR3, C-bit masked; None if no vCPU ran
     checks: Mapping[str, bool | None] = field(default_factory=dict)  # None: not available
-
-
-class _Kernel:
-    """Typed reads of kernel virtual memory with BTF offsets."""
-
-    def __init__(self, kmem: PhysMem, btf: Btf) -> None:
-        self.kmem = kmem
-        self.btf = btf
-
-    def field(self, addr: int, type_: str, path: str) -> int:
-        """The integer or pointer member *path* of the *type_* at *addr*."""
-        mtype = self.btf.member_type(type_, path)
-        size = self.btf.sizeof(mtype)
-        raw = self.kmem.read(addr + self.btf.offsetof(type_, path), size)
-        return int.from_bytes(raw, "little", signed=self.btf.is_signed(mtype))
-
-    def addr_of(self, addr: int, type_: str, path: str) -> int:
-        """``&addr->path``."""
-        return addr + self.btf.offsetof(type_, path)
 
 
 def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: Btf, *,
@@ -223,27 +191,3 @@ def _agreed_root(kvm: int, vcpus: tuple[VCpu, ...]) -> int | None:
         shown = ", ".join(f"vcpu {v.index}: {v.root_hpa:#x}" for v in vcpus if v.root_hpa)
         raise InfraError(f"kvm {kvm:#x}: vCPUs disagree on the nested root ({shown})")
     return roots.pop() if roots else None
-
-
-def _memslots(k: _Kernel, kvm: int) -> list[MemSlot]:
-    """Address space 0's memslots, in GPA order (the ``gfn_tree``)."""
-    slots = k.field(kvm, "struct kvm", "memslots[0]")
-    node_idx = k.field(slots, "struct kvm_memslots", "node_idx")
-    if node_idx not in (0, 1):
-        raise InfraError(f"kvm_memslots {slots:#x}: node_idx {node_idx} is neither 0 nor 1")
-    root = k.addr_of(slots, "struct kvm_memslots", "gfn_tree")
-    member = f"gfn_node[{node_idx}]"
-    out = []
-    for node in rbtree_inorder(k.kmem, k.btf, root):
-        slot = container_of(node, k.btf, "struct kvm_memory_slot", member)
-        out.append(_memslot(k, slot))
-    return out
-
-
-def _memslot(k: _Kernel, slot: int) -> MemSlot:
-    """One ``struct kvm_memory_slot``."""
-    def f(name: str) -> int:
-        return k.field(slot, "struct kvm_memory_slot", name)
-
-    return MemSlot(id=f("id"), gpa=f("base_gfn") * PAGE_SIZE, size=f("npages") * PAGE_SIZE,
-                   hva=f("userspace_addr"), flags=f("flags"))
