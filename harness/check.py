@@ -60,7 +60,9 @@ def observe(ctx: Any) -> list[ObservedVM]:
     """Halt L1, find its live VMs and walk their roots, resume L1."""
     hv = hypervisor_of(ctx)
     prepare, obs = _observer(hv)
-    prepare(ctx)
+    t = time.monotonic()
+    prepare(ctx)                       # kallsyms, BTF: the guest must still run
+    ctx.add_phase("prepare", time.monotonic() - t)
     gdb = _gdb(ctx)
     with gdb.halted():
         return obs(ctx)
@@ -115,8 +117,9 @@ def _match(ctx: Any, observed: list[ObservedVM], step: Step) -> list[tuple[Obser
 def run_check(ctx: Any, step: Step) -> None:
     """Extract, model, diff; record slat state and findings; undo injections."""
     t0 = time.monotonic()
+    before = ctx.phases.get("prepare", 0.0)
     observed = observe(ctx)
-    ctx.add_phase("extract", time.monotonic() - t0)
+    ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases["prepare"] - before))
     t1 = time.monotonic()
     hv = hypervisor_of(ctx)
     model = MODELS[hv.model]
