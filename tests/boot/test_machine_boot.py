@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -82,9 +83,12 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_qemu_and_gdb_die_with_a_killed_harness(tmp_path: Path) -> None:
-    scratch = tmp_path / "tmp"   # the killed child cannot remove its socket directory
-    scratch.mkdir()
+def test_qemu_and_gdb_die_with_a_killed_harness(tmp_path: Path,
+                                                request: pytest.FixtureRequest) -> None:
+    # the killed child cannot remove its socket directory; a short TMPDIR keeps socket
+    # paths under AF_UNIX's limit even under pytest-xdist's long tmp_path
+    scratch = Path(tempfile.mkdtemp(prefix="slc-test-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
                              env={**os.environ, "TMPDIR": str(scratch)})
