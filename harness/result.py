@@ -40,7 +40,10 @@ class ScenarioResult:
         lines = [f"{self.name}: {self.verdict.upper()}"
                  + (f" in {self.failed_step}" if self.failed_step else "")]
         if self.message:
-            lines.append(f"  {self.message}")
+            msg = self.message.splitlines()
+            lines += [f"  {m}" for m in msg[:12]]
+            if len(msg) > 12:
+                lines.append(f"  ... {len(msg) - 12} more lines in result.json")
         for f in self.findings[:max_findings]:
             lines.append(f"  - {f.summary()}")
         if len(self.findings) > max_findings:
