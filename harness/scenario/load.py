@@ -253,3 +253,20 @@ def _check_semantics(sc: Scenario) -> None:
             raise sc.error("release without an earlier holding workload", "steps", i, "release")
     if sc.steps[0].kind != "boot":
         raise sc.error("the first step must be 'boot'", "steps", 0)
+    _check_names(sc)
+
+
+def _check_names(sc: Scenario) -> None:
+    """Registry names (image, guest OS, hypervisor) exist; the error lists the valid ones."""
+    from harness.console import GUEST_OSES
+    from harness.hypervisors import HYPERVISORS
+    from harness.images import IMAGES
+    checks = [(IMAGES, sc.doc["guest"]["image"], ("guest", "image")),
+              (GUEST_OSES, sc.doc["guest"]["os"], ("guest", "os"))]
+    if "hypervisor" in sc.doc:
+        checks.append((HYPERVISORS, sc.doc["hypervisor"], ("hypervisor",)))
+    for registry, name, path in checks:
+        try:
+            registry[name]
+        except ScenarioError as e:
+            raise sc.error(str(e), *path) from None

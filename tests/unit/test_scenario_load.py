@@ -114,3 +114,14 @@ def test_shipped_scenarios_validate() -> None:
     assert files
     for f in files:
         assert load_scenario(f).name
+
+
+@pytest.mark.parametrize("old, new, field, valid", [
+    ("image: linux-amd64", "image: linux-amd46", "guest.image", "linux-amd64"),
+    ("os: linux", "os: linus", "guest.os", "linux"),
+    ("name: t\n", "name: t\nhypervisor: linux-kvm-vmx\n", "hypervisor", "linux-kvm-svm"),
+])
+def test_unknown_registry_names_list_the_valid_ones(tmp_path: Path, old: str, new: str,
+                                                    field: str, valid: str) -> None:
+    err = error_of(tmp_path, GOOD.replace(old, new, 1))
+    assert err.field == field and valid in str(err) and err.line is not None
