@@ -35,6 +35,10 @@ HYPERVISORS.add("linux-kvm-svm", Hypervisor(
     observer="harness.observe.linux_kvm_svm:observe",
     description="Linux KVM on AMD SVM with nested paging (NPT), TDP MMU",
     model_options={"format": "npt"}))
+HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
+    name="linux-kvm-arm64", guest_os="linux", arch="aarch64", format="stage2",
+    model="kvm-arm64", observer="harness.observe.linux_kvm_arm64:observe",
+    description="Linux KVM on arm64 (VHE or nVHE), stage-2 translation"))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str:

@@ -8,6 +8,12 @@ and bzip2 use the standard library (Debian 12's 6.1 kernels are xz:
 ``CONFIG_KERNEL_XZ=y``); zstd goes through the ``zstd`` command-line tool,
 since Python 3.11 has no zstd module.
 
+An arm64 ``vmlinuz`` is not a bzImage but the raw ``Image`` itself (no ELF
+headers, no compression): :func:`kernel_btf` then finds vmlinux's ``.BTF``
+bytes in it by their header (magic 0xeB9F, version 1, a 24-byte header,
+strings right after the types), as :func:`raw_image_btf` does.  This needs
+neither the guest nor a debug package.
+
 >>> import gzip; elf = b"\\x7fELF" + bytes(60)
 >>> extract_vmlinux(b"MZ" + bytes(100) + gzip.compress(elf)) == elf
 True
@@ -18,16 +24,21 @@ from __future__ import annotations
 import bz2
 import lzma
 import shutil
+import struct
 import subprocess
 import zlib
 from collections.abc import Callable, Iterator
 
 from harness.errors import InfraError
 
-__all__ = ["extract_vmlinux", "btf_section", "ELF_MAGIC", "PAYLOAD_MAGICS"]
+__all__ = ["extract_vmlinux", "btf_section", "kernel_btf", "raw_image_btf", "ELF_MAGIC",
+           "PAYLOAD_MAGICS", "ARM64_IMAGE_MAGIC", "BTF_MAGIC"]
 
 ELF_MAGIC = b"\x7fELF"
 ZSTD_TIMEOUT_S = 120
+ARM64_IMAGE_MAGIC = b"ARM\x64"     # at offset 0x38 of an arm64 Image header
+BTF_MAGIC = b"\x9f\xeb\x01\x00"    # u16 0xeB9F, version 1, flags 0 (little endian)
+BTF_HEADER = struct.Struct("<HBBIIIII")  # magic version flags hdr_len type_off/len str_off/len
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -119,3 +130,34 @@ def btf_section(elf: bytes) -> bytes:
         raise InfraError("the ELF file has no .BTF section (kernel built without "
                          "CONFIG_DEBUG_INFO_BTF?)")
     return bytes(section.data())
+
+
+def raw_image_btf(image: bytes) -> bytes:
+    """vmlinux's ``.BTF`` bytes inside a raw (arm64) kernel Image; InfraError if none.
+
+    A candidate must have a consistent header: 24-byte header, types at 0,
+    strings right after the types, all inside the image.  The largest one
+    is vmlinux's (a stray magic in code or data is never a whole header).
+    """
+    found = []
+    pos = image.find(BTF_MAGIC)
+    while pos >= 0:
+        if pos + BTF_HEADER.size <= len(image):
+            _m, _v, _f, hdr_len, type_off, type_len, str_off, str_len = \
+                BTF_HEADER.unpack_from(image, pos)
+            end = pos + hdr_len + str_off + str_len
+            if (hdr_len == BTF_HEADER.size and type_off == 0 and str_off == type_len
+                    and type_len and str_len and end <= len(image)):
+                found.append(image[pos:end])
+        pos = image.find(BTF_MAGIC, pos + 1)
+    if not found:
+        raise InfraError("no BTF header (magic 0xeB9F) in the kernel Image (kernel built "
+                         "without CONFIG_DEBUG_INFO_BTF?)")
+    return max(found, key=len)
+
+
+def kernel_btf(vmlinuz: bytes) -> bytes:
+    """vmlinux's ``.BTF`` from a distribution kernel file: bzImage, ELF or raw arm64 Image."""
+    if vmlinuz[0x38:0x3C] == ARM64_IMAGE_MAGIC:
+        return raw_image_btf(vmlinuz)
+    return btf_section(extract_vmlinux(vmlinuz))

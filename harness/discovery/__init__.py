@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.discovery import linux_kvm_svm
+from harness.discovery import linux_kvm_arm64, linux_kvm_svm
 from harness.discovery.linux_kvm_svm import LiveVM, MemSlot, VCpu, discover
 from harness.discovery.vmcb import (
     VmcbCandidate,
@@ -48,4 +48,12 @@ DISCOVERY.add("linux-kvm-svm", Discovery(
     needed_symbols=linux_kvm_svm.NEEDED_SYMBOLS,
     btf_modules=linux_kvm_svm.BTF_MODULES,
     discover=linux_kvm_svm.discover,
+))
+DISCOVERY.add("linux-kvm-arm64", Discovery(
+    name="linux-kvm-arm64",
+    description="Linux KVM on arm64: vm_list -> arch.mmu (kvm_s2_mmu) -> pgt (kvm_pgtable), "
+                "cross-pointer, linear map, the VM's VTCR, and VTTBR_EL2/VTCR_EL2",
+    needed_symbols=linux_kvm_arm64.NEEDED_SYMBOLS,
+    btf_modules=linux_kvm_arm64.BTF_MODULES,
+    discover=linux_kvm_arm64.discover,
 ))
