@@ -58,7 +58,8 @@ def step_boot(ctx: RunContext, step: Step) -> None:
     boot_timeout = step.timeout or sc.timeouts["boot"]
     # probes typed before /init opens the console can wedge the arm64 PL011's input (seen:
     # no echo ever after); wait for init's line first, then probe for the shell
-    ctx.console.expect("slatcheck-init: ready", timeout=boot_timeout)
+    if ctx.image.ready:
+        ctx.console.expect(re.escape(ctx.image.ready), timeout=boot_timeout)
     ctx.console.wait_for_shell(timeout=boot_timeout)
     ctx.properties["guest.uname"] = ctx.console.run("uname -r", timeout=30).output.strip()
 

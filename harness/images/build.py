@@ -28,7 +28,7 @@ from harness.errors import InfraError
 from harness.images import kmod
 from harness.images.apt import AptContext, Package, sha256_file
 from harness.images.host import run_tool
-from harness.images.initramfs import InitramfsContents, build_initramfs
+from harness.images.initramfs import READY_LINE, InitramfsContents, build_initramfs
 from harness.images.recipe import WORKLOAD_DIR, Recipe, load_recipe
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
@@ -52,6 +52,7 @@ class Image:
     append: str = ""               # kernel command line
     console: str = "ttyS0"         # guest console device
     prompt: str = "slat# "         # shell prompt on the console
+    ready: str = READY_LINE        # console line after which typing is safe ("" = none)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:

@@ -11,6 +11,9 @@ from harness.images.recipe import Recipe
 
 __all__ = ["InitramfsContents", "init_script", "build_initramfs"]
 
+# printed by /init once the console is its own: only then may the harness type
+READY_LINE = "slatcheck-init: ready"
+
 WORKLOAD_PATH = "bin/slat-workload"
 
 _DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
@@ -51,7 +54,7 @@ def init_script(recipe: Recipe) -> str:
         f"export PS1='{recipe.prompt}'\n"
         "stty cols 1024 rows 40 2>/dev/null\n"
         "cd /root\n"
-        "echo 'slatcheck-init: ready'\n"
+        f"echo '{READY_LINE}'\n"
         "setsid cttyhack sh\n"
         "poweroff -f\n")
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.errors import InfraError
 from harness.formats.base import WalkResult
 
-__all__ = ["ObservedVM"]
+__all__ = ["ObservedVM", "settle_in_kernel"]
 
 
 @dataclass
@@ -22,3 +25,21 @@ class ObservedVM:
     slot_hvas: frozenset[int] = frozenset()   # userspace addresses of its memslots
     slots: list[dict[str, int]] = field(default_factory=list)
     discovery: dict[str, Any] = field(default_factory=dict)   # cross-checks, pid, ...
+
+
+def settle_in_kernel(gdb: Any, in_kernel: Callable[[], bool], tries: int = 100) -> None:
+    """Re-halt L1 until the CPU GDB reads through is in kernel mode.
+
+    Kernel virtual addresses are read through the halted CPU's own page
+    tables; with page-table isolation (KPTI) a CPU stopped in user mode does
+    not map the kernel, and every read would fail.  L1 is mostly idle in the
+    kernel, so a few short resumes are enough.
+    """
+    for _ in range(tries):
+        if in_kernel():
+            return
+        gdb.cont()
+        time.sleep(0.002)
+        gdb.interrupt()
+    raise InfraError(f"the L1 CPU was in user mode at each of {tries} halts; "
+                     "kernel memory cannot be read through its page tables")

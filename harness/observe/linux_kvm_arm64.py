@@ -17,7 +17,7 @@ from harness.formats import FORMATS
 from harness.formats.base import WalkLimits
 from harness.formats.stage2 import Stage2Params, root_entries
 from harness.mem import PageCache
-from harness.observe import ObservedVM
+from harness.observe import ObservedVM, settle_in_kernel
 
 __all__ = ["observe", "prepare"]
 
@@ -43,6 +43,8 @@ def observe(ctx: Any) -> list[ObservedVM]:
     from harness.gdb import GdbPhysMem, GdbVirtMem
 
     gdb = ctx.gdb
+    # PSTATE.EL (bits 3:2) != 0: not halted in EL0, where KPTI unmaps the kernel
+    settle_in_kernel(gdb, lambda: (gdb.register("cpsr") >> 2) & 3 != 0)
     ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
     mem_size = max(hi for _, hi in ram)
     pmem = PageCache(GdbPhysMem(gdb, ram=ram))

@@ -8,7 +8,7 @@ from typing import Any
 from harness.formats import FORMATS
 from harness.formats.base import WalkLimits, WalkResult
 from harness.mem import PageCache
-from harness.observe import ObservedVM
+from harness.observe import ObservedVM, settle_in_kernel
 
 __all__ = ["observe", "prepare"]
 
@@ -49,6 +49,8 @@ def observe(ctx: Any) -> list[ObservedVM]:
     from harness.gdb import GdbPhysMem, GdbVirtMem
 
     gdb = ctx.gdb
+    # CS.RPL == 0: not halted in user mode, where page-table isolation unmaps the kernel
+    settle_in_kernel(gdb, lambda: gdb.register("cs") & 3 == 0)
     ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
     mem_size = max(hi for _, hi in ram)
     pmem = PageCache(GdbPhysMem(gdb, ram=ram))
