@@ -51,7 +51,8 @@ def step_boot(ctx: RunContext, step: Step) -> None:
     ctx.machine = ctx.stack.enter_context(Machine(
         arch=ctx.image.arch, kernel=ctx.image.kernel, initrd=ctx.image.initrd, append=append,
         memory=str(m.get("memory", "1G")), smp=m.get("smp", 1), accel=m.get("accel", "tcg"),
-        cpu=m.get("cpu"), artifacts=ctx.run_dir, vmrun_log=m.get("vmrun_log", True),
+        cpu=m.get("cpu"), artifacts=ctx.run_dir,
+        vmrun_log=m.get("vmrun_log", ctx.image.arch == "x86_64"),   # SVM vmrun! lines
         name=sc.name))
     ctx.console = ctx.stack.enter_context(Console.connect(
         ctx.machine.console_path, log_path=ctx.run_dir / "console.log", os_name=sc.guest["os"]))
