@@ -129,6 +129,8 @@ def run_check(ctx: Any, step: Step) -> None:
             run, vm = pair
             desc = vm_desc(run, vm, f"{run.id}/vm{vm.index}", dict(hv.model_options))
             found = coalesce(diff(ob.walk, model.expect(desc)))
+            if found and not ctx.finding_step:
+                ctx.finding_step = step.label
             ctx.findings.extend(found)
             record["vms"].append(_vm_json(ob, desc.name, found))
     finally:

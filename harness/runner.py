@@ -46,6 +46,7 @@ class RunContext:
     properties: dict[str, str] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)        # kallsyms, BTF, ...
     deadline: float = 0.0
+    finding_step: str = ""            # label of the first step that reported findings
 
     def step_timeout(self, step: Step) -> float:
         """The step's own timeout, bounded by what is left of the scenario's."""
@@ -128,6 +129,7 @@ def run_scenario(sc: Scenario, artifacts_root: Path) -> ScenarioResult:
             res.verdict = "fail" if ctx.findings else "pass"
             if ctx.findings:
                 res.message = f"{len(ctx.findings)} finding(s)"
+                res.failed_step = ctx.finding_step
         except KeyboardInterrupt:
             res.verdict, res.message = "interrupted", "interrupted (SIGINT)"
         except (SlatcheckError, OSError, ValueError, KeyError, RuntimeError,
@@ -138,8 +140,8 @@ def run_scenario(sc: Scenario, artifacts_root: Path) -> ScenarioResult:
                 ctx.findings.append(Finding("panic", "-", None, None, None,
                                             detail=str(e)[:2000]))
         finally:
-            res.failed_step = current.label if current is not None and \
-                res.verdict != "pass" else ""
+            if current is not None and res.verdict != "pass":
+                res.failed_step = current.label
             res.duration = time.monotonic() - t0
             try:
                 stack.close()   # GDB, then QEMU, in reverse order of start

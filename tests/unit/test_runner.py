@@ -59,9 +59,12 @@ def test_findings_give_fail_and_are_written(scenario: Any, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     def check(ctx: runner.RunContext, step: Any) -> None:
         ctx.findings.append(Finding("wrong_frame", "w1/vm0", 0x2000, 0x5000, 0x6000))
+        ctx.finding_step = step.label
     events = fake_steps(monkeypatch, check)
     res = runner.run_scenario(scenario, tmp_path / "art")
     assert res.verdict == "fail" and res.exit_status == 1
+    assert res.failed_step == "step 2 (check) at line 6"
+    assert "FAIL in step 2 (check) at line 6" in res.summary()
     assert events == ["machine closed"]
     a = artifacts(res)
     assert a["findings.json"][0]["kind"] == "wrong_frame"
