@@ -68,15 +68,11 @@ def observe(ctx: Any) -> list[ObservedVM]:
         return obs(ctx)
 
 
-def _workload_vms(ctx: Any) -> list[tuple[Any, Any]]:
-    """(workload run, reported VM) for every VM a workload reported and has not destroyed."""
-    out = []
-    for run in ctx.workloads.values():
-        if run.report is None or run.released:
-            continue
-        for vm in run.report.vms:
-            out.append((run, vm))
-    return out
+def _workload_vms(ctx: Any, released: bool = False) -> list[tuple[Any, Any]]:
+    """(workload run, reported VM) for the VMs still held (or, with *released*, let go)."""
+    return [(run, vm) for run in ctx.workloads.values()
+            if run.report is not None and run.released == released
+            for vm in run.report.vms]
 
 
 # workload slot flag -> MemRange flag
@@ -95,23 +91,39 @@ def vm_desc(run: Any, vm: Any, name: str, options: dict[str, Any]) -> VMDesc:
                   touched=tuple(touched), options=dict(options))
 
 
-def _match(ctx: Any, observed: list[ObservedVM], step: Step) -> list[tuple[ObservedVM, Any]]:
-    """Pair observed VMs with reported ones by their memslot host addresses."""
-    reported = _workload_vms(ctx)
-    pairs = []
-    for ob in observed:
-        hits = [(run, vm) for run, vm in reported
-                if frozenset(s.hva for s in vm.slots) == ob.slot_hvas]
-        pairs.append((ob, hits[0] if hits else None))
-    want = step.args.get("vms", len(reported)) if isinstance(step.args, dict) else len(reported)
-    if len(observed) != want:
-        raise InfraError(f"{step.label}: discovery found {len(observed)} live VM(s), "
-                         f"expected {want}: {[o.name for o in observed]}")
-    unmatched = [o.name for o, r in pairs if r is None]
-    if unmatched:
-        raise InfraError(f"{step.label}: live VM(s) {unmatched} match no VM the workload "
+def _hvas(vm: Any) -> frozenset[int]:
+    return frozenset(s.hva for s in vm.slots)
+
+
+def _match(ctx: Any, observed: list[ObservedVM], step: Step
+           ) -> tuple[list[tuple[ObservedVM, Any]], list[ObservedVM]]:
+    """Pair observed VMs with held ones by their memslot host addresses.
+
+    Returns the pairs and the *leftovers*: live VMs that match a VM whose
+    workload already tore it down (a finding, not a harness failure).  A live
+    VM that matches nothing the workloads reported, or a held VM discovery did
+    not find, is an infrastructure error: the check could not judge it.
+    """
+    held = {_hvas(vm): (run, vm) for run, vm in _workload_vms(ctx)}
+    gone = {_hvas(vm) for _, vm in _workload_vms(ctx, released=True)}
+    pairs = [(ob, held[ob.slot_hvas]) for ob in observed if ob.slot_hvas in held]
+    leftovers = [ob for ob in observed if ob.slot_hvas not in held and ob.slot_hvas in gone]
+    strangers = [ob.name for ob in observed
+                 if ob.slot_hvas not in held and ob.slot_hvas not in gone]
+    if strangers:
+        raise InfraError(f"{step.label}: live VM(s) {strangers} match no VM a workload "
                          "reported (memslot addresses differ)")
-    return pairs
+    want = step.args.get("vms", len(held)) if isinstance(step.args, dict) else len(held)
+    if len(pairs) != want:
+        raise InfraError(f"{step.label}: discovery found {len(pairs)} of the held VM(s), "
+                         f"expected {want}: {[o.name for o in observed]}")
+    return pairs, leftovers
+
+
+def _leftover(ob: ObservedVM) -> Finding:
+    return Finding("leftover", ob.name, None, expected="no live VM after teardown",
+                   observed=f"on the VM list with {len(ob.walk.mappings)} mapping(s)",
+                   detail="the workload destroyed this VM but the kernel still lists it")
 
 
 def run_check(ctx: Any, step: Step) -> None:
@@ -119,24 +131,32 @@ def run_check(ctx: Any, step: Step) -> None:
     t0 = time.monotonic()
     before = ctx.phases.get("prepare", 0.0)
     observed = observe(ctx)
-    ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases["prepare"] - before))
+    ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
     t1 = time.monotonic()
     hv = hypervisor_of(ctx)
     model = MODELS[hv.model]
     record = {"step": step.label, "vms": []}
     try:
-        for ob, pair in _match(ctx, observed, step):
-            run, vm = pair
+        pairs, leftovers = _match(ctx, observed, step)
+        for ob, (run, vm) in pairs:
             desc = vm_desc(run, vm, f"{run.id}/vm{vm.index}", dict(hv.model_options))
             found = coalesce(diff(ob.walk, model.expect(desc)))
-            if found and not ctx.finding_step:
-                ctx.finding_step = step.label
-            ctx.findings.extend(found)
+            _record(ctx, step, found)
             record["vms"].append(_vm_json(ob, desc.name, found))
+        for ob in leftovers:
+            _record(ctx, step, [_leftover(ob)])
+            record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
     finally:
         ctx.checks.append(record)
         ctx.add_phase("diff", time.monotonic() - t1)
         _restore(ctx)
+
+
+def _record(ctx: Any, step: Step, found: list[Finding]) -> None:
+    """Add a check's findings; remember the first step that had any."""
+    if found and not ctx.finding_step:
+        ctx.finding_step = step.label
+    ctx.findings.extend(found)
 
 
 def _vm_json(ob: ObservedVM, name: str, found: list[Finding]) -> dict[str, Any]:
@@ -165,7 +185,7 @@ def run_inject(ctx: Any, step: Step) -> None:
     args = step.args
     gpa = parse_addr(args["gpa"])
     observed = observe(ctx)
-    pairs = _match(ctx, observed, step)
+    pairs, _ = _match(ctx, observed, step)
     index = args.get("vm", 0)
     if index >= len(pairs):
         raise ctx.scenario.error(f"no VM {index}: {len(pairs)} live", "steps", step.index,
