@@ -10,7 +10,7 @@ from typing import Any
 from harness.errors import InfraError
 from harness.formats.base import WalkResult
 
-__all__ = ["ObservedVM", "settle_in_kernel"]
+__all__ = ["ObservedVM", "settle_in_kernel", "l1_memories"]
 
 
 @dataclass
@@ -43,3 +43,16 @@ def settle_in_kernel(gdb: Any, in_kernel: Callable[[], bool], tries: int = 100) 
         gdb.interrupt()
     raise InfraError(f"the L1 CPU was in user mode at each of {tries} halts; "
                      "kernel memory cannot be read through its page tables")
+
+
+def l1_memories(ctx: Any) -> tuple[Any, Any, int]:
+    """(physical reader, kernel-virtual reader, RAM end) of the halted L1, page-cached.
+
+    Physical reads are limited to QEMU's RAM ranges: its gdbstub reads holes
+    as zeros instead of failing.
+    """
+    from harness.gdb import GdbPhysMem, GdbVirtMem
+    from harness.mem import PageCache
+    ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
+    return (PageCache(GdbPhysMem(ctx.gdb, ram=ram)), PageCache(GdbVirtMem(ctx.gdb)),
+            max(hi for _, hi in ram))

@@ -10,45 +10,33 @@ reads ``VTTBR_EL2`` and ``VTCR_EL2`` through the gdbstub, discovers the VMs
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from harness.formats import FORMATS
 from harness.formats.base import WalkLimits
 from harness.formats.stage2 import Stage2Params, root_entries
-from harness.mem import PageCache
-from harness.observe import ObservedVM, settle_in_kernel
+from harness.observe import ObservedVM, l1_memories, settle_in_kernel
+from harness.observe.linux import fetch_kallsyms, load_btf
 
 __all__ = ["observe", "prepare"]
 
 
 def prepare(ctx: Any) -> None:
     """What must be fetched while L1 still runs: kallsyms; and BTF from the image."""
-    from harness.btf import Btf
     from harness.discovery.linux_kvm_arm64 import NEEDED_SYMBOLS
-    from harness.kallsyms import kallsyms_command, parse_kallsyms
-    from harness.kernel_image import kernel_btf
 
-    if "kallsyms" not in ctx.cache:
-        out = ctx.console.run(kallsyms_command(NEEDED_SYMBOLS), timeout=60).output
-        (ctx.run_dir / "kallsyms.txt").write_text(out)
-        ctx.cache["kallsyms"] = parse_kallsyms(out)
-    if "btf" not in ctx.cache:
-        ctx.cache["btf"] = Btf.load(kernel_btf(Path(ctx.image.kernel).read_bytes()))
+    fetch_kallsyms(ctx, NEEDED_SYMBOLS)
+    load_btf(ctx)       # KVM is built in: vmlinux's BTF is enough
 
 
 def observe(ctx: Any) -> list[ObservedVM]:
     """Discover live VMs and walk each stage-2 root (L1 must be halted by the caller)."""
     from harness.discovery.linux_kvm_arm64 import discover
-    from harness.gdb import GdbPhysMem, GdbVirtMem
 
     gdb = ctx.gdb
     # PSTATE.EL (bits 3:2) != 0: not halted in EL0, where KPTI unmaps the kernel
     settle_in_kernel(gdb, lambda: (gdb.register("cpsr") >> 2) & 3 != 0)
-    ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
-    mem_size = max(hi for _, hi in ram)
-    pmem = PageCache(GdbPhysMem(gdb, ram=ram))
-    kmem = PageCache(GdbVirtMem(gdb))
+    pmem, kmem, mem_size = l1_memories(ctx)
     vttbr, vtcr = gdb.register("VTTBR_EL2"), gdb.register("VTCR_EL2")
     vms = discover(kmem, pmem, ctx.cache["kallsyms"], ctx.cache["btf"], vttbr=vttbr,
                    vtcr=vtcr, mem_size=mem_size, virt_to_phys=lambda va: _gva2gpa(ctx, va))

@@ -7,32 +7,21 @@ from typing import Any
 
 from harness.formats import FORMATS
 from harness.formats.base import WalkLimits, WalkResult
-from harness.mem import PageCache
-from harness.observe import ObservedVM, settle_in_kernel
+from harness.observe import ObservedVM, l1_memories, settle_in_kernel
+from harness.observe.linux import fetch_kallsyms, load_btf
 
 __all__ = ["observe", "prepare"]
 
 
 def prepare(ctx: Any) -> None:
     """What must be fetched while L1 still runs: kallsyms, CPU address size, BTF."""
-    from harness.btf import Btf
     from harness.discovery.linux_kvm_svm import BTF_MODULES, NEEDED_SYMBOLS
-    from harness.kallsyms import kallsyms_command, parse_kallsyms
-    from harness.kernel_image import btf_section, extract_vmlinux
 
-    if "kallsyms" not in ctx.cache:
-        out = ctx.console.run(kallsyms_command(NEEDED_SYMBOLS), timeout=60).output
-        (ctx.run_dir / "kallsyms.txt").write_text(out)
-        ctx.cache["kallsyms"] = parse_kallsyms(out)
+    fetch_kallsyms(ctx, NEEDED_SYMBOLS)
     if "maxphyaddr" not in ctx.cache:
         out = ctx.console.run("grep -m1 'address sizes' /proc/cpuinfo", timeout=30).output
         ctx.cache["maxphyaddr"] = int(out.split(":")[1].split("bits physical")[0])
-    if "btf" not in ctx.cache:
-        img = ctx.image
-        base = btf_section(extract_vmlinux(Path(img.kernel).read_bytes()))
-        splits = [btf_section(p.read_bytes()) for p in sorted(Path(img.modules).glob("*.ko"))
-                  if p.stem.replace("-", "_") in BTF_MODULES]
-        ctx.cache["btf"] = Btf.load(base, splits)
+    load_btf(ctx, BTF_MODULES)
 
 
 def _vmrun_vmcbs(ctx: Any) -> list[int] | None:
@@ -46,15 +35,11 @@ def _vmrun_vmcbs(ctx: Any) -> list[int] | None:
 def observe(ctx: Any) -> list[ObservedVM]:
     """Discover live VMs and walk each nested root (L1 must be halted by the caller)."""
     from harness.discovery.linux_kvm_svm import discover, paging_levels
-    from harness.gdb import GdbPhysMem, GdbVirtMem
 
     gdb = ctx.gdb
     # CS.RPL == 0: not halted in user mode, where page-table isolation unmaps the kernel
     settle_in_kernel(gdb, lambda: gdb.register("cs") & 3 == 0)
-    ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
-    mem_size = max(hi for _, hi in ram)
-    pmem = PageCache(GdbPhysMem(gdb, ram=ram))
-    kmem = PageCache(GdbVirtMem(gdb))
+    pmem, kmem, mem_size = l1_memories(ctx)
     levels = paging_levels(gdb.register("cr4"))
     vms = discover(kmem, pmem, ctx.cache["kallsyms"], ctx.cache["btf"],
                    vmrun_vmcbs=_vmrun_vmcbs(ctx), mem_size=mem_size)
