@@ -38,6 +38,7 @@ Walk rules common to every format:
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import compress
@@ -280,6 +281,12 @@ def walk_radix(mem: PhysMem, root: int, codec: EntryCodec, shape: RadixShape,
     w = _Walker(mem, codec, limits or WalkLimits())
     pages = max(1, -(-shape.root_entries // ENTRIES))
     path = frozenset(root + i * PAGE_SIZE for i in range(pages))
+    # Each leaf becomes a Mapping, a tuple subclass that the cyclic collector tracks for
+    # good; a million of them set off repeated full collections that cost as much as
+    # the walk itself.  A walk makes no reference cycles, so pause the collector and
+    # restore its state after.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         if w.beyond(root, pages * PAGE_SIZE):
             w.finding("frame_beyond_memory", 0, shape.levels, root, 0, root, "root table")
@@ -290,4 +297,7 @@ def walk_radix(mem: PhysMem, root: int, codec: EntryCodec, shape: RadixShape,
         pa, gpa, level = e.args
         w.finding("read_budget", gpa, level, pa, 0, 0,
                   f"more than {w.limits.max_tables} table walks; walk stopped")
+    finally:
+        if collecting:
+            gc.enable()
     return w.result
