@@ -203,9 +203,9 @@ def run_inject(ctx: Any, step: Step) -> None:
         raise InfraError(f"{step.label}: wrote {new:#x} at {addr:#x}, read back {back:#x}")
     ctx.injected.append(Injection(addr, m.raw, new, gpa, args["kind"],
                                   args.get("restore", True)))
-    (ctx.run_dir / "injections.log").open("a").write(
-        f"{step.label}: {args['kind']} gpa={gpa:#x} entry@{addr:#x} "
-        f"{m.raw:#018x} -> {new:#018x}\n")
+    with (ctx.run_dir / "injections.log").open("a") as log:
+        log.write(f"{step.label}: {args['kind']} gpa={gpa:#x} entry@{addr:#x} "
+                  f"{m.raw:#018x} -> {new:#018x}\n")
 
 
 def slat_json(ctx: Any) -> dict[str, Any]:
