@@ -8,7 +8,7 @@ from operator import attrgetter
 
 from harness.findings import Finding
 from harness.formats.base import Mapping, WalkResult
-from harness.models.base import Expectation, ExpectedPage, perm_str, rule_str
+from harness.models.base import Expectation, ExpectedPage, frame_findings, permission_findings
 
 __all__ = ["diff", "coalesce", "find_mapping", "structural_findings"]
 
@@ -35,15 +35,10 @@ def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Find
     if m is None:
         return [Finding("missing", vm, page.gpa, expected=page.hpa, observed=None,
                         detail="touched page has no present leaf")]
-    hpa = m.hpa + (page.gpa - m.gpa)
-    out: list[Finding] = []
-    if page.hpa is not None and hpa != page.hpa:
-        out.append(Finding("wrong_frame", vm, page.gpa, expected=page.hpa, observed=hpa,
-                           detail=f"leaf {m.raw:#x}"))
+    detail = f"leaf {m.raw:#x}"
     want = {k: getattr(page, k) for k in "rwx" if getattr(page, k) is not None}
-    if any(getattr(m, k) != v for k, v in want.items()):
-        out.append(Finding("permission", vm, page.gpa, expected=rule_str(want),
-                           observed=perm_str(m.r, m.w, m.x), detail=f"leaf {m.raw:#x}"))
+    out = (frame_findings(vm, page.gpa, page.hpa, m.hpa + (page.gpa - m.gpa), detail)
+           + permission_findings(vm, page.gpa, m, want, detail))
     if page.memtype is not None and m.memtype != page.memtype:
         out.append(Finding("memtype", vm, page.gpa, expected=page.memtype, observed=m.memtype,
                            detail=f"leaf {m.raw:#x}"))

@@ -17,7 +17,8 @@ from harness.formats.base import Mapping
 
 __all__ = ["MemRange", "Backing", "DictBacking", "Access", "VMDesc", "ExpectedPage",
            "Expectation", "Model", "RANGE_KINDS", "PAGE_SIZE", "page_accesses", "perm_str",
-           "rule_str", "segments", "outside_finding", "leftover_finding", "options_of"]
+           "rule_str", "segments", "frame_findings", "permission_findings", "outside_finding",
+           "leftover_finding", "options_of"]
 
 RANGE_KINDS = ("ram", "reserved", "mmio", "rom", "device")
 PAGE_SIZE = 4096
@@ -150,6 +151,23 @@ def rule_str(want: dict[str, bool]) -> str:
     'r-?'
     """
     return "".join("?" if k not in want else (k if want[k] else "-") for k in "rwx")
+
+
+def frame_findings(vm: str, page: int, want: int | None, got: int,
+                   detail: str) -> list[Finding]:
+    """``wrong_frame`` when *page* maps *got* but the model wants *want* (None: not judged)."""
+    if want is None or want == got:
+        return []
+    return [Finding("wrong_frame", vm, page, expected=want, observed=got, detail=detail)]
+
+
+def permission_findings(vm: str, gpa: int, m: Mapping, want: dict[str, bool],
+                        detail: str) -> list[Finding]:
+    """``permission`` when leaf *m*'s R/W/X differ from any bit *want* names."""
+    if all(getattr(m, k) == v for k, v in want.items()):
+        return []
+    return [Finding("permission", vm, gpa, expected=rule_str(want),
+                    observed=perm_str(m.r, m.w, m.x), detail=detail)]
 
 
 def segments(vm: VMDesc, start: int, end: int) -> list[tuple[int, int, MemRange | None]]:

@@ -40,12 +40,12 @@ from harness.models.base import (
     MemRange,
     Model,
     VMDesc,
+    frame_findings,
     leftover_finding,
     options_of,
     outside_finding,
     page_accesses,
-    perm_str,
-    rule_str,
+    permission_findings,
     segments,
 )
 
@@ -120,16 +120,10 @@ def _leaf_findings(vm: VMDesc, rng: MemRange, m: Mapping, o: BhyveOptions) -> li
 
 def _page_findings(vm: VMDesc, rng: MemRange, page: int, m: Mapping,
                    acc: str) -> list[Finding]:
-    out = []
-    want_hpa, hpa = vm.backing.resolve(rng, page), m.hpa + (page - m.gpa)
-    if want_hpa is not None and want_hpa != hpa:
-        out.append(Finding("wrong_frame", vm.name, page, expected=want_hpa, observed=hpa,
-                           detail=f"leaf {m.raw:#x}"))
-    want = _want(rng, acc)
-    if any(getattr(m, k) != v for k, v in want.items()):
-        out.append(Finding("permission", vm.name, page, expected=rule_str(want),
-                           observed=perm_str(m.r, m.w, m.x), detail=f"leaf {m.raw:#x}"))
-    return out
+    detail = f"leaf {m.raw:#x}"
+    return (frame_findings(vm.name, page, vm.backing.resolve(rng, page),
+                           m.hpa + (page - m.gpa), detail)
+            + permission_findings(vm.name, page, m, _want(rng, acc), detail))
 
 
 def _check_leaf(vm: VMDesc, acc: dict[int, str], o: BhyveOptions, m: Mapping) -> list[Finding]:

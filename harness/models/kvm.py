@@ -45,12 +45,12 @@ from harness.models.base import (
     MemRange,
     Model,
     VMDesc,
+    frame_findings,
     leftover_finding,
     options_of,
     outside_finding,
     page_accesses,
-    perm_str,
-    rule_str,
+    permission_findings,
     segments,
 )
 
@@ -113,20 +113,12 @@ def _want(rng: MemRange, acc: str, m: Mapping, rules: _Rules) -> dict[str, bool]
 def _page_findings(vm: VMDesc, rng: MemRange, page: int, m: Mapping, acc: str,
                    rules: _Rules) -> list[Finding]:
     """Frame and permission findings for one 4 KiB page of a leaf inside a slot."""
-    out: list[Finding] = []
-    hpa = m.hpa + (page - m.gpa)
+    detail = f"leaf {m.raw:#x}"
     want_hpa = page if rules.identity else vm.backing.resolve(rng, page)
-    if want_hpa is not None and want_hpa != hpa:
-        out.append(Finding("wrong_frame", vm.name, page, expected=want_hpa, observed=hpa,
-                           detail=f"leaf {m.raw:#x}"))
+    out = frame_findings(vm.name, page, want_hpa, m.hpa + (page - m.gpa), detail)
     if not (m.r or m.w or m.x):
         return out      # access-tracked SPTE (no EPT A/D): R/W/X saved in bits 54-55
-    want = _want(rng, acc, m, rules)
-    got = {"r": m.r, "w": m.w, "x": m.x}
-    if any(got[k] != v for k, v in want.items()):
-        out.append(Finding("permission", vm.name, page, expected=rule_str(want),
-                           observed=perm_str(m.r, m.w, m.x), detail=f"leaf {m.raw:#x}"))
-    return out
+    return out + permission_findings(vm.name, page, m, _want(rng, acc, m, rules), detail)
 
 
 def _memtype_finding(vm: VMDesc, m: Mapping, rules: _Rules) -> list[Finding]:

@@ -40,12 +40,12 @@ from harness.models.base import (
     MemRange,
     Model,
     VMDesc,
+    frame_findings,
     leftover_finding,
     options_of,
     outside_finding,
     page_accesses,
-    perm_str,
-    rule_str,
+    permission_findings,
     segments,
 )
 
@@ -114,10 +114,8 @@ def _leaf_findings(vm: VMDesc, rng: MemRange, m: Mapping, acc: dict[int, str],
     if m.size != PAGE_SIZE:
         out.append(Finding("bad_entry", vm.name, m.gpa, expected=PAGE_SIZE, observed=m.size,
                            detail=f"leaf {m.raw:#x}: vmm maps 4 KiB leaves only"))
-    want = _want(acc.get(m.gpa, ""), rules)
-    if any(getattr(m, k) != v for k, v in want.items()):
-        out.append(Finding("permission", vm.name, m.gpa, expected=rule_str(want),
-                           observed=perm_str(m.r, m.w, m.x), detail=f"leaf {m.raw:#x}"))
+    out += permission_findings(vm.name, m.gpa, m, _want(acc.get(m.gpa, ""), rules),
+                               f"leaf {m.raw:#x}")
     if rules.ept or (rules.ept is None and m.memtype is not None):
         out.extend(_low_bits_findings(vm, m, rules))
     return out
@@ -125,13 +123,9 @@ def _leaf_findings(vm: VMDesc, rng: MemRange, m: Mapping, acc: dict[int, str],
 
 def _frame_findings(vm: VMDesc, rng: MemRange, start: int, end: int,
                     m: Mapping) -> list[Finding]:
-    out = []
-    for page in range(start, end, PAGE_SIZE):
-        want, got = vm.backing.resolve(rng, page), m.hpa + (page - m.gpa)
-        if want is not None and want != got:
-            out.append(Finding("wrong_frame", vm.name, page, expected=want, observed=got,
-                               detail=f"leaf {m.raw:#x}"))
-    return out
+    return [f for page in range(start, end, PAGE_SIZE)
+            for f in frame_findings(vm.name, page, vm.backing.resolve(rng, page),
+                                    m.hpa + (page - m.gpa), f"leaf {m.raw:#x}")]
 
 
 def _check_leaf(vm: VMDesc, acc: dict[int, str], rules: _Rules, m: Mapping) -> list[Finding]:

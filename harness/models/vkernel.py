@@ -53,12 +53,12 @@ from harness.models.base import (
     MemRange,
     Model,
     VMDesc,
+    frame_findings,
     leftover_finding,
     options_of,
     outside_finding,
     page_accesses,
-    perm_str,
-    rule_str,
+    permission_findings,
     segments,
 )
 
@@ -128,17 +128,9 @@ def _page_findings(vm: VMDesc, reg: _Region, page: int, m: Mapping) -> list[Find
                         detail=f"host pte {m.raw:#x} without a valid VPTE path")]
     off, perms = t
     detail = f"vpte {perms.vpte:#x} image {off:#x} host pte {m.raw:#x}"
-    out: list[Finding] = []
-    want_hpa = vm.backing.resolve(reg.rng, off)
-    if want_hpa is not None and want_hpa != hpa:
-        out.append(Finding("wrong_frame", vm.name, page, expected=want_hpa, observed=hpa,
-                           detail=detail))
-    got = {"r": m.r, "w": m.w, "x": m.x}
     want = {k: False for k, ok in allowed(perms, reg.rng.prot).items() if not ok}
-    if any(got[k] for k in want):
-        out.append(Finding("permission", vm.name, page, expected=rule_str(want),
-                           observed=perm_str(m.r, m.w, m.x), detail=detail))
-    return out
+    return (frame_findings(vm.name, page, vm.backing.resolve(reg.rng, off), hpa, detail)
+            + permission_findings(vm.name, page, m, want, detail))
 
 
 def _check_leaf(vm: VMDesc, reg: _Region, m: Mapping) -> list[Finding]:
