@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 from harness.formats import FORMATS
 from harness.formats.base import Format, StructuralFinding, WalkLimits, WalkResult
-from harness.formats.x86 import (
+from harness.formats.radix import (
     LEAF,
     PERM_R,
     PERM_W,

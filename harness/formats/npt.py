@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from harness.formats import FORMATS
 from harness.formats.base import Format, WalkLimits, WalkResult
-from harness.formats.x86 import (
+from harness.formats.radix import (
     LEAF,
     PERM_R,
     PERM_W,
