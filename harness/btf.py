@@ -22,7 +22,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from harness.errors import InfraError
+from harness.ktypes import TypeLookupError
 
 __all__ = ["Btf", "BtfType", "BtfMember", "BtfError", "Kind", "BTF_MAGIC", "POINTER_SIZE"]
 
@@ -53,7 +53,7 @@ PREFIX = {"struct": (Kind.STRUCT,), "union": (Kind.UNION,), "enum": (Kind.ENUM, 
 PATH_PART = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)((?:\[\d+\])*)$")
 
 
-class BtfError(InfraError):
+class BtfError(TypeLookupError):
     """A type or member the harness needs is not in the kernel's BTF."""
 
 
@@ -112,7 +112,7 @@ class _Layer:
         self.index = index
         self.base = base
         self.strings = blob[hdr_len + str_off:hdr_len + str_off + str_len]
-        self.first_id = 1 if base is None else base.first_id + len(base.types)
+        self.first_id: int = 1 if base is None else base.first_id + len(base.types)
         self.str_base = 0 if base is None else len(base.strings)
         self.types: list[BtfType] = []
         self._parse(blob[hdr_len + type_off:hdr_len + type_off + type_len])

@@ -15,13 +15,16 @@ While waiting for anything, the guest OS's panic patterns are watched; the
 first one seen raises :class:`GuestPanic` (a :class:`FindingsError`) with an
 excerpt of up to 50 lines or 2 seconds of what followed.
 
-A command that exits non-zero raises :class:`GuestCommandError`.  It is a
-:class:`ScenarioError`: the command is a step of the scenario, and the runner
-re-raises it with the scenario's file and line.  Losing the console or
-waiting too long is an :class:`InfraError` (:class:`ConsoleTimeout`,
-:class:`ConsoleError`).
+A command that exits non-zero raises :class:`GuestCommandError`, an
+:class:`InfraError`: the harness's own commands must work (a scenario's ``shell``
+step checks the status itself).  Losing the console is a :class:`ConsoleError`;
+waiting too long a :class:`ConsoleTimeout` (verdict ``timeout``).
 
->>> with Console.connect(m.console_path, log_path=out / "console.log") as con:
+The console is reached through a :data:`ConsoleEndpoint`: a unix socket (QEMU),
+a loopback TCP port or a pty (other emulators).
+
+>>> with Console.connect(UnixEndpoint(sock), log_path=out / "console.log",
+...                      profile=GUEST_OSES["linux"].console) as con:
 ...     con.wait_for_shell(60)                              # doctest: +SKIP
 ...     con.run("uname -r").output
 '6.1.0-28-amd64\\n'
@@ -30,6 +33,7 @@ waiting too long is an :class:`InfraError` (:class:`ConsoleTimeout`,
 from __future__ import annotations
 
 import collections
+import os
 import re
 import secrets
 import socket
@@ -43,12 +47,16 @@ from typing import IO
 import pexpect
 import pexpect.fdpexpect
 
-from harness.errors import FindingsError, InfraError, ScenarioError
-from harness.registry import Registry
+from harness.errors import FindingsError, HarnessTimeout, InfraError
 
 __all__ = [
-    "GuestOS",
-    "GUEST_OSES",
+    "ConsoleProfile",
+    "ConsoleEndpoint",
+    "UnixEndpoint",
+    "TcpEndpoint",
+    "PtyEndpoint",
+    "open_endpoint",
+    "LINE_START",
     "CmdResult",
     "Console",
     "ConsoleError",
@@ -68,40 +76,22 @@ SEARCH_WINDOW = READ_SIZE + 1024
 
 
 @dataclass(frozen=True)
-class GuestOS:
-    """What the console needs to know about one L1 operating system."""
+class ConsoleProfile:
+    """What the console needs to know about one L1 operating system.
 
-    name: str                     # registry key
-    prompt: str                   # regex of the interactive shell prompt
-    panic: tuple[str, ...]        # regexes that mean the kernel died or oopsed
-    warning: tuple[str, ...] = ()  # regexes that are panics unless warnings are ignored
+    Held by its :class:`harness.guests.GuestOS` record.
+    """
+
+    prompt: str                     # regex of the interactive shell prompt
+    panic: tuple[str, ...]          # regexes that mean the kernel died or oopsed
+    warning: tuple[str, ...] = ()   # regexes that are panics unless warnings are ignored
     kernel_line: str | None = None  # regex of a kernel log line (removed from outputs)
+    name: str = ""                  # the OS, for messages
 
 
 # Anchor at a line start or after a printk timestamp, so that a command line
 # echoed by the shell ("grep 'BUG: ' ...") does not count.
-_LINE = r"(?:^|\] )"
-
-GUEST_OSES: Registry[GuestOS] = Registry("guest OS")
-GUEST_OSES.add("linux", GuestOS(
-    name="linux", prompt=r"[#$] $",
-    panic=(_LINE + r"Kernel panic - not syncing", _LINE + r"BUG: ", _LINE + r"Oops: ",
-           _LINE + r"general protection fault", _LINE + r"watchdog: BUG: soft lockup",
-           _LINE + r"rcu: INFO: rcu_sched detected stalls"),
-    warning=(_LINE + r"WARNING: CPU: \d+ PID: \d+",),
-    kernel_line=r"^\[\s*\d+\.\d+\] "))
-GUEST_OSES.add("openbsd", GuestOS(
-    name="openbsd", prompt=r"[#$] $",
-    panic=(_LINE + r"panic: ", r"ddb(?:\{\d+\})?> ", _LINE + r"uvm_fault\(",
-           _LINE + r"kernel: page fault trap, code=")))
-GUEST_OSES.add("freebsd", GuestOS(
-    name="freebsd", prompt=r"[#$] $",
-    panic=(_LINE + r"panic: ", _LINE + r"Fatal trap \d+: ", _LINE + r"KDB: enter: ",
-           r"\ndb> ")))
-GUEST_OSES.add("dragonfly", GuestOS(
-    name="dragonfly", prompt=r"[#$] $",
-    panic=(_LINE + r"panic: ", _LINE + r"Fatal trap \d+: ", _LINE + r"Trace beginning at frame",
-           r"\ndb> ")))
+LINE_START = r"(?:^|\] )"
 
 
 class ConsoleError(InfraError):
@@ -112,12 +102,14 @@ class ConsoleError(InfraError):
         super().__init__(f"{message}\nlast console lines:\n{tail}" if tail else message)
 
 
-class ConsoleTimeout(ConsoleError):
-    """A per-call timeout expired before the expected text appeared."""
+class ConsoleTimeout(HarnessTimeout, ConsoleError):
+    """A per-call timeout expired before the expected text appeared (verdict ``timeout``)."""
 
 
 class GuestPanic(FindingsError):
     """The L1 kernel panicked, oopsed or hit BUG/WARNING; carries the excerpt."""
+
+    verdict = "panic"
 
     def __init__(self, os_name: str, pattern: str, excerpt: str) -> None:
         self.os_name = os_name
@@ -126,8 +118,12 @@ class GuestPanic(FindingsError):
         super().__init__(f"{os_name} guest panic ({pattern!r}):\n{excerpt}")
 
 
-class GuestCommandError(ScenarioError):
-    """A guest command exited non-zero: carries the command, status and output tail."""
+class GuestCommandError(InfraError):
+    """A harness-driven guest command exited non-zero: carries the command, status and tail.
+
+    An infrastructure error: the harness's own commands (mkfifo, cat of a report) must
+    work.  A scenario's ``shell`` step checks the status itself (``StepFailed``).
+    """
 
     def __init__(self, cmd: str, status: int, output: str) -> None:
         self.cmd = cmd
@@ -181,18 +177,63 @@ def _new_tag() -> str:
     return secrets.token_hex(4)
 
 
-class Console:
-    """Shell access to one guest over a connected console socket.
+@dataclass(frozen=True)
+class UnixEndpoint:
+    """A console on a unix stream socket (QEMU's ``-chardev socket``)."""
 
-    *sock* is a connected stream socket (or a socketpair end in tests);
-    the console takes ownership.  *os_name* picks the :data:`GUEST_OSES`
-    record; *ignore_warnings* leaves ``WARNING:`` lines alone.
+    path: Path
+
+
+@dataclass(frozen=True)
+class TcpEndpoint:
+    """A console on a loopback TCP port (never another host)."""
+
+    port: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class PtyEndpoint:
+    """A console on a pseudo-terminal the emulator opened."""
+
+    path: Path
+
+
+ConsoleEndpoint = UnixEndpoint | TcpEndpoint | PtyEndpoint
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def open_endpoint(ep: ConsoleEndpoint) -> int:
+    """A connected file descriptor for *ep*; OSError if it is not there (yet)."""
+    if isinstance(ep, PtyEndpoint):
+        return os.open(ep.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    if isinstance(ep, TcpEndpoint):
+        if ep.host not in LOOPBACK:
+            raise ConsoleError(f"console endpoint {ep.host}:{ep.port} is not on loopback")
+        sock = socket.create_connection((ep.host, ep.port), timeout=5.0)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(ep.path))
+        except OSError:
+            sock.close()
+            raise
+    sock.settimeout(None)
+    return sock.detach()
+
+
+class Console:
+    """Shell access to one guest over a connected console file descriptor.
+
+    *fd* is a connected stream (socket, pty, or a socketpair end in tests); the
+    console takes ownership.  *profile* is the guest OS's
+    :class:`ConsoleProfile`; *ignore_warnings* leaves ``WARNING:`` lines alone.
     """
 
-    def __init__(self, sock: socket.socket, *, log_path: Path | str, os_name: str = "linux",
+    def __init__(self, fd: int, *, log_path: Path | str, profile: ConsoleProfile,
                  ignore_warnings: bool = False, timeout: float = 60.0,
                  new_tag: Callable[[], str] = _new_tag) -> None:
-        self.guest = GUEST_OSES[os_name]
+        self.guest = profile
         self.timeout = timeout
         self.new_tag = new_tag
         self._logfile = open(log_path, "a", encoding="utf-8", newline="")
@@ -201,24 +242,26 @@ class Console:
         # one alternation: one scan per read instead of one per pattern
         self._panic_re = re.compile("|".join(f"(?:{p})" for p in patterns), re.MULTILINE)
         self._child = pexpect.fdpexpect.fdspawn(
-            sock.detach(), timeout=timeout, encoding="utf-8", codec_errors="replace",
+            fd, timeout=timeout, encoding="utf-8", codec_errors="replace",
             maxread=READ_SIZE, searchwindowsize=SEARCH_WINDOW)
         self._child.logfile_read = self.log
 
     @classmethod
-    def connect(cls, path: Path | str, *, retry_for: float = 5.0, **kwargs: object) -> Console:
-        """Connect to the console socket at *path*, retrying while it appears."""
+    def connect(cls, endpoint: ConsoleEndpoint, *, log_path: Path | str,
+                profile: ConsoleProfile, retry_for: float = 5.0,
+                ignore_warnings: bool = False, timeout: float = 60.0) -> Console:
+        """Connect to *endpoint*, retrying while it appears."""
         deadline = time.monotonic() + retry_for
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(str(path))
-                return cls(sock, **kwargs)  # type: ignore[arg-type]
+                fd = open_endpoint(endpoint)
             except OSError as exc:
-                sock.close()
                 if time.monotonic() > deadline:
-                    raise ConsoleError(f"cannot connect to console {path}: {exc}") from exc
+                    raise ConsoleError(f"cannot connect to console {endpoint}: {exc}") from exc
                 time.sleep(0.05)
+                continue
+            return cls(fd, log_path=log_path, profile=profile,
+                       ignore_warnings=ignore_warnings, timeout=timeout)
 
     def close(self) -> None:
         """Close the socket and the log file.  Idempotent."""
@@ -251,7 +294,8 @@ class Console:
         :class:`ConsoleTimeout` after *timeout* seconds, :class:`ConsoleError`
         if the console closes.
         """
-        wanted = list(pattern) if isinstance(pattern, list | tuple) else [pattern]
+        wanted: list[str | re.Pattern[str]] = \
+            [pattern] if isinstance(pattern, str | re.Pattern) else list(pattern)
         compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in wanted]
         index = self._expect_raw([*compiled, self._panic_re], timeout)
         if index == len(compiled):
@@ -292,7 +336,7 @@ class Console:
             except (pexpect.EOF, OSError):
                 break
         lines = excerpt.replace("\r", "").splitlines()[:EXCERPT_LINES]
-        raise GuestPanic(self.guest.name, pattern, "\n".join(lines))
+        raise GuestPanic(self.guest.name or "guest", pattern, "\n".join(lines))
 
     # -- shell ------------------------------------------------------------------
 

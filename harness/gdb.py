@@ -22,8 +22,9 @@ scratch file, measured about 5 times faster (8 MiB: 1.4 s against 7.2 s under
 TCG).
 
 QEMU's physical mode reads addresses where no RAM is as zeros, without an
-error.  Give :class:`GdbPhysMem` the machine's RAM ranges
-(:meth:`harness.qemu.Machine.ram_ranges`) so that such reads raise.
+error: read through :class:`harness.target.PhysView` with the machine's RAM
+ranges so that such reads raise.  :class:`GdbTarget` is the session as a
+:class:`harness.target.Target`.
 
 >>> with GdbSession(m.gdb_path, out / "gdb.log", arch="x86_64") as gdb:
 ...     with gdb.halted():                              # doctest: +SKIP
@@ -41,17 +42,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
 
 from pygdbmi.gdbcontroller import GdbController
 
+from harness.arch import ARCHES, Arch
 from harness.errors import InfraError, MemoryReadError
-from harness.qemu import ARCHES
 
-__all__ = ["GdbError", "GdbSession", "GdbPhysMem", "GdbVirtMem", "CHUNK", "POLL_SECONDS"]
+__all__ = ["GdbError", "GdbSession", "GdbTarget", "CHUNK", "POLL_SECONDS"]
 
 CHUNK = 0x10000          # bytes per -data-read-memory-bytes / write command; above: dump
 POLL_SECONDS = 0.0005    # pygdbmi's time_to_check_for_additional_output_sec
@@ -68,12 +69,13 @@ class MiController(Protocol):
     gdb_process: Any
 
     def write(self, mi_cmd_to_write: str, timeout_sec: float = ...,
-              raise_error_on_timeout: bool = ..., read_response: bool = ...) -> list[dict]:
+              raise_error_on_timeout: bool = ...,
+              read_response: bool = ...) -> list[dict[str, Any]]:
         """Send one MI command line."""
         ...
 
     def get_gdb_response(self, timeout_sec: float = ...,
-                         raise_error_on_timeout: bool = ...) -> list[dict]:
+                         raise_error_on_timeout: bool = ...) -> list[dict[str, Any]]:
         """Parsed MI records that arrived within *timeout_sec*."""
         ...
 
@@ -87,17 +89,19 @@ def _spawn_gdb(gdb: str) -> MiController:
 class GdbSession:
     """One gdb attached to one QEMU gdbstub over a unix socket.
 
-    *sock_path* is :attr:`harness.qemu.Machine.gdb_path`; *log_path* receives
-    the MI traffic; *arch* is an :data:`harness.qemu.ARCHES` name.  With
+    *sock_path* is :attr:`harness.machines.qemu.QemuMachine.gdb_path`; *log_path*
+    receives the MI traffic; *arch* is an :class:`~harness.arch.Arch` or its
+    :data:`~harness.arch.ARCHES` name.  With
     *resume* (the default) the L1 runs again after attaching (QEMU pauses it
     when a debugger connects).
     """
 
-    def __init__(self, sock_path: Path | str, log_path: Path | str, *, arch: str = "x86_64",
+    def __init__(self, sock_path: Path | str, log_path: Path | str, *,
+                 arch: Arch | str = "x86_64",
                  timeout: float = 30.0, resume: bool = True,
                  spawn: Callable[[str], MiController] = _spawn_gdb) -> None:
         self.sock_path = Path(sock_path)
-        self.arch = ARCHES[arch]
+        self.arch = ARCHES[arch] if isinstance(arch, str) else arch
         self.timeout = timeout
         self.resume = resume
         self._spawn = spawn
@@ -175,7 +179,7 @@ class GdbSession:
         self._log.flush()
 
     def mi(self, cmd: str, timeout: float | None = None,
-           expect_result: bool = True) -> list[dict]:
+           expect_result: bool = True) -> list[dict[str, Any]]:
         """Send one MI command; return every record up to its result record.
 
         ``^error`` raises :class:`GdbError` with gdb's message; a lost gdb or
@@ -197,11 +201,11 @@ class GdbSession:
             raise GdbError(f"gdb: {cmd}: {msg}")
         return records
 
-    def _collect(self, token: int, timeout: float, cmd: str) -> list[dict]:
+    def _collect(self, token: int, timeout: float, cmd: str) -> list[dict[str, Any]]:
         """Read records until the result record carrying *token*."""
         ctl = self._require()
         deadline = time.monotonic() + timeout
-        records: list[dict] = []
+        records: list[dict[str, Any]] = []
         while True:
             for rec in self._read(ctl, min(0.5, max(0.0, deadline - time.monotonic()))):
                 records.append(rec)
@@ -212,7 +216,7 @@ class GdbSession:
             if time.monotonic() > deadline:
                 raise GdbError(f"gdb: no answer to {cmd!r} within {timeout:g} s")
 
-    def _read(self, ctl: MiController, wait: float) -> list[dict]:
+    def _read(self, ctl: MiController, wait: float) -> list[dict[str, Any]]:
         """Records that arrived; tracks the running state from ``*running``/``*stopped``."""
         recs = ctl.get_gdb_response(timeout_sec=wait, raise_error_on_timeout=False)
         for rec in recs:
@@ -220,7 +224,7 @@ class GdbSession:
             self._track(rec)
         return recs
 
-    def _track(self, rec: dict) -> None:
+    def _track(self, rec: dict[str, Any]) -> None:
         """Update :attr:`running` from one record; a lost remote raises."""
         if rec.get("type") == "notify" and rec.get("message") == "running":
             self.running = True
@@ -422,32 +426,50 @@ def _reap(proc: Any) -> None:
             continue
 
 
-class GdbPhysMem:
-    """:class:`harness.mem.PhysMem` over a :class:`GdbSession` (L1 physical memory).
+class GdbTarget:
+    """:class:`harness.target.Target` over a :class:`GdbSession` on QEMU's gdbstub.
 
-    *ram* lists the ``(start, end)`` RAM ranges; a read not inside one raises
-    (QEMU itself would return zeros).  None: no check.
+    *ram_ranges* and *translate* come from the machine (QMP): the gdbstub knows
+    neither.
     """
 
-    def __init__(self, session: GdbSession,
-                 ram: Sequence[tuple[int, int]] | None = None) -> None:
+    def __init__(self, session: GdbSession, *,
+                 ram_ranges: Callable[[], list[tuple[int, int]]],
+                 translate: Callable[[int], int]) -> None:
         self.session = session
-        self.ram = list(ram) if ram is not None else None
+        self._ram_ranges = ram_ranges
+        self._translate = translate
 
-    def read(self, addr: int, size: int) -> bytes:
-        """Exactly *size* bytes at physical *addr*, or MemoryReadError."""
-        if self.ram is not None and not any(
-                lo <= addr and addr + size <= hi for lo, hi in self.ram):
-            raise MemoryReadError(addr, size, "outside the L1's RAM")
+    def halted(self) -> contextlib.AbstractContextManager[None]:
+        """All L1 CPUs stopped for the block."""
+        return self.session.halted()
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        """Exactly *size* bytes of L1 physical memory."""
         return self.session.read_phys(addr, size)
 
-
-class GdbVirtMem:
-    """The same interface over L1 kernel virtual addresses (current CPU's tables)."""
-
-    def __init__(self, session: GdbSession) -> None:
-        self.session = session
-
-    def read(self, addr: int, size: int) -> bytes:
-        """Exactly *size* bytes at virtual *addr*, or MemoryReadError."""
+    def read_virt(self, addr: int, size: int) -> bytes:
+        """*size* bytes at L1 virtual *addr* (current CPU's tables)."""
         return self.session.read_virt(addr, size)
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        """Write L1 physical memory."""
+        self.session.write_phys(addr, data)
+
+    def register(self, name: str, cpu: int | None = None) -> int:
+        """A register of L1 CPU *cpu* (None: the current one)."""
+        return self.session.register(name, cpu)
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """From the machine (QEMU's memory tree)."""
+        return self._ram_ranges()
+
+    def translate(self, va: int) -> int:
+        """From the machine (QEMU's gva2gpa)."""
+        return self._translate(va)
+
+    def nudge(self) -> None:
+        """Let the L1 run for 2 ms and stop it again."""
+        self.session.cont()
+        time.sleep(0.002)
+        self.session.interrupt()

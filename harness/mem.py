@@ -3,7 +3,7 @@
 A walker never imports GDB or QEMU code: it takes any object with
 ``read(addr, size) -> bytes`` that either returns exactly *size* bytes or
 raises :class:`~harness.errors.MemoryReadError`.  Tests use :class:`DictMem`;
-a live run uses :class:`harness.gdb.GdbPhysMem` wrapped in :class:`PageCache`.
+a live run reads through :class:`harness.target.PhysView` wrapped in :class:`PageCache`.
 """
 
 from __future__ import annotations

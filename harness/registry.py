@@ -34,7 +34,11 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise RegistryLookupError(self.what, name, list(self._items)) from None
+            raise self.lookup_error(name) from None
+
+    def lookup_error(self, name: str) -> RegistryLookupError:
+        """The error for a miss: names the registry, suggests a close name, lists the valid."""
+        return RegistryLookupError(self.what, name, list(self._items))
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -41,11 +41,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from harness.btf import Btf
 from harness.discovery.linux_kvm_common import KernelReader, MemSlot, read_memslots
 from harness.discovery.linux_lists import list_for_each_entry
-from harness.errors import InfraError
+from harness.errors import InfraError, MemoryReadError
 from harness.formats.stage2 import VTTBR_BADDR, Stage2Params, from_vtcr
+from harness.ktypes import KernelTypes
 from harness.mem import PAGE_SIZE, PhysMem, read_u64
 
 __all__ = ["discover", "LiveVM", "Stage2Root", "MemSlot", "NEEDED_SYMBOLS", "BTF_MODULES",
@@ -156,7 +156,7 @@ def _is_list_head(kmem: PhysMem, head: int) -> bool:
         nxt, prev = read_u64(kmem, head), read_u64(kmem, head + 8)
         return bool(nxt and prev) and read_u64(kmem, nxt + 8) == head \
             and read_u64(kmem, prev) == head
-    except InfraError:
+    except MemoryReadError:     # a candidate address that maps nothing; a lost GDB raises
         return False
 
 
@@ -174,7 +174,7 @@ def find_vm_list(kmem: PhysMem, syms: Mapping[str, int]) -> int:
     return heads[0]
 
 
-def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: Btf, *,
+def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: KernelTypes, *,
              vttbr: int | None = None, vtcr: int | None = None,
              mem_size: int | None = None,
              virt_to_phys: Callable[[int], int] | None = None) -> list[LiveVM]:
@@ -278,7 +278,7 @@ def _check_registers(vms: list[LiveVM], vttbr: int | None,
                      vtcr: int | None) -> list[LiveVM]:
     """VTTBR_EL2 names exactly one live VM (if it names any); VTCR_EL2 agrees with it."""
     baddr = None if vttbr is None else vttbr_baddr(vttbr)
-    if not vms or not baddr:          # not read, no VM, or nVHE's zero after exit
+    if vttbr is None or not vms or not baddr:   # not read, no VM, or nVHE's zero after exit
         return [_with(vm, {CHECK_VTTBR: None, CHECK_VTCR_REG: None}) for vm in vms]
     hits = [vm for vm in vms if vm.root == baddr]
     if len(hits) != 1:

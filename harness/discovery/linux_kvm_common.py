@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.btf import Btf
 from harness.discovery.linux_lists import container_of, rbtree_inorder
 from harness.errors import InfraError
+from harness.ktypes import KernelTypes, TypeLookupError
 from harness.mem import PAGE_SIZE, PhysMem
 
 __all__ = ["KernelReader", "MemSlot", "read_memslots", "read_memslot"]
@@ -35,7 +35,7 @@ class MemSlot:
 class KernelReader:
     """Typed reads of kernel virtual memory with BTF offsets."""
 
-    def __init__(self, kmem: PhysMem, btf: Btf) -> None:
+    def __init__(self, kmem: PhysMem, btf: KernelTypes) -> None:
         self.kmem = kmem
         self.btf = btf
 
@@ -54,7 +54,7 @@ class KernelReader:
         """Whether *type_* has member *path* in this kernel's BTF."""
         try:
             self.btf.offsetof(type_, path)
-        except InfraError:
+        except TypeLookupError:
             return False
         return True
 

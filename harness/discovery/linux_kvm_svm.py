@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from harness.btf import Btf
 from harness.discovery.linux_kvm_common import KernelReader as _Kernel
 from harness.discovery.linux_kvm_common import MemSlot
 from harness.discovery.linux_kvm_common import read_memslots as _memslots
@@ -41,6 +40,7 @@ from harness.discovery.vmcb import (
     signature_failures,
 )
 from harness.errors import InfraError
+from harness.ktypes import KernelTypes
 from harness.mem import PAGE_SIZE, PhysMem, read_u64
 
 __all__ = ["discover", "LiveVM", "VCpu", "MemSlot", "NEEDED_SYMBOLS", "BTF_MODULES",
@@ -77,7 +77,7 @@ class LiveVM:
     checks: Mapping[str, bool | None] = field(default_factory=dict)  # None: not available
 
 
-def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: Btf, *,
+def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: KernelTypes, *,
              vmrun_vmcbs: Iterable[int] | None = None,
              mem_size: int | None = None) -> list[LiveVM]:
     """Every VM on KVM's ``vm_list``, cross-checked; raises InfraError on disagreement.

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness.btf import Btf
 from harness.errors import InfraError
+from harness.ktypes import KernelTypes
 from harness.mem import PhysMem, read_u64
 
 __all__ = ["container_of", "list_for_each", "list_for_each_entry", "xa_for_each",
@@ -29,12 +29,12 @@ class WalkLimitError(InfraError):
     """A kernel container had a NULL link, a loop or too many entries."""
 
 
-def container_of(ptr: int, btf: Btf, type_: str, member: str) -> int:
+def container_of(ptr: int, btf: KernelTypes, type_: str, member: str) -> int:
     """The address of the *type_* that holds *member* at *ptr* (like the C macro)."""
     return ptr - btf.offsetof(type_, member)
 
 
-def list_for_each(kmem: PhysMem, btf: Btf, head: int) -> Iterator[int]:
+def list_for_each(kmem: PhysMem, btf: KernelTypes, head: int) -> Iterator[int]:
     """Addresses of each ``struct list_head`` on the list at *head* (head excluded)."""
     next_off = btf.offsetof("struct list_head", "next")
     seen = {head}
@@ -48,7 +48,7 @@ def list_for_each(kmem: PhysMem, btf: Btf, head: int) -> Iterator[int]:
         pos = read_u64(kmem, pos + next_off)
 
 
-def list_for_each_entry(kmem: PhysMem, btf: Btf, head: int, type_: str,
+def list_for_each_entry(kmem: PhysMem, btf: KernelTypes, head: int, type_: str,
                         member: str) -> Iterator[int]:
     """Addresses of each *type_* linked through its list_head *member*."""
     for pos in list_for_each(kmem, btf, head):
@@ -60,7 +60,7 @@ def xa_is_node(entry: int) -> bool:
     return entry & 3 == XA_INTERNAL and entry > XA_NODE_MIN
 
 
-def xa_for_each(kmem: PhysMem, btf: Btf, xa: int) -> Iterator[tuple[int, int]]:
+def xa_for_each(kmem: PhysMem, btf: KernelTypes, xa: int) -> Iterator[tuple[int, int]]:
     """(index, entry) for every present entry of the ``struct xarray`` at *xa*.
 
     Mirrors ``xa_for_each``: a head that is not a node is the entry at index 0;
@@ -76,7 +76,7 @@ def xa_for_each(kmem: PhysMem, btf: Btf, xa: int) -> Iterator[tuple[int, int]]:
     yield from _xa_node(kmem, btf, head - XA_INTERNAL, 0, depth=0)
 
 
-def _xa_node(kmem: PhysMem, btf: Btf, node: int, base: int,
+def _xa_node(kmem: PhysMem, btf: KernelTypes, node: int, base: int,
              depth: int) -> Iterator[tuple[int, int]]:
     """Entries below one ``struct xa_node`` whose first index is *base*."""
     if depth > 12:
@@ -98,7 +98,7 @@ def _xa_node(kmem: PhysMem, btf: Btf, node: int, base: int,
             yield index, entry
 
 
-def rbtree_inorder(kmem: PhysMem, btf: Btf, root: int) -> Iterator[int]:
+def rbtree_inorder(kmem: PhysMem, btf: KernelTypes, root: int) -> Iterator[int]:
     """Addresses of each ``struct rb_node`` of the ``struct rb_root`` at *root*, in order."""
     left = btf.offsetof("struct rb_node", "rb_left")
     right = btf.offsetof("struct rb_node", "rb_right")

@@ -27,8 +27,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from harness.btf import Btf, BtfError
 from harness.errors import InfraError
+from harness.ktypes import KernelTypes, TypeLookupError
 from harness.mem import PAGE_SIZE, PhysMem
 
 __all__ = ["VMCB_CONTROL", "VmcbControl", "VmcbCandidate", "control_offsets",
@@ -88,13 +88,13 @@ class VmcbCandidate:
     control: VmcbControl
 
 
-def control_offsets(btf: Btf | None) -> dict[str, tuple[int, int]]:
+def control_offsets(btf: KernelTypes | None) -> dict[str, tuple[int, int]]:
     """VMCB control offsets from BTF when available; raises if BTF disagrees with the APM."""
     if btf is None:
         return dict(VMCB_CONTROL)
     try:
-        btf.find("struct vmcb_control_area")
-    except BtfError:
+        btf.sizeof("struct vmcb_control_area")
+    except TypeLookupError:
         return dict(VMCB_CONTROL)
     out = {}
     for name, (apm_off, apm_size) in VMCB_CONTROL.items():

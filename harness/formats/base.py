@@ -40,7 +40,7 @@ class Mapping(NamedTuple):
     accessed: bool | None = None  # A / AF bit where the format has one
     dirty: bool | None = None     # D bit where the format has one
     table: int = 0        # physical address of the table page holding the leaf
-    index: int = 0        # index of the leaf in that table
+    index: int = 0  # type: ignore[assignment]  # the leaf's index in that table (shadows tuple.index)
 
     @property
     def end(self) -> int:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from harness.formats import FORMATS
 from harness.formats.base import Format, StructuralFinding, WalkLimits, WalkResult
 from harness.formats.radix import (
     LEAF,
@@ -178,5 +177,5 @@ def walk_eptp(mem: PhysMem, eptp: int, params: EptParams | None = None) -> WalkR
     return walk(mem, root, replace(params, levels=levels, ad_enabled=ad))
 
 
-EPT = FORMATS.add("ept", Format(
-    "ept", "Intel extended page tables (EPT), rooted at the EPTP's PML4/PML5", walk, EptParams))
+EPT = Format(
+    "ept", "Intel extended page tables (EPT), rooted at the EPTP's PML4/PML5", walk, EptParams)

@@ -38,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from harness.formats import FORMATS
 from harness.formats.base import Format, WalkLimits, WalkResult
 from harness.formats.radix import (
     LEAF,
@@ -120,5 +119,5 @@ def walk(mem: PhysMem, root: int, params: NptParams | None = None) -> WalkResult
     return walk_radix(mem, root & ~0xFFF, NptCodec(params), shape, params.limits)
 
 
-NPT = FORMATS.add("npt", Format(
-    "npt", "AMD nested page tables (x86-64 long-mode entries under nCR3)", walk, NptParams))
+NPT = Format(
+    "npt", "AMD nested page tables (x86-64 long-mode entries under nCR3)", walk, NptParams)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.formats import FORMATS
 from harness.formats.base import Format, WalkLimits, WalkResult
 from harness.formats.radix import (
     LEAF,
@@ -156,5 +155,5 @@ def walk_vttbr(mem: PhysMem, vttbr: int, params: Stage2Params | None = None) -> 
     return walk(mem, vttbr & VTTBR_BADDR, params)
 
 
-STAGE2 = FORMATS.add("stage2", Format(
-    "stage2", "arm64 stage-2 translation tables, 4 KiB granule (VTTBR_EL2)", walk, Stage2Params))
+STAGE2 = Format(
+    "stage2", "arm64 stage-2 translation tables, 4 KiB granule (VTTBR_EL2)", walk, Stage2Params)

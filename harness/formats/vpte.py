@@ -39,14 +39,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.errors import MemoryReadError, ScenarioError
-from harness.formats import FORMATS
 from harness.formats.base import Format, Mapping, StructuralFinding, WalkLimits, WalkResult
 from harness.mem import PAGE_SIZE, PhysMem, read_u64, read_u64s
 from harness.registry import Registry
 
 __all__ = ["VPTE_FRAME", "VPTE_FRAME_END", "VPTE_PAGE_BITS", "VPTE_PAGE_ENTRIES",
            "VPTE_PAGE_MASK", "MASTER_VSHIFT", "VPTELayout", "LAYOUTS", "VPTEParams",
-           "VPTEPerms", "ObjectImage", "layout_of", "walk", "translate"]
+           "VPTEPerms", "ObjectImage", "layout_of", "walk", "translate", "VPTE"]
 
 PAGE_SHIFT = 12
 VPTE_FRAME_END = 48                      # bits of address a VPTE walk translates
@@ -339,7 +338,7 @@ class ObjectImage:
         return self.pages.get(offset & ~(PAGE_SIZE - 1))
 
 
-FORMATS.add("vpte", Format(
+VPTE = Format(
     name="vpte",
     description="DragonFly vkernel VPTE tables (memory-image offsets, master PDE root)",
-    walk=walk, params=VPTEParams))
+    walk=walk, params=VPTEParams)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 from harness.findings import Finding
 from harness.formats.base import Mapping
-from harness.models import MODELS
 from harness.models.base import (
     PAGE_SIZE,
     Expectation,
@@ -164,4 +163,3 @@ def expect(vm: VMDesc) -> Expectation:
 
 BHYVE = Model("bhyve", "FreeBSD bhyve, guest vmspace pmap over sysmem and devmem maps",
               ("ept", "npt"), expect)
-MODELS.add(BHYVE.name, BHYVE)

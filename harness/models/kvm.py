@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 from harness.findings import Finding
 from harness.formats.base import Mapping
-from harness.models import MODELS
 from harness.models.base import (
     PAGE_SIZE,
     Expectation,
@@ -194,8 +193,8 @@ def expect_x86(vm: VMDesc) -> Expectation:
 def expect_arm64(vm: VMDesc) -> Expectation:
     """The ``kvm-arm64`` expectation for *vm* (stage-2 of a KVM VM)."""
     o = options_of(vm, KvmArm64Options)
-    memtype = {None: (MT_S2_NORMAL, MT_S2_FWB_NORMAL), True: MT_S2_FWB_NORMAL,
-               False: MT_S2_NORMAL}[o.fwb]
+    memtype: int | tuple[int, ...] = ((MT_S2_NORMAL, MT_S2_FWB_NORMAL) if o.fwb is None
+                                      else MT_S2_FWB_NORMAL if o.fwb else MT_S2_NORMAL)
     return _expect(vm, _Rules(o.dirty_log_strict, _arm64_x(o.dic), memtype, 0xF, o.identity))
 
 
@@ -203,5 +202,3 @@ KVM_X86 = Model("kvm-x86", "Linux KVM, x86 TDP MMU over memslots (EPT or NPT)",
                 ("ept", "npt"), expect_x86)
 KVM_ARM64 = Model("kvm-arm64", "Linux KVM, arm64 stage-2 over memslots",
                   ("stage2",), expect_arm64)
-MODELS.add(KVM_X86.name, KVM_X86)
-MODELS.add(KVM_ARM64.name, KVM_ARM64)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 from harness.findings import Finding
 from harness.formats.base import Mapping, WalkResult
-from harness.models import MODELS
 from harness.models.base import (
     PAGE_SIZE,
     Expectation,
@@ -203,5 +202,3 @@ OPENBSD_VMM = Model("openbsd-vmm", "OpenBSD vmm(4), vm_pmap + one uao per range 
                     ("ept", "npt"), expect_new)
 OPENBSD_VMM_OLD = Model("openbsd-vmm-old", "OpenBSD vmm(4), vmspace + uvm_share (before 7.6)",
                         ("ept",), expect_old)
-MODELS.add(OPENBSD_VMM.name, OPENBSD_VMM)
-MODELS.add(OPENBSD_VMM_OLD.name, OPENBSD_VMM_OLD)

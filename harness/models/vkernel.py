@@ -45,7 +45,6 @@ from harness.findings import Finding
 from harness.formats.base import Mapping, WalkLimits
 from harness.formats.vpte import VPTEParams, VPTEPerms, layout_of, translate
 from harness.mem import PhysMem
-from harness.models import MODELS
 from harness.models.base import (
     PAGE_SIZE,
     Expectation,
@@ -167,7 +166,7 @@ def expect(vm: VMDesc) -> Expectation:
     return Expectation(vm.name, _required(vm, reg), lambda m: _check_leaf(vm, reg, m))
 
 
-DRAGONFLY_VKERNEL = MODELS.add("dragonfly-vkernel", Model(
+DRAGONFLY_VKERNEL = Model(
     name="dragonfly-vkernel",
     description="DragonFly vkernel: host PTEs of a VPAGETABLE region follow its VPTEs",
-    formats=("npt",), expect=expect))
+    formats=("npt",), expect=expect)

@@ -1,16 +1,38 @@
-"""Observers: find the live VMs of one hypervisor in a halted L1 and walk their roots."""
+"""Observers: what one hypervisor's live VMs look like in a halted L1.
+
+An observer is a function ``observe(view: KernelView) -> list[ObservedVM]``
+held by its :class:`harness.hypervisors.Hypervisor` record.  It gets
+everything through :class:`KernelView` (a debug target, the L1's memories,
+kernel symbols and types read while L1 ran) and does no I/O of its own, so it
+runs the same over a live gdbstub or a :class:`~harness.target.FakeTarget`.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from harness.errors import InfraError
+from harness.arch import Arch
 from harness.formats.base import WalkResult
+from harness.ktypes import KernelTypes
+from harness.target import L1Memory, Target
 
-__all__ = ["ObservedVM", "settle_in_kernel", "l1_memories"]
+__all__ = ["ObservedVM", "KernelView"]
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """A halted L1 as an observer sees it."""
+
+    target: Target                    # registers, translation (L1 is halted)
+    arch: Arch
+    mem: L1Memory                     # physical (RAM only) and kernel-virtual readers
+    symbols: Mapping[str, int]        # the hypervisor's needed symbols, this boot
+    types: KernelTypes                # the kernel's (and its modules') types
+    facts: Mapping[str, int] = field(default_factory=dict)  # read while L1 ran
+    fault_log: Path | None = None     # the emulator's nested-paging event log
 
 
 @dataclass
@@ -25,34 +47,3 @@ class ObservedVM:
     slot_hvas: frozenset[int] = frozenset()   # userspace addresses of its memslots
     slots: list[dict[str, int]] = field(default_factory=list)
     discovery: dict[str, Any] = field(default_factory=dict)   # cross-checks, pid, ...
-
-
-def settle_in_kernel(gdb: Any, in_kernel: Callable[[], bool], tries: int = 100) -> None:
-    """Re-halt L1 until the CPU GDB reads through is in kernel mode.
-
-    Kernel virtual addresses are read through the halted CPU's own page
-    tables; with page-table isolation (KPTI) a CPU stopped in user mode does
-    not map the kernel, and every read would fail.  L1 is mostly idle in the
-    kernel, so a few short resumes are enough.
-    """
-    for _ in range(tries):
-        if in_kernel():
-            return
-        gdb.cont()
-        time.sleep(0.002)
-        gdb.interrupt()
-    raise InfraError(f"the L1 CPU was in user mode at each of {tries} halts; "
-                     "kernel memory cannot be read through its page tables")
-
-
-def l1_memories(ctx: Any) -> tuple[Any, Any, int]:
-    """(physical reader, kernel-virtual reader, RAM end) of the halted L1, page-cached.
-
-    Physical reads are limited to QEMU's RAM ranges: its gdbstub reads holes
-    as zeros instead of failing.
-    """
-    from harness.gdb import GdbPhysMem, GdbVirtMem
-    from harness.mem import PageCache
-    ram = ctx.cache.setdefault("ram", ctx.machine.ram_ranges())
-    return (PageCache(GdbPhysMem(ctx.gdb, ram=ram)), PageCache(GdbVirtMem(ctx.gdb)),
-            max(hi for _, hi in ram))

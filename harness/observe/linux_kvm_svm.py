@@ -2,54 +2,45 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
-from harness.formats import FORMATS
+from harness.console import Console
+from harness.discovery.linux_kvm_svm import VCpu, discover, paging_levels, parse_vmrun_log
 from harness.formats.base import WalkLimits, WalkResult
-from harness.observe import ObservedVM, l1_memories, settle_in_kernel
-from harness.observe.linux import fetch_kallsyms, load_btf
+from harness.formats.npt import NptParams
+from harness.formats.npt import walk as walk_npt
+from harness.observe import KernelView, ObservedVM
 
-__all__ = ["observe", "prepare"]
-
-
-def prepare(ctx: Any) -> None:
-    """What must be fetched while L1 still runs: kallsyms, CPU address size, BTF."""
-    from harness.discovery.linux_kvm_svm import BTF_MODULES, NEEDED_SYMBOLS
-
-    fetch_kallsyms(ctx, NEEDED_SYMBOLS)
-    if "maxphyaddr" not in ctx.cache:
-        out = ctx.console.run("grep -m1 'address sizes' /proc/cpuinfo", timeout=30).output
-        ctx.cache["maxphyaddr"] = int(out.split(":")[1].split("bits physical")[0])
-    load_btf(ctx, BTF_MODULES)
+__all__ = ["observe", "facts"]
 
 
-def _vmrun_vmcbs(ctx: Any) -> list[int] | None:
-    from harness.discovery.linux_kvm_svm import parse_vmrun_log
-    path = ctx.machine.qemu_log_path
-    if not ctx.machine.vmrun_log or not Path(path).exists():
+def facts(console: Console) -> Mapping[str, int]:
+    """What must be read while L1 runs: the CPU's physical address width."""
+    out = console.run("grep -m1 'address sizes' /proc/cpuinfo", timeout=30).output
+    return {"maxphyaddr": int(out.split(":")[1].split("bits physical")[0])}
+
+
+def _vmrun_vmcbs(view: KernelView) -> list[int] | None:
+    """The VMCB addresses of QEMU's own ``vmrun!`` lines, when it logged them."""
+    if view.fault_log is None or not view.fault_log.exists():
         return None
-    return parse_vmrun_log(Path(path).read_text(errors="replace"))
+    return parse_vmrun_log(view.fault_log.read_text(errors="replace"))
 
 
-def observe(ctx: Any) -> list[ObservedVM]:
-    """Discover live VMs and walk each nested root (L1 must be halted by the caller)."""
-    from harness.discovery.linux_kvm_svm import discover, paging_levels
-
-    gdb = ctx.gdb
-    # CS.RPL == 0: not halted in user mode, where page-table isolation unmaps the kernel
-    settle_in_kernel(gdb, lambda: gdb.register("cs") & 3 == 0)
-    pmem, kmem, mem_size = l1_memories(ctx)
-    levels = paging_levels(gdb.register("cr4"))
-    vms = discover(kmem, pmem, ctx.cache["kallsyms"], ctx.cache["btf"],
-                   vmrun_vmcbs=_vmrun_vmcbs(ctx), mem_size=mem_size)
-    fmt = FORMATS["npt"]
+def observe(view: KernelView) -> list[ObservedVM]:
+    """Discover live VMs and walk each nested root (L1 is halted, in the kernel)."""
+    levels = paging_levels(view.target.register("cr4"))
+    vms = discover(view.mem.kernel, view.mem.phys, view.symbols, view.types,
+                   vmrun_vmcbs=_vmrun_vmcbs(view), mem_size=view.mem.size)
+    params = NptParams(levels=levels, flavour="kvm", maxphyaddr=view.facts["maxphyaddr"],
+                       limits=WalkLimits(mem_size=view.mem.size))
     out = []
-    params = fmt.params(levels=levels, flavour="kvm", maxphyaddr=ctx.cache["maxphyaddr"],
-                        limits=WalkLimits(mem_size=mem_size))
     for vm in vms:
         # a VM whose vCPUs never ran has no root yet, and so no mappings
-        walk = fmt.walk(pmem, vm.root, params) if vm.root is not None else WalkResult()
+        walk = walk_npt(view.mem.phys, vm.root, params) if vm.root is not None \
+            else WalkResult()
         slots = [{"id": s.id, "gpa": s.gpa, "size": s.size, "hva": s.hva, "flags": s.flags}
                  for s in vm.memslots]
         out.append(ObservedVM(
@@ -60,7 +51,6 @@ def observe(ctx: Any) -> list[ObservedVM]:
     return out
 
 
-def _vcpu_json(v: Any) -> dict[str, Any]:
-    import dataclasses
+def _vcpu_json(v: VCpu) -> dict[str, Any]:
     return {k: (hex(x) if isinstance(x, int) and k not in ("index", "vcpu_id", "asid") else x)
             for k, x in dataclasses.asdict(v).items()}

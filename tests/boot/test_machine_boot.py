@@ -22,9 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.arch import ARCHES
 from harness.console import Console, GuestCommandError
-from harness.gdb import GdbPhysMem, GdbSession
-from harness.qemu import ARCHES, Machine
+from harness.gdb import GdbSession
+from harness.guests import GUEST_OSES
+from harness.machines.base import DiskBoot, KernelBoot, MachineConfig
+from harness.machines.qemu import QemuMachine
+from harness.target import PhysView
+
+LINUX = GUEST_OSES["linux"].console
 
 pytestmark = [
     pytest.mark.boot,
@@ -49,6 +55,23 @@ def wait_gone(pids: list[int], limit: float = 20.0) -> list[int]:
     return [p for p in pids if not gone(p)]
 
 
+def blank_disk(where: Path) -> Path:
+    """An empty raw disk: SeaBIOS finds nothing to boot and keeps trying."""
+    disk = where / "blank.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "1M"], check=True)
+    return disk
+
+
+def Machine(artifacts: Path, name: str, boot: KernelBoot | DiskBoot | None = None,
+            **kw: object) -> QemuMachine:
+    """An x86 QEMU machine; without *boot*, a blank disk (firmware only)."""
+    arch = ARCHES["x86_64"]
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return QemuMachine(MachineConfig(arch=arch, boot=boot or DiskBoot(
+        blank_disk(artifacts), format="raw"), artifacts=artifacts, cpu=arch.cpu, name=name,
+        **kw))  # type: ignore[arg-type]
+
+
 # -- lifecycle: no kernel needed (SeaBIOS just runs) ------------------------------
 
 def test_sigint_in_block_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -57,7 +80,7 @@ def test_sigint_in_block_leaves_nothing_behind(tmp_path: Path) -> None:
         sockdir = m.console_path.parent
         assert m.pid is not None
         pids.append(m.pid)
-        with Console.connect(m.console_path, log_path=tmp_path / "console.log"), \
+        with Console.connect(m.console, log_path=tmp_path / "console.log", profile=LINUX), \
                 GdbSession(m.gdb_path, tmp_path / "gdb.log") as gdb:
             pids.append(gdb._ctl.gdb_process.pid)  # type: ignore[union-attr]
             assert gdb.running
@@ -71,12 +94,17 @@ def test_sigint_in_block_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import subprocess, sys, time
     from pathlib import Path
-    from harness.qemu import Machine
+    from harness.arch import ARCHES
     from harness.gdb import GdbSession
+    from harness.machines.base import DiskBoot, MachineConfig
+    from harness.machines.qemu import QemuMachine
     out = Path(sys.argv[1])
-    with Machine(artifacts=out, name="orphan") as m:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(out / "d.raw"), "1M"])
+    cfg = MachineConfig(arch=ARCHES["x86_64"], boot=DiskBoot(out / "d.raw", format="raw"),
+                        artifacts=out, cpu="max", name="orphan")
+    with QemuMachine(cfg) as m:
         with GdbSession(m.gdb_path, out / "gdb.log") as g:
             print(m.pid, g._ctl.gdb_process.pid, flush=True)
             time.sleep(600)
@@ -112,14 +140,24 @@ def test_qmp_quit_is_the_soft_path(tmp_path: Path) -> None:
 
 # -- a booted Linux guest ---------------------------------------------------------
 
+def test_state_saved_and_restored(tmp_path: Path) -> None:
+    with Machine(tmp_path / "a", name="save") as m:
+        m.save_state(tmp_path / "state.bin")
+        assert m.qmp_command("query-status")["status"] == "running"   # resumed after
+    assert (tmp_path / "state.bin").stat().st_size > 1 << 20
+    with Machine(tmp_path / "b", name="restore", incoming=tmp_path / "state.bin") as m:
+        assert m.qmp_command("query-status")["status"] == "running"
+        assert "-incoming" in m.cmdline
+
+
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, Console, object]]:
+def guest(tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[QemuMachine, Console, object]]:
     from harness.images import build_image
     image = build_image("linux-amd64", progress=lambda line: None)
     art = tmp_path_factory.mktemp("boot")
-    with Machine(arch=image.arch, kernel=image.kernel, initrd=image.initrd,
-                 append=image.append, artifacts=art, name="boot") as m, \
-            Console.connect(m.console_path, log_path=art / "console.log") as con:
+    with Machine(art, name="boot", boot=image.boot_spec()) as m, \
+            Console.connect(m.console, log_path=art / "console.log", profile=LINUX) as con:
         con.wait_for_shell(120)
         yield m, con, image
     assert (art / "console.log").stat().st_size > 0
@@ -147,11 +185,13 @@ def test_read_phys_matches_guest_and_qemu(guest, tmp_path: Path) -> None:
     m, con, _ = guest
     va, version = banner(con)
     assert version.startswith("Linux version ")
-    with GdbSession(m.gdb_path, tmp_path / "gdb.log", arch=m.arch.name) as gdb, gdb.halted():
+    with m.open_target(tmp_path) as target, target.halted():
         gpa = m.qmp_command("human-monitor-command", command_line=f"gva2gpa {va:#x}")
         pa = int(re.search(r"gpa: (0x[0-9a-f]+)", gpa).group(1), 16)  # type: ignore[union-attr]
+        assert target.translate(va) == pa
         size = len(version.encode())
-        phys = GdbPhysMem(gdb, m.ram_ranges()).read(pa, size)
+        phys = PhysView(target, target.ram_ranges()).read(pa, size)
+        gdb = target.session                                   # type: ignore[attr-defined]
         assert phys.decode() == version                      # the guest's own view
         assert gdb.read_virt(va, size) == phys                # GDB's own translation
         m.pmemsave(pa, size, tmp_path / "banner.bin")

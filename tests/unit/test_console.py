@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from harness.console import (
-    GUEST_OSES,
     Console,
     ConsoleError,
     ConsoleTimeout,
     GuestCommandError,
     GuestPanic,
 )
-from harness.errors import FindingsError, InfraError, RegistryLookupError, ScenarioError
+from harness.errors import FindingsError, InfraError, RegistryLookupError
+from harness.guests import GUEST_OSES
 
 DATA = Path(__file__).parent.parent / "data" / "console"
 
@@ -61,12 +61,12 @@ def console_pair(tmp_path: Path) -> Iterator[tuple[socket.socket, Guest, Path]]:
 
 
 def console(pair: tuple[socket.socket, Guest, Path], *names: str,
-            **kw: object) -> tuple[Console, Guest, Path]:
+            os_name: str = "linux") -> tuple[Console, Guest, Path]:
     """A Console over the pair, with a fixed tag sequence."""
     sock, guest, log = pair
     it = tags(*names)
-    con = Console(sock, log_path=log, new_tag=lambda: next(it), timeout=5.0,
-                  **kw)  # type: ignore[arg-type]
+    con = Console(sock.detach(), log_path=log, new_tag=lambda: next(it), timeout=5.0,
+                  profile=GUEST_OSES[os_name].console)
     return con, guest, log
 
 
@@ -87,7 +87,7 @@ def test_recorded_session_commands_and_statuses(console_pair) -> None:
             con.run("ls /nonexistent")
         assert err.value.status == 1
         assert "No such file or directory" in err.value.output
-        assert isinstance(err.value, ScenarioError)
+        assert isinstance(err.value, InfraError)      # the harness's own commands must work
         assert con.run("echo hi; echo there >&2").lines == ["hi", "there"]
         with pytest.raises(GuestPanic) as panic:
             con.run("echo c > /proc/sysrq-trigger")
@@ -145,8 +145,8 @@ def test_warning_is_a_panic_unless_ignored(console_pair, tmp_path: Path) -> None
     con.close()
 
     a, b = socket.socketpair()
-    quiet = Console(a, log_path=tmp_path / "quiet.log", ignore_warnings=True,
-                    new_tag=lambda: "0000000b", timeout=5.0)
+    quiet = Console(a.detach(), log_path=tmp_path / "quiet.log", ignore_warnings=True,
+                    new_tag=lambda: "0000000b", timeout=5.0, profile=GUEST_OSES["linux"].console)
     Guest(b).play(text)
     res = quiet.run("modprobe kvm_amd && echo loaded")
     assert (res.status, res.output) == (0, "loaded\n")   # kernel lines dropped ...

@@ -13,7 +13,6 @@ from test_btf import BtfBuilder
 from test_discovery_svm import PRIM, SIGNED, Image, Layout
 
 from harness.btf import Btf, Kind
-from harness.discovery import DISCOVERY
 from harness.discovery.linux_kvm_arm64 import (
     adrp_targets,
     discover,
@@ -288,6 +287,8 @@ def _adrp_imm(pc: int, target: int) -> int:
     return (pages & 3) << 29 | ((pages >> 2) & 0x7FFFF) << 5
 
 
-def test_registry() -> None:
-    d = DISCOVERY["linux-kvm-arm64"]
-    assert d.discover is discover and d.btf_modules == ()
+def test_hypervisor_record_names_this_discovery() -> None:
+    from harness.hypervisors import HYPERVISORS
+    from harness.observe import linux_kvm_arm64 as observer
+    hv = HYPERVISORS["linux-kvm-arm64"]
+    assert hv.observe is observer.observe and hv.type_modules == () and hv.format == "stage2"

@@ -13,7 +13,7 @@ from test_btf import BtfBuilder
 from test_vmcb import vmcb_page
 
 from harness.btf import Btf, Kind
-from harness.discovery import DISCOVERY, discover, scan_vmcbs
+from harness.discovery.linux_kvm_svm import discover, scan_vmcbs
 from harness.discovery.linux_lists import (
     WalkLimitError,
     list_for_each,
@@ -351,12 +351,14 @@ def test_missing_symbol_is_named(world: World) -> None:
         discover(world.kmem, world.pmem, syms, world.btf)
 
 
-def test_registry() -> None:
-    d = DISCOVERY["linux-kvm-svm"]
-    assert d.discover is discover and "vm_list" in d.needed_symbols
-    assert set(d.btf_modules) == {"kvm", "kvm_amd"}
+def test_hypervisor_record_names_this_discovery() -> None:
+    from harness.hypervisors import HYPERVISORS
+    from harness.observe import linux_kvm_svm as observer
+    hv = HYPERVISORS["linux-kvm-svm"]
+    assert hv.observe is observer.observe and "vm_list" in hv.symbols
+    assert set(hv.type_modules) == {"kvm", "kvm_amd"} and hv.format == "npt"
     with pytest.raises(RegistryLookupError, match="linux-kvm-svm"):
-        DISCOVERY["openbsd-vmm"]
+        HYPERVISORS["openbsd-vmm"]
 
 
 # -- the walkers on their own ---------------------------------------------------------

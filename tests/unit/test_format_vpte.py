@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.errors import MemoryReadError, ScenarioError
+from harness.errors import MemoryReadError, RegistryLookupError, ScenarioError
 from harness.formats import FORMATS
 from harness.formats.base import WalkLimits
 from harness.formats.vpte import ObjectImage, VPTEParams, translate, walk
@@ -131,7 +131,7 @@ def test_old_layout_vectors() -> None:
 def test_nx_bit_must_be_a_high_bit() -> None:
     with pytest.raises(ScenarioError):
         walk(DictMem(size=MIB), 0x83, params(nx_bit=12, size=MIB))
-    with pytest.raises(ScenarioError):
+    with pytest.raises(RegistryLookupError, match="valid: old, x86"):
         walk(DictMem(size=MIB), 0x83, params("vax", size=MIB))
 
 

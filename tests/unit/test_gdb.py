@@ -11,8 +11,9 @@ import pytest
 from pygdbmi import gdbmiparser
 
 from harness.errors import InfraError, MemoryReadError
-from harness.gdb import CHUNK, GdbError, GdbPhysMem, GdbSession, GdbVirtMem
+from harness.gdb import CHUNK, GdbError, GdbSession, GdbTarget
 from harness.mem import DictMem
+from harness.target import PhysView, VirtView
 
 
 class FakeProcess:
@@ -277,11 +278,13 @@ def test_registers(fake: FakeGdb, tmp_path: Path) -> None:
     s.close()
 
 
-def test_physmem_adapters_and_ram_bounds(fake: FakeGdb, tmp_path: Path) -> None:
+def test_target_adapters_and_ram_bounds(fake: FakeGdb, tmp_path: Path) -> None:
     s = session(fake, tmp_path)
-    pm = GdbPhysMem(s, ram=[(0, 0x8000)])
+    t = GdbTarget(s, ram_ranges=lambda: [(0, 0x8000)], translate=lambda va: va - 0x1000)
+    pm = PhysView(t, t.ram_ranges())
     assert pm.read(0x5000, 8) == b"physical"
-    assert GdbVirtMem(s).read(0x5000, 7) == b"virtual"
+    assert VirtView(t).read(0x5000, 7) == b"virtual"
+    assert t.translate(0x6000) == 0x5000
     sent = len(fake.sent)
     with pytest.raises(MemoryReadError, match="outside the L1's RAM"):
         pm.read(0x7ffc, 8)              # straddles the end of RAM

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.diff import diff
-from harness.errors import ScenarioError
+from harness.errors import RegistryLookupError, ScenarioError
 from harness.formats import FORMATS
 from harness.formats.base import Mapping, WalkResult
 from harness.formats.npt import NptParams
@@ -183,12 +183,17 @@ def test_old_layout() -> None:
 
 @pytest.mark.parametrize("options, ranges", [
     ({"image": None}, 1), ({"master_pde": None}, 1), ({"bogus": 1}, 1), ({}, 2),
-    ({"layout": "vax"}, 1), ({"nx_bit": 7}, 1)])
+    ({"nx_bit": 7}, 1)])
 def test_bad_input_is_a_scenario_error(options: dict[str, object], ranges: int) -> None:
     desc = vm(image(), options=options)
     desc.ranges = tuple(MemRange(BASE + k * SIZE, SIZE) for k in range(ranges))
     with pytest.raises(ScenarioError):
         MODELS["dragonfly-vkernel"].expect(desc)
+
+
+def test_an_unknown_layout_lists_the_known_ones() -> None:
+    with pytest.raises(RegistryLookupError, match="valid: old, x86"):
+        MODELS["dragonfly-vkernel"].expect(vm(image(), options={"layout": "vax"}))
 
 
 def test_registered_for_the_x86_host_walk() -> None:

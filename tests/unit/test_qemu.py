@@ -12,12 +12,24 @@ from pathlib import Path
 
 import pytest
 
-import harness.qemu as qemu
+import harness.machines.qemu as qemu
+from harness.arch import ARCHES
 from harness.errors import InfraError, RegistryLookupError
-from harness.qemu import ARCHES, Machine, QemuLaunchError, parse_ram_ranges
+from harness.machines.base import DiskBoot, KernelBoot, MachineConfig
+from harness.machines.qemu import QemuLaunchError, QemuMachine, parse_ram_ranges
 
 
-def launched_dir(m: Machine) -> Path:
+def Machine(*, arch: str = "x86_64", artifacts: Path, cpu: str | None = None,
+            boot: KernelBoot | DiskBoot | None = None, accel: str = "tcg",
+            fault_log: bool = False, extra_args: tuple[str, ...] = ()) -> QemuMachine:
+    """A QEMU machine from a config with the given fields."""
+    a = ARCHES[arch]
+    return QemuMachine(MachineConfig(
+        arch=a, boot=boot or KernelBoot(Path("vmlinuz")), artifacts=artifacts,
+        cpu=cpu or a.cpu, accel=accel, fault_log=fault_log, extra_args=extra_args))
+
+
+def launched_dir(m: QemuMachine) -> Path:
     """Run the pre-launch hook only (creates the private socket directory)."""
     m._check_accel = lambda: None  # type: ignore[method-assign]
     m._pre_launch()
@@ -26,7 +38,7 @@ def launched_dir(m: Machine) -> Path:
 
 
 def test_x86_command_line(tmp_path: Path) -> None:
-    m = Machine(kernel="vmlinuz", initrd="initrd.gz", append="console=ttyS0 quiet",
+    m = Machine(boot=KernelBoot(Path("vmlinuz"), Path("initrd.gz"), "console=ttyS0 quiet"),
                 artifacts=tmp_path)
     sockdir = launched_dir(m)
     try:
@@ -74,7 +86,7 @@ def test_aarch64_defaults_and_cpu_choice(tmp_path: Path) -> None:
 
 
 def test_vmrun_log_arguments(tmp_path: Path) -> None:
-    m = Machine(artifacts=tmp_path, vmrun_log=True, extra_args=["-S"])
+    m = Machine(artifacts=tmp_path, fault_log=True, extra_args=("-S",))
     launched_dir(m)
     try:
         cmd = m.build_cmdline()
@@ -86,15 +98,39 @@ def test_vmrun_log_arguments(tmp_path: Path) -> None:
         m.shutdown()
 
 
-def test_unknown_arch_lists_valid_names() -> None:
+def test_unknown_arch_lists_valid_names(tmp_path: Path) -> None:
     with pytest.raises(RegistryLookupError, match="aarch64, x86_64"):
-        Machine(arch="riscv64")
+        Machine(arch="riscv64", artifacts=tmp_path)
+
+
+def test_disk_boot_gets_a_private_overlay(tmp_path: Path) -> None:
+    disk = tmp_path / "base.qcow2"
+    import subprocess
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    m = Machine(boot=DiskBoot(disk, cdrom=tmp_path / "install.iso",
+                              network=("-nic", "user,model=virtio-net-pci")),
+                artifacts=tmp_path / "art")
+    sockdir = launched_dir(m)
+    try:
+        cmd = m.build_cmdline()
+        overlay = sockdir / "overlay.qcow2"
+        assert f"file={overlay},format=qcow2,if=virtio" in cmd
+        assert f"file={tmp_path / 'install.iso'},format=raw,media=cdrom,readonly=on" in cmd
+        assert cmd[cmd.index("-nic") + 1] == "user,model=virtio-net-pci"
+        assert "-kernel" not in cmd
+        info = subprocess.run(["qemu-img", "info", str(overlay)], capture_output=True,
+                              text=True, check=True).stdout
+        assert str(disk) in info                      # backed by the cached disk ...
+    finally:
+        m.shutdown()
+    assert not overlay.exists()                       # ... and thrown away with the run
 
 
 def test_kvm_refused_where_dev_kvm_is_unusable(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(qemu, "kvm_usable", lambda path="/dev/kvm": False)
-    with pytest.raises(InfraError, match="/dev/kvm"), Machine(accel="kvm", artifacts=tmp_path):
+    with pytest.raises(InfraError, match="/dev/kvm"), \
+            Machine(accel="kvm", artifacts=tmp_path):
         pass
 
 
@@ -113,10 +149,10 @@ def fake_qemu(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def machine_with(tmp_path: Path, binary: Path) -> Machine:
-    m = Machine(artifacts=tmp_path / "art")
-    m.arch = dataclasses.replace(m.arch, qemu=str(binary))
-    return m
+def machine_with(tmp_path: Path, binary: Path) -> QemuMachine:
+    a = dataclasses.replace(ARCHES["x86_64"], qemu=str(binary))
+    return QemuMachine(MachineConfig(arch=a, boot=KernelBoot(Path("vmlinuz")),
+                                     artifacts=tmp_path / "art", cpu="max"))
 
 
 def test_early_exit_raises_launch_error_with_output_tail(tmp_path: Path) -> None:

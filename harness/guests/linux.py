@@ -1,0 +1,74 @@
+"""Linux as the L1: busybox console, kallsyms over the console, BTF from the image, pagemap.
+
+Symbols: the needed ``/proc/kallsyms`` lines, read once per run over the console
+(KASLR moves them every boot), kept as ``kallsyms.txt``.  Types: vmlinux's BTF
+from the image's kernel file (extracted once per image and kept beside it),
+plus the split BTF of the named modules.  Backing: the workload's own
+``/proc/self/pagemap`` report of every slot page.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from harness.btf import Btf
+from harness.console import LINE_START, Console, ConsoleProfile
+from harness.guests.record import BackingQuery, GuestOS
+from harness.images import Image
+from harness.kallsyms import kallsyms_command, parse_kallsyms
+from harness.kernel_image import btf_section, kernel_btf
+from harness.models.base import DictBacking
+
+__all__ = ["LINUX", "linux_symbols", "linux_types", "pagemap_backing"]
+
+CONSOLE = ConsoleProfile(
+    name="linux", prompt=r"[#$] $",
+    panic=(LINE_START + r"Kernel panic - not syncing", LINE_START + r"BUG: ",
+           LINE_START + r"Oops: ", LINE_START + r"general protection fault",
+           LINE_START + r"watchdog: BUG: soft lockup",
+           LINE_START + r"rcu: INFO: rcu_sched detected stalls"),
+    warning=(LINE_START + r"WARNING: CPU: \d+ PID: \d+",),
+    kernel_line=r"^\[\s*\d+\.\d+\] ")
+
+
+def linux_symbols(console: Console, image: Image, names: Sequence[str],
+                  artifacts: Path) -> Mapping[str, int]:
+    """The needed kallsyms lines of the running kernel; ``kallsyms.txt`` keeps them."""
+    out = console.run(kallsyms_command(names), timeout=60).output
+    (artifacts / "kallsyms.txt").write_text(out)
+    return parse_kallsyms(out)
+
+
+def linux_types(image: Image, modules: Sequence[str]) -> Btf:
+    """vmlinux's BTF from the image's kernel file, with the split BTF of *modules*."""
+    wanted = {m.replace("-", "_") for m in modules}
+    splits = [btf_section(p.read_bytes()) for p in sorted(Path(image.modules).glob("*.ko"))
+              if p.stem.replace("-", "_") in wanted]
+    return Btf.load(_vmlinux_btf(Path(image.dir), Path(image.kernel)), splits)
+
+
+def _vmlinux_btf(image_dir: Path, kernel: Path) -> bytes:
+    """vmlinux's .BTF, extracted once per image (decompressing the kernel takes a second)."""
+    saved = image_dir / "vmlinux.btf"
+    if saved.exists():
+        return saved.read_bytes()
+    btf = kernel_btf(kernel.read_bytes())
+    tmp = saved.with_name(f".{saved.name}.{os.getpid()}")
+    try:
+        tmp.write_bytes(btf)
+        os.replace(tmp, saved)
+    except OSError:
+        tmp.unlink(missing_ok=True)   # a read-only cache still works, only slower
+    return btf
+
+
+def pagemap_backing(query: BackingQuery) -> DictBacking:
+    """The frames the workload read from its own ``/proc/self/pagemap``."""
+    return DictBacking(dict(query.reported))
+
+
+LINUX = GuestOS(
+    name="linux", console=CONSOLE, boot="kernel", image_builder="debian-initramfs",
+    symbols=linux_symbols, types=linux_types, backing=pagemap_backing)
