@@ -5,9 +5,10 @@
 docs/architecture.md, "The workload") from a console transcript or a file, with
 kernel messages, ``\\r`` and terminal escapes interleaved.
 
->>> workload_argv({"slots": [{"gpa": 0, "size": "64K", "flags": ["ro"]}],
-...                "touch": [{"gpa": "0x1000", "access": "r"}], "hold": False})
-['slat-workload', '--no-hold', '--slot', '0x0:0x10000:ro', '--touch', '0x1000:r']
+>>> from harness.scenario.spec import SlotSpec, TouchSpec, WorkloadStep
+>>> " ".join(workload_argv(WorkloadStep(index=1, line=5, hold="none",
+...     slots=(SlotSpec(0, 0x10000, ("ro",)),), touch=(TouchSpec(0x1000, "r"),))))
+'slat-workload --vms 1 --cycles 1 --no-hold --slot 0x0:0x10000:ro --touch 0x1000:r'
 >>> report = parse_report(['@@SLAT {"event":"vm","vm":0,"pid":7,"cycle":0}',
 ...     '@@SLAT {"event":"pagemap","vm":0,"slot":0,"runs":[[4096,16,2]]}'])
 >>> report.vms[0].pagemap
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import InfraError, ScenarioError
+from harness.errors import InfraError
+from harness.scenario.spec import SlotSpec, WorkloadStep
 
 __all__ = [
     "WORKLOAD",
@@ -46,84 +48,32 @@ TAG_OFFSET = 0xFF8              # every slot page holds its GPA (u64) here
 SLOT_FLAGS = ("ro", "log", "huge")
 PAGE = 4096
 
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1bc")
 _KMSG = re.compile(r"\[\s*\d+\.\d+\]")
 
 
 # ---- the command line --------------------------------------------------------
 
-def _number(value: Any, what: str) -> int:
-    """An int from YAML: int, ``0x`` hex, or decimal with K/M/G/T suffix."""
-    if isinstance(value, bool):
-        raise ScenarioError(f"{what}: {value!r} is not a number", field=what)
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    try:
-        if text.lower().startswith("0x"):
-            return int(text, 16)
-        match = re.fullmatch(r"(\d+)([KMGT]?)", text, re.IGNORECASE)
-        if match:
-            return int(match.group(1)) * _SUFFIX[match.group(2).upper()]
-    except ValueError:
-        pass
-    raise ScenarioError(f"{what}: {value!r} is not a number", field=what)
+HOLD_ARGS = {"each": [], "last": ["--hold-last"], "none": ["--no-hold"]}
 
 
-def _slot_arg(slot: Mapping[str, Any], i: int) -> str:
+def _slot_arg(slot: SlotSpec) -> str:
     """``GPA:SIZE[:FLAGS]`` of one slot."""
-    gpa = _number(slot["gpa"], f"slots[{i}].gpa")
-    size = _number(slot["size"], f"slots[{i}].size")
-    flags = list(slot.get("flags", []))
-    bad = [f for f in flags if f not in SLOT_FLAGS]
-    if bad:
-        raise ScenarioError(f"unknown slot flag(s) {bad}; valid: {', '.join(SLOT_FLAGS)}",
-                            field=f"slots[{i}].flags")
-    if gpa % PAGE or size % PAGE or size <= 0:
-        raise ScenarioError(f"slot {gpa:#x}+{size:#x} is not page aligned",
-                            field=f"slots[{i}]")
-    return f"{gpa:#x}:{size:#x}" + (":" + "+".join(flags) if flags else "")
+    return f"{slot.gpa:#x}:{slot.size:#x}" + (":" + "+".join(slot.flags) if slot.flags else "")
 
 
-def _touch_arg(touch: Mapping[str, Any], i: int) -> str:
-    """``GPA:ACCESS`` of one touch."""
-    access = str(touch["access"])
-    if access not in ("r", "w", "x"):
-        raise ScenarioError(f"access {access!r} is not r, w or x", field=f"touch[{i}].access")
-    return f"{_number(touch['gpa'], f'touch[{i}].gpa'):#x}:{access}"
-
-
-def _option_args(params: Mapping[str, Any]) -> list[str]:
-    """The options before the slots: VM count, threads, cycles, hold, IPA bits, code."""
-    argv = []
-    for key, opt in (("vms", "--vms"), ("cycles", "--cycles"), ("ipa_bits", "--ipa-bits")):
-        if params.get(key) is not None:
-            argv += [opt, str(_number(params[key], key))]
-    if params.get("code") is not None:
-        argv += ["--code", f"{_number(params['code'], 'code'):#x}"]
-    if params.get("threads"):
+def workload_argv(step: WorkloadStep) -> list[str]:
+    """The argv of ``slat-workload`` for a scenario's (validated) ``workload`` step."""
+    argv = [WORKLOAD, "--vms", str(step.vms), "--cycles", str(step.cycles),
+            *HOLD_ARGS[step.hold]]
+    if step.ipa_bits is not None:
+        argv += ["--ipa-bits", str(step.ipa_bits)]
+    if step.threads:
         argv.append("--threads")
-    if not params.get("hold", True):
-        argv.append("--no-hold")
-    return argv
-
-
-def workload_argv(params: Mapping[str, Any]) -> list[str]:
-    """The argv of ``slat-workload`` for a scenario's ``workload`` parameters.
-
-    Keys: ``vms``, ``threads``, ``cycles``, ``hold`` (default true), ``ipa_bits``,
-    ``code`` (GPA of the guest code), ``slots`` ([{gpa, size, flags}]) and
-    ``touch`` ([{gpa, access}]); other keys (``id``) are ignored.
-    """
-    slots = params.get("slots") or []
-    if not slots:
-        raise ScenarioError("a workload needs at least one slot", field="slots")
-    argv = [WORKLOAD, *_option_args(params)]
-    for i, slot in enumerate(slots):
-        argv += ["--slot", _slot_arg(slot, i)]
-    for i, touch in enumerate(params.get("touch") or []):
-        argv += ["--touch", _touch_arg(touch, i)]
+    for slot in step.slots:
+        argv += ["--slot", _slot_arg(slot)]
+    for touch in step.touch:
+        argv += ["--touch", f"{touch.gpa:#x}:{touch.access}"]
     return argv
 
 

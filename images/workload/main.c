@@ -1,5 +1,5 @@
 /*
- * slat-workload [--vms N] [--threads] [--cycles N] [--no-hold] [--ipa-bits N]
+ * slat-workload [--vms N] [--threads] [--cycles N] [--no-hold|--hold-last] [--ipa-bits N]
  *               [--code GPA] --slot GPA:SIZE[:FLAGS] ... --touch GPA:ACCESS ...
  *
  * See docs/architecture.md, "The workload", for the report lines.
@@ -201,6 +201,8 @@ static void parse_args(int argc, char **argv)
 			cfg.threads = 1;
 		else if (!strcmp(a, "--no-hold"))
 			cfg.hold = 0;
+		else if (!strcmp(a, "--hold-last"))
+			cfg.hold = 2;
 		else
 			die("unknown argument %s", a);
 		i += takes;
@@ -543,7 +545,7 @@ int main(int argc, char **argv)
 		run_all(c);
 		for (int v = 0; v < cfg.vms; v++)
 			report_vm(&vms[v], pagemap);
-		if (cfg.hold)
+		if (cfg.hold == 1 || (cfg.hold == 2 && c == cfg.cycles - 1))
 			hold();
 		for (int v = 0; v < cfg.vms; v++)
 			destroy_vm(&vms[v]);

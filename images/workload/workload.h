@@ -39,7 +39,8 @@ struct touch {
 };
 
 struct config {
-	int vms, threads, cycles, hold, ipa_bits;
+	int vms, threads, cycles, ipa_bits;
+	int hold;		/* 0 never, 1 after every cycle, 2 after the last */
 	int nslots, ntouches;
 	struct slot slots[MAX_SLOTS];
 	struct touch touches[MAX_TOUCHES];

@@ -13,11 +13,13 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from harness.errors import InfraError, ScenarioError
+from harness.errors import InfraError
+from harness.scenario.spec import SlotSpec, TouchSpec, WorkloadStep
 from harness.workload import parse_events, parse_report, workload_argv
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "workload"
@@ -179,10 +181,10 @@ def test_cycles_are_kept_apart() -> None:
 
 # ---- the command line --------------------------------------------------------
 
-PARAMS = {"id": "w1", "vms": 2, "threads": True, "cycles": 3, "hold": False,
-          "slots": [{"gpa": "0x0", "size": "64K"},
-                    {"gpa": 0x80000, "size": "0x10000", "flags": ["ro", "log"]}],
-          "touch": [{"gpa": "0x2000", "access": "w"}, {"gpa": 0x81000, "access": "r"}]}
+PARAMS = WorkloadStep(
+    index=1, line=4, id="w1", vms=2, threads=True, cycles=3, hold="none",
+    slots=(SlotSpec(0x0, 0x10000), SlotSpec(0x80000, 0x10000, ("ro", "log"))),
+    touch=(TouchSpec(0x2000, "w"), TouchSpec(0x81000, "r")))
 
 
 def test_argv_carries_every_parameter() -> None:
@@ -193,19 +195,9 @@ def test_argv_carries_every_parameter() -> None:
                  "--slot 0x0:0x10000", "--slot 0x80000:0x10000:ro+log",
                  "--touch 0x2000:w", "--touch 0x81000:r"):
         assert part in text
-    assert "--no-hold" not in workload_argv({**PARAMS, "hold": True})
-
-
-@pytest.mark.parametrize("bad", [
-    {"slots": []},
-    {"slots": [{"gpa": "0x10", "size": "4K"}]},
-    {"slots": [{"gpa": 0, "size": "4K", "flags": ["rw"]}]},
-    {"slots": [{"gpa": 0, "size": "4K"}], "touch": [{"gpa": 0, "access": "q"}]},
-    {"slots": [{"gpa": "zero", "size": "4K"}]},
-])
-def test_argv_rejects_bad_parameters(bad: dict) -> None:
-    with pytest.raises(ScenarioError):
-        workload_argv(bad)
+    assert "--hold-last" in workload_argv(replace(PARAMS, hold="last"))
+    each = workload_argv(replace(PARAMS, hold="each"))
+    assert "--no-hold" not in each and "--hold-last" not in each
 
 
 @pytest.fixture(scope="module")
