@@ -22,10 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.arch import ARCHES  # noqa: E402
 from harness.console import Console  # noqa: E402
 from harness.gdb import GdbSession  # noqa: E402
+from harness.guests import GUEST_OSES  # noqa: E402
 from harness.images import build_image  # noqa: E402
-from harness.qemu import Machine  # noqa: E402
+from harness.machines.base import MachineConfig  # noqa: E402
+from harness.machines.qemu import QemuMachine  # noqa: E402
 from harness.runner import run_scenario  # noqa: E402
 from harness.scenario import load_scenario  # noqa: E402
 
@@ -52,9 +55,11 @@ def gdb_throughput(reads: int = 200) -> None:
     img = build_image("linux-amd64", progress=lambda s: None)
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(tmp)
-        with Machine(arch=img.arch, kernel=img.kernel, initrd=img.initrd, append=img.append,
-                     cpu="max,-la57", artifacts=art, name="bench") as m, \
-                Console.connect(m.console_path, log_path=art / "console.log") as con:
+        config = MachineConfig(arch=ARCHES[img.arch], boot=img.boot_spec(), cpu="max,-la57",
+                               artifacts=art, name="bench")
+        with QemuMachine(config) as m, \
+                Console.connect(m.console, log_path=art / "console.log",
+                                profile=GUEST_OSES["linux"].console) as con:
             con.wait_for_shell(timeout=180)
             with GdbSession(m.gdb_path, art / "gdb.log") as gdb, gdb.halted(), \
                     gdb.memory_mode(physical=True):

@@ -1,102 +1,92 @@
-"""The check and inject steps: observe, model, diff; corrupt a leaf and restore it."""
+"""The check and inject steps: observe, model, diff; corrupt a leaf and restore it.
+
+The data path, by plain imports: :func:`kernel_facts` reads the hypervisor's
+symbols and types through the guest OS's sources while L1 runs;
+:func:`observe` halts L1 through the debug target and calls the hypervisor
+record's observer with a :class:`~harness.observe.KernelView`; each observed VM
+is paired with the VM a workload reported, turned into a
+:class:`~harness.models.VMDesc` (backing from the guest OS's backing source),
+judged by the scenario's model and diffed.
+"""
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
-from harness.errors import InfraError, ScenarioError
+from harness.errors import InfraError
 from harness.findings import Finding
-from harness.hypervisors import HYPERVISORS, Hypervisor, default_hypervisor
-from harness.models import MODELS, Access, DictBacking, MemRange, VMDesc
-from harness.observe import ObservedVM
-from harness.scenario import Step, parse_addr
+from harness.guests.record import BackingQuery
+from harness.inject import corrupt
+from harness.models.base import Access, MemRange, VMDesc
+from harness.observe import KernelView, ObservedVM
+from harness.scenario.spec import CheckStep, InjectStep, StepSpec
+from harness.target import l1_memories, settle_in_kernel
+from harness.workload import VMReport
 
-__all__ = ["run_check", "run_inject", "slat_json", "hypervisor_of", "vm_desc"]
-
-
-@dataclass
-class Injection:
-    """A corrupted leaf and what to put back."""
-
-    addr: int
-    original: int
-    corrupted: int
-    gpa: int
-    kind: str
-    restore: bool
-
-
-def hypervisor_of(ctx: Any) -> Hypervisor:
-    """The scenario's hypervisor record (named, or the default for its guest)."""
-    sc = ctx.scenario
-    name = sc.doc.get("hypervisor") or default_hypervisor(sc.guest["os"], ctx.image.arch)
-    try:
-        return HYPERVISORS[name]
-    except ScenarioError as e:
-        raise sc.error(str(e), "hypervisor") from None
-
-
-def _observer(hv: Hypervisor) -> tuple[Callable[[Any], None], Callable[[Any], list[ObservedVM]]]:
-    mod_name, fn = hv.observer.split(":")
-    mod = importlib.import_module(mod_name)
-    return mod.prepare, getattr(mod, fn)
-
-
-def _gdb(ctx: Any) -> Any:
-    """Attach GDB once per run (lazily: booting does not need it)."""
-    if ctx.gdb is None:
-        from harness.gdb import GdbSession
-        ctx.gdb = ctx.stack.enter_context(GdbSession(
-            ctx.machine.gdb_path, ctx.run_dir / "gdb.log", arch=ctx.image.arch))
-    return ctx.gdb
-
-
-def observe(ctx: Any) -> list[ObservedVM]:
-    """Halt L1, find its live VMs and walk their roots, resume L1."""
-    hv = hypervisor_of(ctx)
-    prepare, obs = _observer(hv)
-    t = time.monotonic()
-    prepare(ctx)                       # kallsyms, BTF: the guest must still run
-    ctx.add_phase("prepare", time.monotonic() - t)
-    gdb = _gdb(ctx)
-    with gdb.halted():
-        return obs(ctx)
-
-
-def _workload_vms(ctx: Any, released: bool = False) -> list[tuple[Any, Any]]:
-    """(workload run, reported VM) for the VMs still held (or, with *released*, let go)."""
-    return [(run, vm) for run in ctx.workloads.values()
-            if run.report is not None and run.released == released
-            for vm in run.report.vms]
-
+__all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc"]
 
 # workload slot flag -> MemRange flag
 SLOT_FLAGS = {"ro": "readonly", "log": "dirty_log", "huge": "huge"}
 
 
-def vm_desc(run: Any, vm: Any, name: str, options: dict[str, Any]) -> VMDesc:
+def kernel_facts(ctx: RunContext) -> KernelFacts:
+    """Symbols, types and facts, read once per boot while L1 runs."""
+    if ctx.kernel is None:
+        guest, hv = ctx.guest, ctx.hypervisor
+        if guest.symbols is None or guest.types is None:
+            raise InfraError(f"the {guest.name} guest cannot be observed: {guest.missing}")
+        t = time.monotonic()
+        console, image = ctx.console(), ctx.require_image()
+        ctx.kernel = KernelFacts(
+            symbols=guest.symbols(console, image, hv.symbols, ctx.run_dir),
+            types=guest.types(image, hv.type_modules), facts=hv.facts(console))
+        ctx.add_phase("prepare", time.monotonic() - t)
+    return ctx.kernel
+
+
+def observe(ctx: RunContext) -> list[ObservedVM]:
+    """Halt L1, find its live VMs and walk their roots, resume L1."""
+    kernel = kernel_facts(ctx)
+    hv, arch = ctx.hypervisor, ctx.hypervisor.arch_record
+    target = ctx.target()
+    with target.halted():
+        settle_in_kernel(target, arch.mode_registers, arch.in_kernel)
+        view = KernelView(target=target, arch=arch, mem=l1_memories(target, ctx.ram()),
+                          symbols=kernel.symbols, types=kernel.types, facts=kernel.facts,
+                          fault_log=ctx.require_machine().fault_log)
+        return hv.observe(view)
+
+
+def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport) -> VMDesc:
     """The model's input from what the workload reported and the scenario touched."""
+    backing = ctx.guest.backing
+    if backing is None:
+        raise InfraError(f"the {ctx.guest.name} guest has no backing source: "
+                         f"{ctx.guest.missing}")
     ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
                             prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
                             flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
                    for s in vm.slots)
-    touched = [Access(g, a) for g, a in run.touched]
+    touched = [Access(t.gpa, t.access) for t in run.spec.touch]
     touched += [Access(g, "x") for g in vm.code_pages]
-    return VMDesc(name=name, ranges=ranges, backing=DictBacking(dict(vm.pagemap)),
-                  touched=tuple(touched), options=dict(options))
+    query = BackingQuery(pid=vm.pid, slots=tuple((s.gpa, s.size, s.hva) for s in vm.slots),
+                         reported=vm.pagemap)
+    return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
+                  touched=tuple(touched), options=dict(ctx.hypervisor.model_options))
 
 
-def _hvas(vm: Any) -> frozenset[int]:
+def _hvas(vm: VMReport) -> frozenset[int]:
     return frozenset(s.hva for s in vm.slots)
 
 
-def _match(ctx: Any, observed: list[ObservedVM], step: Step
-           ) -> tuple[list[tuple[ObservedVM, Any]], list[ObservedVM]]:
+Pair = tuple[ObservedVM, WorkloadRun, VMReport]
+
+
+def _match(ctx: RunContext, observed: list[ObservedVM], step: StepSpec
+           ) -> tuple[list[Pair], list[ObservedVM]]:
     """Pair observed VMs with held ones by their memslot host addresses.
 
     Returns the pairs and the *leftovers*: live VMs that match a VM whose
@@ -104,19 +94,18 @@ def _match(ctx: Any, observed: list[ObservedVM], step: Step
     VM that matches nothing the workloads reported, or a held VM discovery did
     not find, is an infrastructure error: the check could not judge it.
     """
-    held = {_hvas(vm): (run, vm) for run, vm in _workload_vms(ctx)}
-    gone = {_hvas(vm) for _, vm in _workload_vms(ctx, released=True)}
-    pairs = [(ob, held[ob.slot_hvas]) for ob in observed if ob.slot_hvas in held]
+    held = {_hvas(vm): (run, vm) for run in ctx.workloads.values() for vm in run.held_vms()}
+    gone = {_hvas(vm) for run in ctx.workloads.values() for vm in run.gone_vms()}
+    pairs = [(ob, *held[ob.slot_hvas]) for ob in observed if ob.slot_hvas in held]
     leftovers = [ob for ob in observed if ob.slot_hvas not in held and ob.slot_hvas in gone]
     strangers = [ob.name for ob in observed
                  if ob.slot_hvas not in held and ob.slot_hvas not in gone]
     if strangers:
         raise InfraError(f"{step.label}: live VM(s) {strangers} match no VM a workload "
                          "reported (memslot addresses differ)")
-    want = step.args.get("vms", len(held)) if isinstance(step.args, dict) else len(held)
-    if len(pairs) != want:
-        raise InfraError(f"{step.label}: discovery found {len(pairs)} of the held VM(s), "
-                         f"expected {want}: {[o.name for o in observed]}")
+    if len(pairs) != len(held):
+        raise InfraError(f"{step.label}: discovery found {len(pairs)} of the {len(held)} "
+                         f"held VM(s): {[o.name for o in observed]}")
     return pairs, leftovers
 
 
@@ -126,21 +115,19 @@ def _leftover(ob: ObservedVM) -> Finding:
                    detail="the workload destroyed this VM but the kernel still lists it")
 
 
-def run_check(ctx: Any, step: Step) -> None:
+def run_check(ctx: RunContext, step: CheckStep) -> None:
     """Extract, model, diff; record slat state and findings; undo injections."""
     t0 = time.monotonic()
     before = ctx.phases.get("prepare", 0.0)
     observed = observe(ctx)
     ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
     t1 = time.monotonic()
-    hv = hypervisor_of(ctx)
-    model = MODELS[hv.model]
-    record = {"step": step.label, "vms": []}
+    record: dict[str, Any] = {"step": step.label, "vms": []}
     try:
         pairs, leftovers = _match(ctx, observed, step)
-        for ob, (run, vm) in pairs:
-            desc = vm_desc(run, vm, f"{run.id}/vm{vm.index}", dict(hv.model_options))
-            found = coalesce(diff(ob.walk, model.expect(desc)))
+        for ob, run, vm in pairs:
+            desc = vm_desc(ctx, run, vm)
+            found = coalesce(diff(ob.walk, ctx.model.expect(desc)))
             _record(ctx, step, found)
             record["vms"].append(_vm_json(ob, desc.name, found))
         for ob in leftovers:
@@ -152,7 +139,7 @@ def run_check(ctx: Any, step: Step) -> None:
         _restore(ctx)
 
 
-def _record(ctx: Any, step: Step, found: list[Finding]) -> None:
+def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:
     """Add a check's findings; remember the first step that had any."""
     if found and not ctx.finding_step:
         ctx.finding_step = step.label
@@ -167,48 +154,52 @@ def _vm_json(ob: ObservedVM, name: str, found: list[Finding]) -> dict[str, Any]:
             "tables_read": ob.walk.tables_read, "findings": len(found)}
 
 
-def _restore(ctx: Any) -> None:
+def _restore(ctx: RunContext) -> None:
     """Put back every injected entry that asked for it (so teardown sees sane tables)."""
     keep = []
     for inj in ctx.injected:
         if inj.restore:
-            with ctx.gdb.halted():
-                ctx.gdb.write_phys(inj.addr, inj.original.to_bytes(8, "little"))
+            target = ctx.target()
+            with target.halted():
+                target.write_phys(inj.addr, inj.original.to_bytes(8, "little"))
         else:
             keep.append(inj)
     ctx.injected = keep
 
 
-def run_inject(ctx: Any, step: Step) -> None:
+def _victim(ctx: RunContext, pairs: list[Pair], step: InjectStep) -> ObservedVM:
+    """The observed VM that is VM *step.vm* of workload *step.workload*."""
+    wid = step.workload or next(r.id for r in ctx.workloads.values() if r.holding)
+    for ob, run, vm in pairs:
+        if run.id == wid and vm.index == step.vm:
+            return ob
+    raise InfraError(f"{step.label}: VM {step.vm} of workload {wid!r} is not among the "
+                     f"live VMs {[ob.name for ob, _, _ in pairs]}")
+
+
+def run_inject(ctx: RunContext, step: InjectStep) -> None:
     """Corrupt the leaf that maps the step's GPA in the chosen VM."""
-    from harness.inject import corrupt
-    args = step.args
-    gpa = parse_addr(args["gpa"])
-    observed = observe(ctx)
-    pairs, _ = _match(ctx, observed, step)
-    index = args.get("vm", 0)
-    if index >= len(pairs):
-        raise ctx.scenario.error(f"no VM {index}: {len(pairs)} live", "steps", step.index,
-                                 "inject", "vm")
-    ob = pairs[index][0]
-    m = find_mapping(sorted(ob.walk.mappings, key=lambda x: x.gpa), gpa)
+    pairs, _ = _match(ctx, observe(ctx), step)
+    ob = _victim(ctx, pairs, step)
+    m = find_mapping(sorted(ob.walk.mappings, key=lambda x: x.gpa), step.gpa)
     if m is None:
-        raise InfraError(f"{step.label}: nothing maps {gpa:#x} in {ob.name}; cannot inject")
+        raise InfraError(f"{step.label}: nothing maps {step.gpa:#x} in {ob.name}; "
+                         "cannot inject")
     addr = m.table + 8 * m.index
-    new = corrupt(ob.format, args["kind"], m.raw, args.get("permission", "w"))
-    with ctx.gdb.halted():
-        ctx.gdb.write_phys(addr, new.to_bytes(8, "little"))
-        back = int.from_bytes(ctx.gdb.read_phys(addr, 8), "little")
+    new = corrupt(ob.format, step.corruption, m.raw, step.permission)
+    target = ctx.target()
+    with target.halted():
+        target.write_phys(addr, new.to_bytes(8, "little"))
+        back = int.from_bytes(target.read_phys(addr, 8), "little")
     if back != new:
         raise InfraError(f"{step.label}: wrote {new:#x} at {addr:#x}, read back {back:#x}")
-    ctx.injected.append(Injection(addr, m.raw, new, gpa, args["kind"],
-                                  args.get("restore", True)))
+    ctx.injected.append(Injection(addr, m.raw, new, step.gpa, step.corruption, step.restore))
     with (ctx.run_dir / "injections.log").open("a") as log:
-        log.write(f"{step.label}: {args['kind']} gpa={gpa:#x} entry@{addr:#x} "
+        log.write(f"{step.label}: {step.corruption} gpa={step.gpa:#x} entry@{addr:#x} "
                   f"{m.raw:#018x} -> {new:#018x}\n")
 
 
-def slat_json(ctx: Any) -> dict[str, Any]:
+def slat_json(ctx: RunContext) -> dict[str, Any]:
     """The extracted state: the last check's VMs at top level, every check below."""
-    last = next((c["vms"] for c in reversed(ctx.checks) if c["vms"]), [])
+    last: list[Any] = next((c["vms"] for c in reversed(ctx.checks) if c["vms"]), [])
     return {"scenario": ctx.scenario.name, "vms": last, "checks": ctx.checks}

@@ -1,7 +1,10 @@
-"""Command line: ``slatcheck run|images|formats|models|validate`` (also ``python -m harness``).
+"""Command line: ``slatcheck run|validate|images|formats|models|hypervisors|guests``.
 
-Exit status: 0 all passed; 1 a scenario failed (finding, panic, timeout,
-interrupt); 2 bad scenario file or usage; 3 infrastructure error.
+Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
+as it expects (a negative scenario that fails with its expected findings
+counts as passed; a skip is 0); 1 a scenario failed (a finding, a guest panic,
+a timeout, Ctrl-C); 2 bad scenario file or usage (nothing boots); 3
+infrastructure error.
 """
 
 from __future__ import annotations
@@ -9,22 +12,41 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from harness.errors import ScenarioError, SlatcheckError
+from harness.context import Services
+from harness.errors import ScenarioError, ScenarioErrors, SlatcheckError
+from harness.provenance import git_commit, slatcheck_version
+from harness.scenario import Scenario
 
 __all__ = ["main"]
 
 
+def _version() -> str:
+    commit = git_commit()
+    return f"slatcheck {slatcheck_version()}" + (f" ({commit})" if commit else "")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slatcheck", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run scenario files")
     run.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     run.add_argument("--artifacts", type=Path, default=Path("artifacts"),
-                     help="directory for per-scenario artifacts (default: ./artifacts)")
+                     help="directory for per-scenario artifacts and summary.json "
+                          "(default: ./artifacts)")
     run.add_argument("--junit", type=Path, help="write a JUnit XML report here")
+    run.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
+                     help="also write reporter NAME's output to PATH (see `slatcheck "
+                          "reporters`); may repeat")
+    noise = run.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true",
+                       help="also print image-build progress and each step's detail")
+    noise.add_argument("-q", "--quiet", action="store_true",
+                       help="print only the summary table")
     val = sub.add_parser("validate", help="validate scenario files without booting anything")
     val.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     img = sub.add_parser("images", help="list or build guest images")
@@ -32,48 +54,95 @@ def _parser() -> argparse.ArgumentParser:
     img_sub.add_parser("list", help="list image recipes")
     build = img_sub.add_parser("build", help="build an image into the cache")
     build.add_argument("name")
-    sub.add_parser("formats", help="list page-table formats")
-    sub.add_parser("models", help="list hypervisor reference models")
+    for name, what in (("formats", "page-table formats"), ("models", "reference models"),
+                       ("hypervisors", "observable hypervisors"), ("guests", "guest OSes"),
+                       ("reporters", "report formats")):
+        sub.add_parser(name, help=f"list {what}")
     return p
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.junit import write_junit
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where the runner's progress lines go (-q: nowhere)."""
+    def emit(line: str) -> None:
+        print(line, flush=True)
+    return (lambda line: None) if args.quiet else emit
+
+
+def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(reporter, path) pairs from --junit and --report; bad names are usage errors."""
+    from harness.reporters import REPORTERS
+    out = [("junit", args.junit)] if args.junit else []
+    for item in args.report:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ScenarioError(f"--report wants NAME=PATH, not {item!r}")
+        if name not in REPORTERS:
+            raise ScenarioError(str(REPORTERS.lookup_error(name)))
+        out.append((name, Path(path)))
+    return out
+
+
+def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
+    from harness.reporters import REPORTERS, summary_table, write_summary
+    from harness.result import ScenarioResult
     from harness.runner import run_scenario
-    from harness.scenario import load_scenario
 
-    scenarios = [load_scenario(p) for p in args.scenarios]   # all validated before any boot
-    results = []
+    reports = _reports(args)
+    scenarios: list[Scenario] = _load_all(args.scenarios)   # all valid before any boot
+    results: list[ScenarioResult] = []
+    progress = _progress(args)
     try:
         for sc in scenarios:
-            res = run_scenario(sc, args.artifacts)
+            progress(f"[{sc.name}] running {sc.path}")
+            res = run_scenario(sc, args.artifacts, progress=progress, services=services)
             results.append(res)
-            print(res.summary(), flush=True)
+            if not args.quiet:
+                print(res.summary(max_findings=10 if args.verbose else 5), flush=True)
             if res.verdict == "interrupted":
                 break
     finally:
-        if args.junit:
-            write_junit(results, args.junit)
-    return max((r.exit_status for r in results), default=0)
+        write_summary(results, args.artifacts / "summary.json")
+        for name, path in reports:
+            REPORTERS[name].write(results, path)
+        if results:
+            print(summary_table(results), flush=True)
+    return max((r.status for r in results), default=0)
+
+
+def _load_all(paths: list[Path]) -> list[Scenario]:
+    """Every file validated; every error of every file reported, then one ScenarioErrors."""
+    from harness.scenario import load_scenario
+    loaded: list[Scenario] = []
+    errors: list[ScenarioError] = []
+    for p in paths:
+        try:
+            loaded.append(load_scenario(p))
+        except ScenarioErrors as e:
+            errors.extend(e.errors)
+        except ScenarioError as e:
+            errors.append(e)
+    if errors:
+        raise ScenarioErrors(errors) if len(errors) > 1 else errors[0]
+    return loaded
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from harness.scenario import load_scenario
+    scenarios = _load_all(args.scenarios)
     for p in args.scenarios:
-        load_scenario(p)
         print(f"{p}: ok")
-    return 0
+    return 0 if scenarios else 2
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
-    from harness.images import IMAGES, build_image
+    from harness.images import IMAGES, build_image, image_facts
     if args.images_cmd == "list":
         for name in IMAGES.names():
-            print(name)
+            f = image_facts(name)
+            print(f"{name:24} {f.os} {f.arch} ({f.builder})")
         return 0
     img = build_image(args.name, progress=lambda s: print(s, flush=True))
     print(f"{img.name}: {img.dir}")
@@ -82,27 +151,46 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import harness.formats as formats
-    import harness.models as models
-    reg = formats.FORMATS if args.cmd == "formats" else models.MODELS
-    for name, rec in reg.items():
-        print(f"{name:24} {rec.description}")
+    from harness import formats, models, reporters
+    from harness.guests import GUEST_OSES
+    from harness.hypervisors import HYPERVISORS
+    if args.cmd == "models":
+        for name, model in models.MODELS.items():
+            users = [h for h, hv in HYPERVISORS.items() if name in hv.models]
+            runs = f"runs with {', '.join(users)}" if users else \
+                "offline only: no observable hypervisor uses it yet"
+            print(f"{name:20} {model.description}\n{'':20} formats {', '.join(model.formats)}; "
+                  f"{runs}")
+    elif args.cmd == "hypervisors":
+        for name, hv in HYPERVISORS.items():
+            print(f"{name:20} {hv.guest_os} {hv.arch}, {hv.format}, models "
+                  f"{', '.join(hv.models)}\n{'':20} {hv.description}")
+    elif args.cmd == "guests":
+        for name, g in GUEST_OSES.items():
+            state = "observable" if g.observable else f"console only: {g.missing}"
+            print(f"{name:12} boots from {g.boot}; {state}")
+    else:
+        reg = formats.FORMATS if args.cmd == "formats" else reporters.REPORTERS
+        for name, rec in reg.items():
+            print(f"{name:24} {rec.description}")
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "images": _cmd_images,
-            "formats": _cmd_list, "models": _cmd_list}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": _cmd_validate, "images": _cmd_images}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+def main(argv: list[str] | None = None, services: Services | None = None) -> int:
+    """Entry point; returns the exit status.  *services*: the registries (tests give fakes)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return 2 if e.code else 0
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        return COMMANDS[args.cmd](args)
+        if args.cmd == "run":
+            return _cmd_run(args, services)
+        return COMMANDS.get(args.cmd, _cmd_list)(args)
     except ScenarioError as e:
         print(f"slatcheck: {e}", file=sys.stderr)
         return 2

@@ -6,21 +6,25 @@ from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
-from harness.result import ScenarioResult
+from harness.result import ScenarioResult, matches_expectation
 
 __all__ = ["write_junit"]
 
 
 def _case(res: ScenarioResult) -> TestCase:
+    """One test case: passed when the run came out as the scenario expects."""
     case = TestCase(name=res.name, classname=f"slatcheck.{res.path.parent.name}",
                     file=str(res.path), elapsed_sec=res.duration)
     text = res.summary(max_findings=50)
-    if res.verdict in ("fail", "panic", "timeout", "interrupted"):
-        case.add_failure_info(message=f"{res.verdict}: {res.message}"[:500], output=text,
+    message = f"{res.verdict}: {res.message}"[:500]
+    if res.outcome == "skipped":
+        case.add_skipped_info(message=message, output=text)
+    elif res.outcome == "failed" and res.verdict in ("error", "scenario-error"):
+        case.add_error_info(message=message, output=text, error_type=res.verdict)
+    elif res.outcome == "failed":
+        why = matches_expectation(res)[1]
+        case.add_failure_info(message=f"{message} ({why})"[:500], output=text,
                               failure_type=res.verdict)
-    elif res.verdict != "pass":
-        case.add_error_info(message=f"{res.verdict}: {res.message}"[:500], output=text,
-                            error_type=res.verdict)
     case.stdout = text
     return case
 

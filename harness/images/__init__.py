@@ -8,12 +8,21 @@ True
 from __future__ import annotations
 
 from harness.images.build import BUILDER_VERSION, Image, build_image, cache_root, image_hash
-from harness.images.recipe import IMAGES, Recipe, load_recipe, parse_recipe
+from harness.images.recipe import (
+    IMAGES,
+    ImageFacts,
+    Recipe,
+    image_facts,
+    load_recipe,
+    parse_recipe,
+)
 
 __all__ = [
     "BUILDER_VERSION",
     "IMAGES",
     "Image",
+    "ImageFacts",
+    "image_facts",
     "Recipe",
     "build_image",
     "cache_root",

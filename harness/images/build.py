@@ -30,6 +30,7 @@ from harness.images.apt import AptContext, Package, sha256_file
 from harness.images.host import run_tool
 from harness.images.initramfs import READY_LINE, InitramfsContents, build_initramfs
 from harness.images.recipe import WORKLOAD_DIR, Recipe, load_recipe
+from harness.machines.base import KernelBoot
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
 
@@ -53,6 +54,12 @@ class Image:
     console: str = "ttyS0"         # guest console device
     prompt: str = "slat# "         # shell prompt on the console
     ready: str = READY_LINE        # console line after which typing is safe ("" = none)
+    os: str = "linux"              # the guest OS it holds (GUEST_OSES name)
+
+    def boot_spec(self, extra_append: str = "") -> KernelBoot:
+        """How a machine boots it: the kernel, the initramfs and the command line."""
+        append = " ".join(filter(None, [self.append, extra_append]))
+        return KernelBoot(self.kernel, self.initrd, append)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -100,7 +107,7 @@ def _image_from(recipe: Recipe, final: Path) -> Image:
                  kernel=final / "vmlinuz", initrd=final / "initramfs.cpio.gz",
                  modules=final / "modules", manifest=manifest,
                  kernel_release=manifest["kernel_release"], append=recipe.append,
-                 console=recipe.console, prompt=recipe.prompt)
+                 console=recipe.console, prompt=recipe.prompt, os=recipe.os)
 
 
 def _unpack(pkg: Package, dest: Path) -> Path:

@@ -6,6 +6,7 @@ architecture, kernel metapackage, modules to load, compiler, console), not code.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,22 @@ __all__ = [
     "Recipe",
     "parse_recipe",
     "load_recipe",
+    "ImageFacts",
+    "image_facts",
 ]
 
-IMAGES_DIR = Path(__file__).resolve().parents[2] / "images"
+def _images_dir() -> Path:
+    """``images/`` of the checkout, or the installed package data ``harness.recipes``."""
+    checkout = Path(__file__).resolve().parents[2] / "images"
+    if (checkout / "workload").is_dir():
+        return checkout
+    spec = importlib.util.find_spec("harness.recipes")
+    if spec is None or not spec.submodule_search_locations:
+        raise InfraError("slatcheck is installed without its image recipes (harness.recipes)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+IMAGES_DIR = _images_dir()
 WORKLOAD_DIR = IMAGES_DIR / "workload"
 
 
@@ -75,6 +89,7 @@ class Recipe:
     console: str                   # guest console device: "ttyS0", "ttyAMA0"
     append: str                    # kernel command line
     prompt: str                    # shell prompt (PS1) on the console
+    os: str = "linux"              # the guest OS the image holds (GUEST_OSES name)
     path: Path = field(default=Path(), compare=False)
 
 
@@ -132,7 +147,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         workload=_workload(_need(doc, "workload", where), where),
         console=str(_need(doc, "console", where)),
         append=str(_need(doc, "append", where)),
-        prompt=str(doc.get("prompt", "slat# ")))
+        prompt=str(doc.get("prompt", "slat# ")), os=str(doc.get("os", "linux")))
 
 
 def load_recipe(name: str) -> Recipe:
@@ -142,6 +157,29 @@ def load_recipe(name: str) -> Recipe:
     if recipe.name != name:
         raise InfraError(f"{path}: name {recipe.name!r} does not match directory {name!r}")
     return replace(recipe, path=path)
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What validation needs of an image before anything is built."""
+
+    name: str
+    os: str                        # GUEST_OSES name of the guest it holds
+    arch: str                      # "x86_64", "aarch64"
+    builder: str                   # how it is made ("debian-initramfs", ...)
+
+
+def image_facts(name: str) -> ImageFacts:
+    """The OS, architecture and builder of image *name*, read from its recipe's header."""
+    path = IMAGES[name]
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InfraError(f"{path}: {exc}") from exc
+    if not isinstance(doc, dict) or "arch" not in doc:
+        raise InfraError(f"{path}: a recipe is a mapping with at least 'arch'")
+    return ImageFacts(name, str(doc.get("os", "linux")), str(doc["arch"]),
+                      str(doc.get("builder", "debian-initramfs")))
 
 
 def _discover() -> Registry[Path]:

@@ -1,101 +1,124 @@
-"""The check step's glue without a VM: pairing, leftovers, the model's input, findings."""
+"""The check step's glue without a VM: a real RunContext on a fake machine and target.
+
+The observed tables are real NPT tables in a fake L1 memory, walked by the real
+walker and judged by the real KVM model (see fakes.FakeWorld).
+"""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
+from fakes import PAGE, FakeWorld
 
-import harness.check as check
+from harness import check
+from harness.console import Console
+from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError
-from harness.formats.base import Mapping, WalkResult
-from harness.observe import ObservedVM
-from harness.scenario import Step
-from harness.steps import WorkloadRun
-from harness.workload import SlotReport, VMReport, WorkloadReport
-
-PAGE = 4096
+from harness.scenario.spec import CheckStep, GuestSpec, InjectStep, Scenario, WorkloadStep
+from harness.workload import parse_report
 
 
-def reported_vm(index: int, hva: int) -> VMReport:
-    slots = (SlotReport(0, 0x0, 0x10000, hva, ()), SlotReport(1, 0x80000, 0x10000,
-                                                              hva + 0x100000, ("ro",)))
-    pagemap = {g: 0x100000 * (index + 1) + g for g in range(0, 0x10000, PAGE)}
-    return VMReport(index=index, cycle=0, pid=90, slots=slots, pagemap=pagemap, absent=(),
-                    code_pages=(0x0,), exits=())
+def held_context(world: FakeWorld, tmp_path: Path, stack: ExitStack,
+                 released: bool = False) -> RunContext:
+    """A context after boot and a held workload (or, *released*, after its teardown)."""
+    services = world.services(tmp_path)
+    spec = WorkloadStep(index=1, line=5, vms=len(world.vms))
+    sc = Scenario(path=tmp_path / "s.yaml", name="s", guest=GuestSpec("linux", "linux-amd64"),
+                  hypervisor="linux-kvm-svm", model="kvm-x86", steps=(spec,))
+    ctx = RunContext(scenario=sc, run_dir=tmp_path, stack=stack,
+                     guest=services.guests["linux"],
+                     hypervisor=services.hypervisors["linux-kvm-svm"],
+                     model=services.models["kvm-x86"], deadline=1e12, services=services)
+    from fakes import machine_config
+    ctx.machine = stack.enter_context(services.machines["qemu"](machine_config(tmp_path)))
+    ctx.image = services.build_image("linux-amd64", print)
+    console = stack.enter_context(Console.connect(
+        ctx.machine.console, log_path=tmp_path / "console.log", profile=ctx.guest.console))
+    console.wait_for_shell(5)
+    ctx.attach_console(console)
+    world.released = released
+    run = WorkloadRun(spec=spec, out="", fifo="", holds_left=0 if released else 1,
+                      status=0 if released else None)
+    run.report = parse_report(world.report().splitlines())
+    ctx.workloads["w1"] = run
+    return ctx
 
 
-def run(wid: str, vms: list[VMReport], released: bool = False) -> WorkloadRun:
-    r = WorkloadRun(id=wid, params={}, out="", fifo="", released=released)
-    r.report = WorkloadReport(events=(), cycles=(tuple(vms),))
-    r.touched = [(0x2000, "w")]
-    return r
+def test_held_vms_agree_with_their_model(tmp_path: Path) -> None:
+    world = FakeWorld(n_vms=2)
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        check.run_check(ctx, CheckStep(index=2, line=9))
+        assert ctx.findings == []
+        vms = ctx.checks[0]["vms"]
+        assert [v["vm"] for v in vms] == ["w1/vm0", "w1/vm1"]
+        assert [len(v["mappings"]) for v in vms] == [2, 2]
+        assert world.target.halts >= 1
 
 
-def observed(vm: VMReport, hpa_delta: int = 0) -> ObservedVM:
-    maps = [Mapping(g, vm.pagemap[g] + hpa_delta, PAGE, True, True, True, 1,
-                    vm.pagemap[g] | 0xe67) for g in (0x0, 0x2000)]
-    return ObservedVM(name=f"kvm@{vm.index}", format="npt", root=0x1000, params=None,
-                      walk=WalkResult(maps), slot_hvas=frozenset(s.hva for s in vm.slots))
+def test_a_moved_frame_is_a_wrong_frame_finding(tmp_path: Path) -> None:
+    world = FakeWorld()
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        inj = InjectStep(index=2, line=7, corruption="frame", gpa=0x2000, workload="w1")
+        check.run_inject(ctx, inj)
+        assert [i.gpa for i in ctx.injected] == [0x2000]
+        check.run_check(ctx, CheckStep(index=3, line=9))
+        assert [(f.kind, f.gpa, f.vm) for f in ctx.findings] == [("wrong_frame", 0x2000,
+                                                                  "w1/vm0")]
+        assert ctx.finding_step == "step 4 (check) at line 9"
+        assert ctx.injected == []          # put back after the check
+        again = RunContext(**{**ctx.__dict__, "findings": [], "checks": []})
+        check.run_check(again, CheckStep(index=4, line=10))
+        assert again.findings == []
 
 
-def ctx(tmp_path: Path, *runs: WorkloadRun) -> Any:
-    return SimpleNamespace(workloads={r.id: r for r in runs}, checks=[], findings=[],
-                           finding_step="", injected=[], phases={}, run_dir=tmp_path,
-                           add_phase=lambda name, t: None)
-
-
-STEP = Step(index=3, kind="check", args={}, line=12)
-
-
-def test_pairs_by_memslot_addresses(tmp_path: Path) -> None:
-    a, b = reported_vm(0, 0x7f0000000000), reported_vm(1, 0x7f1000000000)
-    c = ctx(tmp_path, run("w1", [a, b]))
-    pairs, leftovers = check._match(c, [observed(b), observed(a)], STEP)
-    assert [(ob.name, vm.index) for ob, (_, vm) in pairs] == [("kvm@1", 1), ("kvm@0", 0)]
-    assert leftovers == []
-
-
-def test_a_vm_that_survives_teardown_is_a_leftover_finding(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = reported_vm(0, 0x7f0000000000)
-    c = ctx(tmp_path, run("w1", [a], released=True))
-    monkeypatch.setattr(check, "observe", lambda _: [observed(a)])
-    monkeypatch.setattr(check, "hypervisor_of", lambda _: SimpleNamespace(
-        model="kvm-x86", model_options={"format": "npt"}))
-    check.run_check(c, Step(index=5, kind="check", args={"vms": 0}, line=20))
-    assert [f.kind for f in c.findings] == ["leftover"]
-    assert c.finding_step == "step 6 (check) at line 20"
+def test_a_vm_that_survives_teardown_is_a_leftover_finding(tmp_path: Path) -> None:
+    world = FakeWorld()
+    world.leftover = True
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack, released=True)
+        check.run_check(ctx, CheckStep(index=4, line=20, vms=0))
+        assert [f.kind for f in ctx.findings] == ["leftover"]
+        assert ctx.finding_step == "step 5 (check) at line 20"
 
 
 def test_unknown_or_missing_vms_are_infrastructure_errors(tmp_path: Path) -> None:
-    a, b = reported_vm(0, 0x7f0000000000), reported_vm(1, 0x7f1000000000)
-    with pytest.raises(InfraError, match="match no VM"):
-        check._match(ctx(tmp_path, run("w1", [a])), [observed(a), observed(b)], STEP)
-    with pytest.raises(InfraError, match="found 1 of the held"):
-        check._match(ctx(tmp_path, run("w1", [a, b])), [observed(a)], STEP)
+    world = FakeWorld(n_vms=2)
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        extra = world.vms[1]
+        extra.slots[0] = (0, 0x10000, 0x7E0000000000)    # a VM no workload reported
+        with pytest.raises(InfraError, match="match no VM"):
+            check.run_check(ctx, CheckStep(index=2, line=9))
+    world = FakeWorld(n_vms=2)
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        world.vms.pop()                                   # discovery misses a held VM
+        with pytest.raises(InfraError, match="found 1 of the 2 held"):
+            check.run_check(ctx, CheckStep(index=2, line=9))
 
 
 def test_model_input_from_the_workload(tmp_path: Path) -> None:
-    a = reported_vm(0, 0x7f0000000000)
-    desc = check.vm_desc(run("w1", [a]), a, "w1/vm0", {"format": "npt"})
-    assert [r.flags for r in desc.ranges] == [frozenset(), frozenset({"readonly"})]
-    assert [r.prot for r in desc.ranges] == ["rwx", "rx"]
-    assert {(t.gpa, t.access) for t in desc.touched} == {(0x2000, "w"), (0x0, "x")}
-    assert desc.backing.resolve(desc.ranges[0], 0x2000) == a.pagemap[0x2000]
+    world = FakeWorld()
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        run = ctx.workloads["w1"]
+        (vm,) = run.held_vms()
+        desc = check.vm_desc(ctx, run, vm)
+        assert desc.name == "w1/vm0" and [r.prot for r in desc.ranges] == ["rwx"]
+        assert {(t.gpa, t.access) for t in desc.touched} == {(0x0, "x")}
+        assert desc.backing.resolve(desc.ranges[0], 0x2000) == world.vms[0].frames[0x2000]
+        assert desc.options == {"format": "npt"}
 
 
-def test_check_reports_wrong_frames_and_records_state(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = reported_vm(0, 0x7f0000000000)
-    c = ctx(tmp_path, run("w1", [a]))
-    monkeypatch.setattr(check, "observe", lambda _: [observed(a, hpa_delta=PAGE)])
-    monkeypatch.setattr(check, "hypervisor_of", lambda _: SimpleNamespace(
-        model="kvm-x86", model_options={"format": "npt"}))
-    check.run_check(c, STEP)
-    assert {(f.kind, f.gpa) for f in c.findings} == {("wrong_frame", 0x0),
-                                                     ("wrong_frame", 0x2000)}
-    (vm,) = c.checks[0]["vms"]
-    assert vm["vm"] == "w1/vm0" and vm["findings"] == 2 and len(vm["mappings"]) == 2
+def test_kernel_facts_are_read_once_per_boot(tmp_path: Path) -> None:
+    world = FakeWorld()
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        first = check.kernel_facts(ctx)
+        assert check.kernel_facts(ctx) is first
+        assert ctx.phases["prepare"] >= 0
+        assert PAGE == 4096

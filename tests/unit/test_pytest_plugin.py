@@ -1,4 +1,5 @@
-"""The pytest plugin (conftest.py): scenario files are items; failures read like reports."""
+"""The pytest plugin (entry point pytest11): scenario files are items; failures read like
+reports.  The items run on a scripted machine handed in through the plugin's own hook."""
 
 from __future__ import annotations
 
@@ -8,23 +9,15 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 
-FAKE_STEPS = '''
-import harness.runner as runner
-from harness.findings import Finding
+CONFTEST = f'''
+import sys
+sys.path.insert(0, {str(HERE)!r})
+from fakes import FakeWorld
 
-def _boot(ctx, step):
-    pass
-
-def _check(ctx, step):
-    if "inject" in ctx.scenario.name:
-        ctx.findings.append(Finding("wrong_frame", "w1/vm0", 0x81000, 0x5000, 0x6000,
-                                    detail="leaf 0x6e67"))
-        ctx.finding_step = step.label
-
-runner.STEP_HANDLERS["boot"] = _boot
-runner.STEP_HANDLERS["check"] = _check
+def pytest_slatcheck_services(config):
+    return FakeWorld().services(config.rootpath)
 '''
 
 SCENARIO = """\
@@ -33,22 +26,26 @@ guest: {{os: linux, image: linux-amd64}}
 {expect}
 steps:
   - boot: {{}}
-  - check: {{}}
+  - workload:
+      slots: [{{gpa: 0x0, size: 64K}}]
+      touch: [{{gpa: 0x2000, access: w}}]
+{inject}  - check: {{vms: 1}}
 """
+INJECT = "  - inject: {kind: frame, gpa: 0x2000}\n"
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makeconftest((ROOT / "conftest.py").read_text() + FAKE_STEPS)
+    pytester.makeconftest(CONFTEST)
     d = pytester.mkdir("scenarios")
-    (d / "ok.yaml").write_text(SCENARIO.format(name="ok", expect=""))
+    (d / "ok.yaml").write_text(SCENARIO.format(name="ok", expect="", inject=""))
     (d / "inject-expected.yaml").write_text(SCENARIO.format(
-        name="inject-expected",
-        expect="expect: {verdict: fail, findings: [{kind: wrong_frame, gpa: 0x81000}]}"))
-    (d / "inject-unexpected.yaml").write_text(SCENARIO.format(name="inject-unexpected",
-                                                               expect=""))
-    (d / "bad.yaml").write_text(SCENARIO.format(name="bad", expect="").replace(
-        "check: {}", "chek: {}"))
+        name="inject-expected", inject=INJECT,
+        expect="expect: {verdict: fail, findings: [{kind: wrong_frame, gpa: 0x2000}]}"))
+    (d / "inject-unexpected.yaml").write_text(SCENARIO.format(
+        name="inject-unexpected", expect="", inject=INJECT))
+    (d / "bad.yaml").write_text(SCENARIO.format(name="bad", expect="", inject="").replace(
+        "check: {vms: 1}", "chek: {}"))
     return pytester
 
 
@@ -59,9 +56,27 @@ def test_items_outcomes_and_reports(project: pytest.Pytester) -> None:
     out = res.stdout.str()
     # a failing scenario shows the verdict, the failing step and the first finding
     assert "expected verdict pass, got fail" in out
-    assert "FAIL in step 2 (check) at line 6" in out
-    assert "wrong_frame vm=w1/vm0 gpa=0x81000 expected=0x5000 observed=0x6000" in out
+    assert "FAIL in step 4 (check) at line 10" in out
+    assert out.count("bad.yaml:9:") == 1               # one error for one mistake
+    assert "wrong_frame vm=w1/vm0 gpa=0x2000" in out
     # a bad file shows file:line and the field, not a traceback
-    assert "bad.yaml:6: field 'steps.1.chek'" in out
+    assert "bad.yaml:9: field 'steps.2'" in out and "did you mean 'check'" in out
     assert "Traceback" not in out
     assert (project.path / "art" / "ok" / "findings.json").exists()
+
+
+def test_the_boot_mark_is_registered(project: pytest.Pytester) -> None:
+    res = project.runpytest_inprocess("--markers")
+    assert "@pytest.mark.boot: boots a real guest" in res.stdout.str()
+    res = project.runpytest_inprocess("scenarios", "-m", "not boot", "--strict-markers")
+    res.assert_outcomes(failed=1, deselected=3)     # only the bad file is left (no mark)
+
+
+def test_a_file_named_on_the_command_line_is_collected_anywhere(
+        project: pytest.Pytester) -> None:
+    other = project.mkdir("elsewhere")
+    (other / "mine.yaml").write_text(SCENARIO.format(name="mine", expect="", inject=""))
+    (other / "data.yaml").write_text("not: a scenario\n")
+    res = project.runpytest_inprocess("elsewhere/mine.yaml", "-p", "no:cacheprovider",
+                                      "--slat-artifacts", str(project.path / "art"))
+    res.assert_outcomes(passed=1)

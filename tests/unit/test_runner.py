@@ -1,4 +1,5 @@
-"""The runner without a VM: fake step handlers drive every verdict and its artifacts."""
+"""The runner without a VM: whole scenarios on a scripted machine, every verdict, its
+artifacts, the summary and the CLI's exit status (see fakes.FakeWorld)."""
 
 from __future__ import annotations
 
@@ -8,45 +9,37 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeWorld
 
-import harness.runner as runner
-from harness.cli import main
+from harness import cli
 from harness.console import ConsoleTimeout, GuestPanic
-from harness.errors import InfraError, StepFailed
-from harness.findings import Finding
+from harness.errors import InfraError, SkipScenario
 from harness.junit import write_junit
 from harness.result import ScenarioResult, matches_expectation
+from harness.runner import run_scenario
 from harness.scenario import load_scenario
 
 SCENARIO = """\
 name: fake
-guest: {os: linux, image: linux-amd64}
-expect: {verdict: fail, findings: [{kind: wrong_frame, gpa: 0x2000}]}
+guest: {{os: linux, image: linux-amd64}}
+{expect}
 steps:
-  - boot: {}
-  - check: {}
+  - boot: {{}}
+  - workload:
+      slots: [{{gpa: 0x0, size: 64K}}]
+      touch: [{{gpa: 0x2000, access: w}}]
+{middle}  - check: {{vms: 1}}
+  - release: {{}}
+  - check: {{vms: 0}}
 """
+INJECT = "  - inject: {kind: frame, gpa: 0x2000}\n"
+NEGATIVE = "expect: {verdict: fail, findings: [{kind: wrong_frame, gpa: 0x2000}]}"
 
 
-@pytest.fixture
-def scenario(tmp_path: Path) -> Any:
+def scenario(tmp_path: Path, expect: str = "", middle: str = "") -> Any:
     p = tmp_path / "fake.yaml"
-    p.write_text(SCENARIO)
+    p.write_text(SCENARIO.format(expect=expect, middle=middle))
     return load_scenario(p)
-
-
-def fake_steps(monkeypatch: pytest.MonkeyPatch, check: Any) -> list[str]:
-    """Replace boot and check; boot registers a cleanup that must always run."""
-    events: list[str] = []
-
-    def boot(ctx: runner.RunContext, step: Any) -> None:
-        ctx.stack.callback(events.append, "machine closed")
-        (ctx.run_dir / "console.log").write_text("booted\n")
-        ctx.properties["guest.uname"] = "6.1.0-test"
-
-    monkeypatch.setitem(runner.STEP_HANDLERS, "boot", boot)
-    monkeypatch.setitem(runner.STEP_HANDLERS, "check", check)
-    return events
 
 
 def artifacts(res: ScenarioResult) -> dict[str, Any]:
@@ -55,96 +48,110 @@ def artifacts(res: ScenarioResult) -> dict[str, Any]:
             for name in ("slat.json", "findings.json", "result.json")}
 
 
-def test_findings_give_fail_and_are_written(scenario: Any, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    def check(ctx: runner.RunContext, step: Any) -> None:
-        ctx.findings.append(Finding("wrong_frame", "w1/vm0", 0x2000, 0x5000, 0x6000))
-        ctx.finding_step = step.label
-    events = fake_steps(monkeypatch, check)
-    res = runner.run_scenario(scenario, tmp_path / "art")
-    assert res.verdict == "fail" and res.exit_status == 1
-    assert res.failed_step == "step 2 (check) at line 6"
-    assert "FAIL in step 2 (check) at line 6" in res.summary()
-    assert events == ["machine closed"]
+def test_a_clean_run_passes_and_records_everything(tmp_path: Path) -> None:
+    world = FakeWorld()
+    res = run_scenario(scenario(tmp_path), tmp_path / "art", services=world.services(tmp_path))
+    assert (res.verdict, res.status, res.outcome) == ("pass", 0, "passed"), res.message
     a = artifacts(res)
-    assert a["findings.json"][0]["kind"] == "wrong_frame"
-    assert a["findings.json"][0]["gpa"] == "0x2000"
-    assert a["result.json"]["verdict"] == "fail"
-    assert matches_expectation(res) == (True, "as expected")
+    assert a["result.json"]["verdict"] == "pass"
+    assert [c["step"] for c in a["slat.json"]["checks"]] == [
+        "step 3 (check) at line 9", "step 5 (check) at line 11"]
+    assert len(a["slat.json"]["checks"][0]["vms"][0]["mappings"]) == 2
+    prov = a["result.json"]["provenance"]
+    assert prov["machine"]["emulator"] == "fake" and prov["slatcheck"]["version"]
+    assert prov["timestamp"].endswith("+00:00") and prov["host"]["kernel"]
+    assert res.properties["guest.uname"] == "6.1.0-fake"
+    assert "echo go 1<>/tmp/slat-w1.fifo" in world.guest.typed
+    assert (res.artifacts / "workload-w1.out").exists()
+
+
+def test_an_injected_corruption_fails_as_the_negative_scenario_expects(tmp_path: Path) -> None:
+    world = FakeWorld()
+    res = run_scenario(scenario(tmp_path, NEGATIVE, INJECT), tmp_path / "art",
+                       services=world.services(tmp_path))
+    assert (res.verdict, res.outcome, res.status, res.exit_status) == ("fail", "xfailed", 0, 1)
+    assert res.failed_step == "step 4 (check) at line 10"
+    assert "FAIL (as expected)" in res.summary()
+    assert artifacts(res)["findings.json"][0]["gpa"] == "0x2000"
+    assert (res.artifacts / "injections.log").read_text().startswith("step 3 (inject)")
+
+
+def test_a_negative_scenario_that_passes_is_a_failure(tmp_path: Path) -> None:
+    res = run_scenario(scenario(tmp_path, NEGATIVE), tmp_path / "art",
+                       services=FakeWorld().services(tmp_path))
+    assert (res.verdict, res.outcome, res.status) == ("pass", "failed", 1)
+    assert matches_expectation(res) == (False, "expected verdict fail, got pass")
 
 
 @pytest.mark.parametrize("exc, verdict, status", [
     (InfraError("gdb lost"), "error", 3),
     (ConsoleTimeout("no shell"), "timeout", 1),
     (GuestPanic("linux", "Oops:", "Oops: 0002 [#1] SMP"), "panic", 1),
-    (StepFailed("npt is N"), "fail", 1),
-    (KeyboardInterrupt(), "interrupted", 1),
+    (SkipScenario("no NRIP save"), "skip", 0),
+    (KeyboardInterrupt("signal 15 (SIGTERM)"), "interrupted", 1),
+    (ValueError("a harness bug"), "error", 3),
 ])
-def test_every_failure_still_writes_artifacts_and_cleans_up(
-        scenario: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        exc: BaseException, verdict: str, status: int) -> None:
-    def check(ctx: runner.RunContext, step: Any) -> None:
-        raise exc
-    events = fake_steps(monkeypatch, check)
-    res = runner.run_scenario(scenario, tmp_path / "art")
+def test_every_ending_writes_artifacts_and_cleans_up(tmp_path: Path, exc: BaseException,
+                                                     verdict: str, status: int) -> None:
+    world = FakeWorld()
+    world.observe_error = exc
+    res = run_scenario(scenario(tmp_path), tmp_path / "art", services=world.services(tmp_path))
     assert (res.verdict, res.exit_status) == (verdict, status)
-    assert res.failed_step == "step 2 (check) at line 6"
-    assert events == ["machine closed"]
+    assert res.failed_step == "step 3 (check) at line 9"
     a = artifacts(res)
     assert a["result.json"]["verdict"] == verdict
-    assert (res.artifacts / "console.log").read_text() == "booted\n"
+    assert "slatcheck-init: ready" in (res.artifacts / "console.log").read_text()
+    assert not world.machine_alive()          # the machine was shut down
+    assert (res.artifacts / "traceback.txt").exists() == isinstance(exc, ValueError)
     if verdict == "panic":
         assert a["findings.json"][0]["kind"] == "panic"
-    ok, why = matches_expectation(res)
-    assert not ok   # wrong verdict, or (StepFailed) the expected finding is absent
+    if isinstance(exc, KeyboardInterrupt):
+        assert "SIGTERM" in res.message
 
 
-def test_expectation_needs_kind_at_gpa(scenario: Any, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    def check(ctx: runner.RunContext, step: Any) -> None:
-        ctx.findings.append(Finding("wrong_frame", "w1/vm0", 0x3000, 1, 2))
-    fake_steps(monkeypatch, check)
-    res = runner.run_scenario(scenario, tmp_path / "art")
-    ok, why = matches_expectation(res)
-    assert not ok and "0x2000" in why
+def test_a_failing_shell_condition_fails_the_scenario(tmp_path: Path) -> None:
+    text = SCENARIO.format(expect="", middle="  - shell: {cmd: 'uname -r', expect: '^5\\.'}\n")
+    (tmp_path / "s.yaml").write_text(text)
+    res = run_scenario(load_scenario(tmp_path / "s.yaml"), tmp_path / "art",
+                       services=FakeWorld().services(tmp_path))
+    assert (res.verdict, res.failed_step) == ("fail", "step 3 (shell) at line 9")
+    assert "does not match /^5\\./" in res.message
 
 
-def test_run_dirs_do_not_collide(scenario: Any, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_steps(monkeypatch, lambda ctx, step: None)
-    a = runner.run_scenario(scenario, tmp_path)
-    b = runner.run_scenario(scenario, tmp_path)
+def test_run_dirs_do_not_collide(tmp_path: Path) -> None:
+    a = run_scenario(scenario(tmp_path), tmp_path, services=FakeWorld().services(tmp_path))
+    b = run_scenario(scenario(tmp_path), tmp_path, services=FakeWorld().services(tmp_path))
     assert a.artifacts != b.artifacts and a.verdict == b.verdict == "pass"
 
 
-def test_junit_has_properties_and_failures(scenario: Any, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def check(ctx: runner.RunContext, step: Any) -> None:
-        ctx.findings.append(Finding("missing", "w1/vm0", 0x2000, 0x5000, None))
-    fake_steps(monkeypatch, check)
-    res = runner.run_scenario(scenario, tmp_path / "art")
-    write_junit([res], tmp_path / "j.xml")
+def test_junit_has_provenance_and_expected_failures_pass(tmp_path: Path) -> None:
+    good = run_scenario(scenario(tmp_path, NEGATIVE, INJECT), tmp_path / "art",
+                        services=FakeWorld().services(tmp_path))
+    world = FakeWorld()
+    world.observe_error = InfraError("qemu died")
+    bad = run_scenario(scenario(tmp_path), tmp_path / "art", services=world.services(tmp_path))
+    write_junit([good, bad], tmp_path / "j.xml")
     root = ET.parse(tmp_path / "j.xml").getroot()
     props = {p.get("name"): p.get("value") for p in root.iter("property")}
-    assert props["fake.guest.uname"] == "6.1.0-test"
-    assert props["fake.artifacts"] == str(res.artifacts)
-    failure = root.find(".//testcase/failure")
-    assert failure is not None and "missing" in (failure.text or "")
+    assert props["fake.guest.uname"] == "6.1.0-fake"
+    assert props["fake.provenance.machine.emulator"] == "fake"
+    cases = root.findall(".//testcase")
+    assert [c.find("failure") is None and c.find("error") is None for c in cases] == \
+        [True, False]
+    assert "qemu died" in (cases[1].find("error").get("message") or "")  # type: ignore[union-attr]
 
 
-def test_cli_exit_status_is_the_worst(scenario: Any, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    calls = iter([None, InfraError("qemu died")])
-
-    def check(ctx: runner.RunContext, step: Any) -> None:
-        exc = next(calls)
-        if exc:
-            raise exc
-    fake_steps(monkeypatch, check)
-    rc = main(["run", str(scenario.path), str(scenario.path), "--artifacts",
-               str(tmp_path / "a"), "--junit", str(tmp_path / "j.xml")])
+def test_cli_runs_all_prints_a_summary_and_exits_with_the_worst(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = FakeWorld()
+    world.observe_errors = [None, InfraError("qemu died")]   # the second run's check fails
+    path = scenario(tmp_path).path
+    rc = cli.main(["run", str(path), str(path), "--artifacts", str(tmp_path / "a"),
+                   "--junit", str(tmp_path / "j.xml")], services=world.services(tmp_path))
     assert rc == 3
     out = capsys.readouterr().out
     assert "fake: PASS" in out and "fake: ERROR" in out and "qemu died" in out
+    assert "1 failed, 1 passed" in out
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["outcomes"] == {"passed": 1, "failed": 1} and summary["exit_status"] == 3
     assert len(ET.parse(tmp_path / "j.xml").getroot().findall(".//testcase")) == 2

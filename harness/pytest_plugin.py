@@ -1,0 +1,138 @@
+"""pytest plugin (entry point ``pytest11: slatcheck``): every scenario YAML is a test item.
+
+``pytest scenarios/`` runs them (``-n 2`` in parallel with pytest-xdist), from
+any directory, once slatcheck is installed.  A YAML file is collected when it
+lies under a directory named ``scenarios`` or is named on the command line.  A
+failure shows the failing step and the first findings, not a traceback.  The
+item passes when the run comes out as the scenario's ``expect`` block says
+(``verdict: pass`` by default), so negative scenarios pass by failing as they
+should; a ``skip`` verdict skips the item with its reason.  Items carry the
+``boot`` mark (they boot a real guest).
+
+A conftest may implement the hook ``pytest_slatcheck_services(config)`` to
+return the :class:`~harness.context.Services` scenario items run with (tests of
+the plugin hand in a scripted machine that way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.context import Services
+from harness.errors import ScenarioError
+from harness.result import ScenarioResult, matches_expectation
+from harness.runner import run_scenario
+from harness.scenario import Scenario, load_scenario
+
+__all__ = ["ScenarioFile", "ScenarioItem", "BadScenario"]
+
+MARKS = ("boot: boots a real guest (slow tier)",)
+
+
+class Hooks:
+    """The plugin's hook specifications."""
+
+    @pytest.hookspec(firstresult=True)
+    def pytest_slatcheck_services(self, config: pytest.Config) -> Services | None:
+        """The services scenario items run with (None: the real ones)."""
+        return None
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(Hooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slat-artifacts", default="artifacts/pytest",
+                     help="artifact root for scenario items (default: artifacts/pytest)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for mark in MARKS:
+        config.addinivalue_line("markers", mark)
+
+
+def _named(config: pytest.Config, path: Path) -> bool:
+    """Whether *path* was named on the command line."""
+    return any(Path(str(a).split("::")[0]).resolve() == path.resolve() for a in config.args)
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    if "scenarios" in file_path.parts or _named(parent.config, file_path):
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFile(pytest.File):
+    """One scenario file: validated at collection, one item."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            sc = load_scenario(self.path)
+        except ScenarioError as e:
+            yield BadScenario.from_parent(self, name=self.path.stem, error=e)
+            return
+        item = ScenarioItem.from_parent(self, name=sc.name, scenario=sc)
+        item.add_marker(pytest.mark.boot)
+        yield item
+
+
+class ScenarioFailed(Exception):
+    """The run did not come out as the scenario expects."""
+
+
+class ScenarioItem(pytest.Item):
+    """Runs one scenario through the same runner as the CLI."""
+
+    def __init__(self, *, scenario: Scenario, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.scenario = scenario
+        self.result: ScenarioResult | None = None
+
+    def runtest(self) -> None:
+        root = Path(self.config.getoption("--slat-artifacts"))
+        services = self.config.hook.pytest_slatcheck_services(config=self.config)
+        self.result = res = run_scenario(self.scenario, root, services=services)
+        for key, val in sorted(res.properties.items()):
+            self.user_properties.append((key, val))
+        self.user_properties.append(("artifacts", str(res.artifacts)))
+        if res.verdict == "interrupted":
+            raise KeyboardInterrupt
+        if res.verdict == "skip":
+            pytest.skip(res.message)
+        ok, why = matches_expectation(res)
+        if not ok:
+            raise ScenarioFailed(why)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailed) and self.result is not None:
+            return f"{excinfo.value}\n{self.result.summary(max_findings=8)}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"scenario {self.scenario.name}"
+
+
+class BadScenario(pytest.Item):
+    """A scenario file that does not validate: fails with the file/line/field message."""
+
+    def __init__(self, *, error: ScenarioError, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.error = error
+
+    def runtest(self) -> None:
+        raise self.error
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        return str(excinfo.value)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"scenario file {self.path.name}"

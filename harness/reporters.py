@@ -1,0 +1,76 @@
+"""Reporters: the run's results written in one format each, in :data:`REPORTERS`.
+
+``junit`` (for CI systems, through junit-xml) and ``json`` (``summary.json``:
+counts per verdict and outcome, one row per scenario) today; text, mail, TAP and
+HTML reporters plug in the same way.
+
+>>> REPORTERS.names()
+['json', 'junit']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.junit import write_junit
+from harness.registry import Registry
+from harness.result import ScenarioResult
+
+__all__ = ["Reporter", "REPORTERS", "summary", "write_summary", "summary_table"]
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """One output format for a list of scenario results."""
+
+    name: str
+    description: str
+    write: Callable[[Sequence[ScenarioResult], Path], None]
+
+
+def summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
+    """Counts per verdict and per outcome, and one row per scenario."""
+    return {
+        "verdicts": dict(Counter(r.verdict for r in results)),
+        "outcomes": dict(Counter(r.outcome for r in results)),
+        "exit_status": max((r.status for r in results), default=0),
+        "duration": round(sum(r.duration for r in results), 3),
+        "scenarios": [{"scenario": r.name, "file": str(r.path), "verdict": r.verdict,
+                       "outcome": r.outcome, "duration": round(r.duration, 3),
+                       "failed_step": r.failed_step, "findings": len(r.findings),
+                       "artifacts": str(r.artifacts) if r.artifacts else None}
+                      for r in results],
+    }
+
+
+def write_summary(results: Sequence[ScenarioResult], path: Path) -> None:
+    """``summary.json``, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(summary(results), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def summary_table(results: Sequence[ScenarioResult]) -> str:
+    """The table the CLI prints at the end: one row per scenario, then the counts."""
+    width = max([len(r.name) for r in results] + [8])
+    rows = [f"{'scenario':<{width}}  {'verdict':<14} {'outcome':<8} {'time':>8}"]
+    for r in results:
+        rows.append(f"{r.name:<{width}}  {r.verdict:<14} {r.outcome:<8} {r.duration:7.1f}s")
+    counts = Counter(r.outcome for r in results)
+    rows.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                + f"; {sum(r.duration for r in results):.1f} s in all")
+    return "\n".join(rows)
+
+
+REPORTERS: Registry[Reporter] = Registry("reporter")
+REPORTERS.add("junit", Reporter("junit", "JUnit XML (one test case per scenario)",
+                                lambda rs, p: write_junit(list(rs), p)))
+REPORTERS.add("json", Reporter("json", "summary.json: verdicts, outcomes, one row per scenario",
+                               write_summary))
