@@ -38,6 +38,7 @@ import re
 import secrets
 import socket
 import time
+import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +195,7 @@ class TcpEndpoint:
 
 @dataclass(frozen=True)
 class PtyEndpoint:
-    """A console on a pseudo-terminal the emulator opened."""
+    """A console on a pseudo-terminal the emulator opened (its slave side, put in raw mode)."""
 
     path: Path
 
@@ -206,7 +207,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def open_endpoint(ep: ConsoleEndpoint) -> int:
     """A connected file descriptor for *ep*; OSError if it is not there (yet)."""
     if isinstance(ep, PtyEndpoint):
-        return os.open(ep.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(ep.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        tty.setraw(fd)          # bytes as they come: no line editing, no echo
+        return fd
     if isinstance(ep, TcpEndpoint):
         if ep.host not in LOOPBACK:
             raise ConsoleError(f"console endpoint {ep.host}:{ep.port} is not on loopback")
