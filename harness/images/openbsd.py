@@ -182,7 +182,7 @@ def qemu_netboot_args(tftp_dir: str, http_port: int, *, relay: list[str] | None 
     relayed by a ``guestfwd`` command to the loopback HTTP server on
     *http_port*.  *relay* is that command (default: this project's stdlib relay).
 
-    >>> qemu_netboot_args("/t", 8080, relay=["socat", "-", "TCP:127.0.0.1:8080"])[1][-54:]
+    >>> qemu_netboot_args("/t", 8080, relay=["socat", "-", "TCP:127.0.0.1:8080"])[1].split(",")[-1]
     'guestfwd=tcp:10.0.2.2:80-cmd:socat - TCP:127.0.0.1:8080'
     """
     cmd = relay or ["python3", "-m", "harness.images.tcprelay", "127.0.0.1", str(http_port)]
