@@ -38,7 +38,8 @@ __all__ = ["RELEASE", "ARCH", "BASE_KEYS", "DEFAULT_MIRROR", "MIRROR_ENV", "Rele
            "release", "mirror_url", "release_files", "set_files", "tftp_root", "BOOT_CONF",
            "install_conf", "InstallAnswers", "DISKLABEL_TEMPLATE", "qemu_netboot_args",
            "HTTP_GUEST_ADDR", "firstboot_commands", "pack_transfer_disk",
-           "unpack_transfer_disk", "TRANSFER_DEV", "WORKLOAD_DIR"]
+           "unpack_transfer_disk", "TRANSFER_DEV", "WORKLOAD_DIR", "WORKLOAD_SOURCES",
+           "WORKLOAD_FILES"]
 
 RELEASE = "7.9"                     # the pinned release: edit this line for a newer one
 ARCH = "amd64"
@@ -60,6 +61,10 @@ BOOT_CONF = "set tty com0\nboot /bsd.rd\n"
 HTTP_GUEST_ADDR = "10.0.2.2"        # slirp's host address = the DHCP next-server
 TRANSFER_DEV = "/dev/rsd1c"         # the second virtio disk, whole ('c' partition), raw
 WORKLOAD_DIR = "/root/slat-workload"
+# images/workload/ files the guest compiles: the shared main.c and x86 guest code, and the
+# vmm(4) backend; workload.h is needed too
+WORKLOAD_SOURCES = ("main.c", "hv_openbsd.c", "l2_x86.c")
+WORKLOAD_FILES = (*WORKLOAD_SOURCES, "workload.h")
 
 
 @dataclass(frozen=True)
@@ -193,8 +198,7 @@ def qemu_netboot_args(tftp_dir: str, http_port: int, *, relay: list[str] | None 
 
 
 def firstboot_commands(cc_flags: str = "-O2 -Wall -pthread",
-                       sources: tuple[str, ...] = ("main.c", "arch_x86.c", "hv_openbsd.c")
-                       ) -> list[str]:
+                       sources: tuple[str, ...] = WORKLOAD_SOURCES) -> list[str]:
     """Shell commands run as root on the installed system's first boot, in order.
 
     Enable and start vmd, unpack the workload sources from the transfer disk,
