@@ -23,7 +23,11 @@
  * as on KVM, with the flat segments vmd uses for a 32-bit kernel
  * (usr.sbin/vmd vcpu_init_flat32) and RFLAGS.IF set, so that vmm returns
  * HLT as an exit (svm_handle_hlt/vmx_handle_hlt: EIO with IF clear).  vmm
- * advances RIP past IN/OUT itself before it returns the exit.
+ * advances RIP past IN/OUT itself, and returns an I/O exit only for the ports
+ * vmd emulates (svm_handle_inout/vmx_handle_inout, vmm_machdep.c rev 1.64:
+ * 0x40-0x43, 0x3f8-0x3ff, 0xcf8, 0xcfc and the PCI I/O BARs); the guest's
+ * "out 0x5a" is absorbed in the kernel, so on OpenBSD the exits are just the
+ * final "hlt" (an "io" exit is still reported if one ever comes back).
  *
  * vmm has no read-only or dirty-logged memory and sends accesses outside the
  * RAM ranges to vmd as MMIO, which this program does not emulate: such
