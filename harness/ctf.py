@@ -54,8 +54,8 @@ from harness.errors import InfraError
 from harness.ktypes import TypeLookupError
 from harness.registry import Registry
 
-__all__ = ["Ctf", "CtfType", "CtfMember", "CtfError", "CtfLookupError", "Kind", "Flavour", "FLAVOURS",
-           "CTF_MAGIC", "CTF_VERSION", "ctf_section", "POINTER_SIZE"]
+__all__ = ["Ctf", "CtfType", "CtfMember", "CtfError", "CtfLookupError", "Kind", "Flavour",
+           "FLAVOURS", "CTF_MAGIC", "CTF_VERSION", "ctf_section", "POINTER_SIZE"]
 
 CTF_MAGIC = 0xCFF1
 CTF_VERSION = 2

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from harness.ctf import Ctf, CtfError, Kind, ctf_section
 from harness.discovery.linux_kvm_common import KernelReader
+from harness.elf_symbols import SymbolError, elf_symbols
 from harness.mem import DictMem
 
 
@@ -244,3 +245,24 @@ def test_ctf_section_from_an_elf(tmp_path: Path) -> None:
         ctf_section((tmp_path / "k.o").read_bytes())
     with pytest.raises(CtfError, match="not an ELF"):
         ctf_section(b"not an elf at all" * 4)
+
+
+@pytest.mark.skipif(not shutil.which("objcopy") or not shutil.which("cc"),
+                    reason="needs cc and objcopy to build a small ELF")
+def test_symbols_from_the_elf_symbol_table(tmp_path: Path) -> None:
+    """vmm_softc's address from .symtab, as the kernel's /bsd.booted gives it."""
+    (tmp_path / "k.c").write_text("long pad[3] = {1, 2, 3};\nvoid *vmm_softc = 0;\n"
+                                  "extern int undefined_here;\n"
+                                  "int *use(void) { return &undefined_here; }\n")
+    subprocess.run(["cc", "-c", "-o", str(tmp_path / "k.o"), str(tmp_path / "k.c")],
+                   check=True)
+    elf = (tmp_path / "k.o").read_bytes()
+    nm = subprocess.run(["nm", str(tmp_path / "k.o")], capture_output=True, text=True,
+                        check=True).stdout
+    want = next(int(line.split()[0], 16) for line in nm.splitlines()
+                if line.endswith(" vmm_softc"))
+    assert elf_symbols(elf, ["vmm_softc"]) == {"vmm_softc": want}
+    with pytest.raises(SymbolError, match="not defined.*undefined_here, vm_list"):
+        elf_symbols(elf, ["vmm_softc", "vm_list", "undefined_here"])
+    with pytest.raises(SymbolError, match="not an ELF"):
+        elf_symbols(b"\0" * 64, ["x"])
