@@ -19,6 +19,7 @@ from types import FrameType
 from harness.context import Services
 from harness.errors import ScenarioError, ScenarioErrors, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
+from harness.result import ScenarioResult
 from harness.scenario import Scenario
 
 __all__ = ["main"]
@@ -87,8 +88,7 @@ def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
-    from harness.reporters import REPORTERS, summary_table, write_summary
-    from harness.result import ScenarioResult
+    from harness.reporters import summary_table
     from harness.runner import run_scenario
 
     reports = _reports(args)
@@ -102,15 +102,28 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
             results.append(res)
             if not args.quiet:
                 print(res.summary(max_findings=10 if args.verbose else 5), flush=True)
-            if res.verdict == "interrupted":
+            if res.stop:
                 break
     finally:
-        write_summary(results, args.artifacts / "summary.json")
-        for name, path in reports:
-            REPORTERS[name].write(results, path)
+        failed = _write_reports(results, [("json", args.artifacts / "summary.json"), *reports])
         if results:
             print(summary_table(results), flush=True)
-    return max((r.status for r in results), default=0)
+    return max([r.status for r in results] + [3 if failed else 0])
+
+
+def _write_reports(results: list[ScenarioResult],
+                   reports: list[tuple[str, Path]]) -> list[str]:
+    """Every report that can be written; the ones that cannot are named on stderr."""
+    from harness.reporters import REPORTERS
+    failed = []
+    for name, path in reports:
+        try:
+            REPORTERS[name].write(results, path)
+        except OSError as e:
+            failed.append(str(path))
+            print(f"slatcheck: cannot write the {name} report {path}: {e.strerror or e}",
+                  file=sys.stderr)
+    return failed
 
 
 def _load_all(paths: list[Path]) -> list[Scenario]:

@@ -156,9 +156,12 @@ class _Log:
         self.size = 0
 
     def write(self, s: str) -> None:
-        """Log and flush at once, so the log survives a crash."""
-        self.sink.write(s)
-        self.sink.flush()
+        """Log and flush at once, so the log survives a crash; a full disk is an error."""
+        try:
+            self.sink.write(s)
+            self.sink.flush()
+        except OSError as e:
+            raise ConsoleError(f"cannot write the console log: {e.strerror or e}") from None
         self.recent.append(s)
         self.size += len(s)
         while self.size > TAIL_CHARS and len(self.recent) > 1:

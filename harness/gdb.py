@@ -40,7 +40,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +50,7 @@ from pygdbmi.gdbcontroller import GdbController
 
 from harness.arch import ARCHES, Arch
 from harness.errors import InfraError, MemoryReadError
+from harness.scratch import private_dir
 
 __all__ = ["GdbError", "GdbSession", "GdbTarget", "CHUNK", "POLL_SECONDS"]
 
@@ -133,7 +133,7 @@ class GdbSession:
             self._ctl = self._spawn(self.arch.gdb)
         except (OSError, ValueError) as exc:
             raise GdbError(f"cannot start {self.arch.gdb}: {exc}") from exc
-        self._scratch = Path(tempfile.mkdtemp(prefix="slc-gdb-"))
+        self._scratch = private_dir("gdb")
         for cmd in ("-gdb-set mi-async on", "-gdb-set pagination off",
                     "-gdb-set confirm off", "-gdb-set code-cache off",
                     "-gdb-set stack-cache off",

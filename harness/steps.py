@@ -18,6 +18,7 @@ from harness.check import run_check, run_inject
 from harness.console import Console
 from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError, StepFailed
+from harness.images import Image
 from harness.machines import MachineConfig
 from harness.scenario.spec import (
     BootStep,
@@ -31,7 +32,7 @@ from harness.scenario.spec import (
 )
 from harness.workload import parse_report, workload_argv
 
-__all__ = ["HANDLERS", "guest_shell_wait"]
+__all__ = ["HANDLERS", "guest_shell_wait", "prepare_image"]
 
 S = TypeVar("S", bound=StepSpec)
 Handler = Callable[[RunContext, Any], None]
@@ -53,10 +54,7 @@ def handles(kind: type[S]) -> Callable[[Callable[[RunContext, S], None]],
 def step_boot(ctx: RunContext, step: BootStep) -> None:
     """Build (or reuse) the image, start the machine, wait for the shell."""
     sc = ctx.scenario
-    t = time.monotonic()
-    image = ctx.image = ctx.services.build_image(sc.guest.image, _build_log(ctx))
-    ctx.add_phase("image", time.monotonic() - t)
-    _record_image(ctx)
+    image = prepare_image(ctx)
     arch = ctx.hypervisor.arch_record
     m = sc.machine
     config = MachineConfig(
@@ -76,6 +74,16 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
         console.expect(re.escape(image.ready), timeout=boot_timeout)
     console.wait_for_shell(timeout=boot_timeout)
     ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+
+
+def prepare_image(ctx: RunContext) -> Image:
+    """Build (or reuse) the scenario's image once per run and record its provenance."""
+    if ctx.image is None:
+        t = time.monotonic()
+        ctx.image = ctx.services.build_image(ctx.scenario.guest.image, _build_log(ctx))
+        ctx.add_phase("image", time.monotonic() - t)
+        _record_image(ctx)
+    return ctx.image
 
 
 def _build_log(ctx: RunContext) -> Callable[[str], None]:

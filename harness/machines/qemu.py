@@ -36,7 +36,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ from qemu.qmp import QMPClient
 from harness.console import ConsoleEndpoint, UnixEndpoint
 from harness.errors import InfraError
 from harness.machines.base import DiskBoot, KernelBoot, MachineConfig
+from harness.scratch import private_dir
 from harness.target import Target
 
 __all__ = [
@@ -277,8 +277,7 @@ class QemuMachine:
         """Create the artifacts and the private socket directory."""
         self._check_accel()
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        self._sockdir = Path(tempfile.mkdtemp(prefix=f"slc-{self.name[:16]}-"))
-        os.chmod(self._sockdir, 0o700)
+        self._sockdir = private_dir(self.name)
         if len(str(self.console_path)) > UNIX_PATH_MAX:
             raise InfraError(f"socket path too long for AF_UNIX: {self.console_path}; "
                              "set TMPDIR to a shorter directory")

@@ -8,6 +8,7 @@ the architecture's rules, addresses.  Every problem is reported, none stops the 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -205,7 +206,9 @@ class _StepChecker:
 
 def _regex(add: Add, pattern: str, *at: object) -> None:
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # FutureWarnings about nested sets
+            re.compile(pattern)
     except re.error as e:
         add(f"not a valid regular expression: {e}", *at)
 

@@ -51,8 +51,8 @@ def _validator() -> jsonschema.protocols.Validator:
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine_many({
         "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda _, v: (isinstance(v, int | float) and not isinstance(v, bool)
-                                and math.isfinite(v)),
+        "number": lambda _, v: ((isinstance(v, int) and not isinstance(v, bool))
+                                or (isinstance(v, float) and math.isfinite(v))),
     })
     cls: Any = jsonschema.validators.extend(base, type_checker=checker)  # type: ignore[no-untyped-call]
     validator: jsonschema.protocols.Validator = cls(json.loads(text))
