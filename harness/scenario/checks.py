@@ -58,6 +58,9 @@ def resolve_names(doc: dict[str, Any], add: Add) -> tuple[str, str]:
     guest = _lookup(add, GUEST_OSES, g["os"], "guest", "os")
     facts = image_facts(g["image"]) if _lookup(add, IMAGES, g["image"], "guest", "image") \
         else None
+    if facts is not None:
+        from harness.images import IMAGE_BUILDERS
+        _lookup(add, IMAGE_BUILDERS, facts.builder, "guest", "image")
     if guest is not None and facts is not None and facts.os != guest.name:
         add(f"image {g['image']!r} holds a {facts.os} guest, not {guest.name}",
             "guest", "image")
