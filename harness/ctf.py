@@ -8,7 +8,7 @@ dotted paths and array indexes, ``member_type``, ``is_signed``, ``pointee``,
 the OpenBSD discovery read kernel structures over either.
 
 The format (OpenBSD ``sys/sys/ctf.h`` v1.5; FreeBSD/illumos ``ctf.h`` agree on
-version 2):
+version 2; FreeBSD's ``sys/sys/ctf.h`` adds version 3, below):
 
 * header, 36 bytes, never compressed: u16 magic 0xcff1, u8 version 2, u8 flags
   (bit 0 ``CTF_F_COMPRESS``: the body is one zlib stream), u32 parlabel,
@@ -34,8 +34,15 @@ What differs between the flavours (:data:`FLAVOURS`):
 * ``freebsd`` (illumos ctfconvert, version 2): sizes are bytes; a module's
   container may be a *child* of the kernel's (parname set): ids above 0x7fff
   are the child's own (``CTF_TYPE_ISCHILD``), ids below resolve in the parent.
-  FreeBSD 13 and later write version 3 (32-bit ids), which is refused here by
-  name.
+
+Version 3 (FreeBSD 14 and later: ``ctf_stype_v3``, ``ctf_member_v3``...) widens
+every type id, the info word and the size to 32 bits: a record is u32 name,
+u32 info (kind bits 31..26, root bit 25, vlen bits 23..0), u32 size-or-type,
+long form when that is 0xffffffff (``CTF_V3_LSIZE_SENT``); arrays are three
+u32; members are u32 name, type, bit offset (16 bytes with a 64-bit offset
+from ``CTF_V3_LSTRUCT_THRESH`` = 2**29 bytes on); function arguments are u32;
+child ids have bit 31 set.  The version comes from the header, so both
+versions read with either flavour.
 
 >>> ctf = Ctf.load(section_bytes)                                  # doctest: +SKIP
 >>> ctf.offsetof("struct vm", "vm_link")                           # doctest: +SKIP
@@ -59,19 +66,40 @@ __all__ = ["Ctf", "CtfType", "CtfMember", "CtfError", "CtfLookupError", "Kind", 
 
 CTF_MAGIC = 0xCFF1
 CTF_VERSION = 2
+CTF_VERSIONS = (2, 3)
 CTF_F_COMPRESS = 0x1
 HEADER = struct.Struct("<HBB8I")     # magic version flags, parlabel parname lbloff objtoff
 #                                      funcoff typeoff stroff strlen
-STYPE = struct.Struct("<IHH")        # name info size-or-type
 LSIZE = struct.Struct("<II")         # size high, size low (long form)
-LSIZE_SENT = 0xFFFF
-LSTRUCT_THRESH = 8192                # members of structs this big or bigger are long
-MEMBER = struct.Struct("<IHH")       # name type offset(bits)
-LMEMBER = struct.Struct("<IHHII")    # name type pad offset-high offset-low
-ARRAY = struct.Struct("<HHI")        # contents index nelems
 ENUM = struct.Struct("<Ii")          # name value
 NAME_EXTERNAL = 1 << 31              # the name lives in the ELF string table
 CHILD_BIT = 0x8000                   # FreeBSD/illumos v2: id > 0x7fff is the child's
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The record shapes of one CTF version (``ctf_stype_vN``, ``ctf_member_vN``...)."""
+
+    version: int
+    stype: struct.Struct        # name info size-or-type
+    lsize_sent: int             # size-or-type value that announces the long form
+    kind_shift: int             # info: kind = info >> kind_shift
+    vlen_mask: int              # info: vlen = info & vlen_mask
+    lstruct_thresh: int         # structs this big or bigger have long members
+    member: struct.Struct       # name type offset(bits)
+    lmember: struct.Struct      # name type [pad] offset-high offset-low
+    array: struct.Struct        # contents index nelems
+    arg: int                    # bytes per function argument type
+    child_bit: int              # ids with this bit set belong to a child container
+
+
+ENCODINGS = {
+    2: Encoding(2, struct.Struct("<IHH"), 0xFFFF, 11, 0x3FF, 8192, struct.Struct("<IHH"),
+                struct.Struct("<IHHII"), struct.Struct("<HHI"), 2, CHILD_BIT),
+    3: Encoding(3, struct.Struct("<III"), 0xFFFFFFFF, 26, 0xFFFFFF, 1 << 29,
+                struct.Struct("<III"), struct.Struct("<IIII"), struct.Struct("<III"), 4,
+                0x8000_0000),
+}
 POINTER_SIZE = 8                     # amd64
 INT_SIGNED = 0x1                     # CTF_INT_SIGNED (encoding bits 31..24)
 PATH_PART = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)((?:\[\d+\])*)$")
@@ -182,9 +210,9 @@ def _body(blob: bytes) -> tuple[tuple[int, ...], bytes]:
     magic, version, flags = hdr[:3]
     if magic != CTF_MAGIC:
         raise CtfError(f"not CTF: magic {magic:#x} (want {CTF_MAGIC:#x})")
-    if version != CTF_VERSION:
-        raise CtfError(f"CTF version {version} is not supported (only version 2; FreeBSD "
-                       "13 and later write version 3 with 32-bit type ids)")
+    if version not in CTF_VERSIONS:
+        raise CtfError(f"CTF version {version} is not supported (versions 2 and 3 are: "
+                       "OpenBSD and older FreeBSD write 2, FreeBSD 14 and later 3)")
     body = blob[HEADER.size:]
     if flags & CTF_F_COMPRESS:
         try:
@@ -205,6 +233,7 @@ class _Container:
         hdr, body = _body(blob)
         self.flavour = flavour
         self.layer = layer
+        self.enc = ENCODINGS[hdr[1]]
         self.parname = hdr[4]
         typeoff, stroff, strlen = hdr[8], hdr[9], hdr[10]
         if not typeoff <= stroff:
@@ -219,9 +248,9 @@ class _Container:
         """Decode every type record."""
         pos = 0
         while pos < len(data):
-            if pos + STYPE.size > len(data):
+            if pos + self.enc.stype.size > len(data):
                 raise CtfError(f"CTF type record at {pos:#x} truncated")
-            tid = len(self.types) + 1 + (CHILD_BIT if self.is_child else 0)
+            tid = len(self.types) + 1 + (self.enc.child_bit if self.is_child else 0)
             rec, pos = _record(data, pos, tid, self)
             self.types.append(rec)
 
@@ -231,11 +260,11 @@ class _Container:
 
     def local(self, tid: int) -> bool:
         """Whether id *tid* is one of this container's own."""
-        return not self.is_child or tid > CHILD_BIT - 1
+        return not self.is_child or tid >= self.enc.child_bit
 
     def get(self, tid: int) -> CtfType:
         """This container's type *tid*."""
-        index = (tid & ~CHILD_BIT if self.is_child else tid) - 1
+        index = (tid & ~self.enc.child_bit if self.is_child else tid) - 1
         if not 0 <= index < len(self.types):
             raise CtfError(f"CTF type id {tid} out of range (container has "
                            f"{len(self.types)} types)")
@@ -244,11 +273,12 @@ class _Container:
 
 def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, int]:
     """The type record at *pos* and the position after it and its kind data."""
-    name_off, info, size_or_type = STYPE.unpack_from(data, pos)
-    kind, vlen = info >> 11, info & 0x3FF
-    pos += STYPE.size
+    enc = c.enc
+    name_off, info, size_or_type = enc.stype.unpack_from(data, pos)
+    kind, vlen = info >> enc.kind_shift, info & enc.vlen_mask
+    pos += enc.stype.size
     size = size_or_type
-    if size_or_type == LSIZE_SENT:
+    if size_or_type == enc.lsize_sent:
         hi, lo = LSIZE.unpack_from(data, pos)
         size, pos = hi << 32 | lo, pos + LSIZE.size
     base = dict(id=tid, kind=kind, name=c.name(name_off), layer=c.layer)
@@ -259,8 +289,8 @@ def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, in
             nbytes = size // 8 if c.flavour.base_size_in_bits else size
             return CtfType(**base, size=nbytes, encoding=enc >> 24, bits=bits), pos + 4
         if kind == Kind.ARRAY:
-            contents, _index, nelems = ARRAY.unpack_from(data, pos)
-            return CtfType(**base, ref=contents, nelems=nelems), pos + ARRAY.size
+            contents, _index, nelems = enc.array.unpack_from(data, pos)
+            return CtfType(**base, ref=contents, nelems=nelems), pos + enc.array.size
         if kind in (Kind.STRUCT, Kind.UNION):
             members, pos = _members(data, pos, vlen, size, c)
             return CtfType(**base, size=size, members=members), pos
@@ -269,7 +299,8 @@ def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, in
                           (ENUM.unpack_from(data, pos + 8 * i) for i in range(vlen)))
             return CtfType(**base, size=size, enumerators=enums), pos + ENUM.size * vlen
         if kind == Kind.FUNCTION:
-            return CtfType(**base, ref=size), pos + 2 * (vlen + (vlen & 1))
+            args = enc.arg * vlen
+            return CtfType(**base, ref=size), pos + args + (-args % 4)
     except struct.error as exc:
         raise CtfError(f"CTF type {tid} ({kind=}) truncated: {exc}") from exc
     if kind in SIZED:
@@ -279,15 +310,17 @@ def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, in
 
 def _members(data: bytes, pos: int, vlen: int, size: int,
              c: _Container) -> tuple[tuple[CtfMember, ...], int]:
-    """*vlen* members; 16-byte ones when the struct is 8192 bytes or more."""
+    """*vlen* members; long ones when the struct is at least the version's threshold."""
     out = []
+    enc = c.enc
     for _ in range(vlen):
-        if size < LSTRUCT_THRESH:
-            name, mtype, off = MEMBER.unpack_from(data, pos)
-            pos += MEMBER.size
+        if size < enc.lstruct_thresh:
+            name, mtype, off = enc.member.unpack_from(data, pos)
+            pos += enc.member.size
         else:
-            name, mtype, _pad, hi, lo = LMEMBER.unpack_from(data, pos)
-            off, pos = hi << 32 | lo, pos + LMEMBER.size
+            *head, hi, lo = enc.lmember.unpack_from(data, pos)
+            name, mtype = head[0], head[1]
+            off, pos = hi << 32 | lo, pos + enc.lmember.size
         out.append(CtfMember(c.name(name), mtype, off))
     return tuple(out), pos
 
