@@ -56,13 +56,15 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from harness.errors import InfraError
 from harness.ktypes import TypeLookupError
 from harness.registry import Registry
 
 __all__ = ["Ctf", "CtfType", "CtfMember", "CtfError", "CtfLookupError", "Kind", "Flavour",
-           "FLAVOURS", "CTF_MAGIC", "CTF_VERSION", "ctf_section", "POINTER_SIZE"]
+           "FLAVOURS", "CTF_MAGIC", "CTF_VERSION", "ctf_section", "POINTER_SIZE", "TypeTable",
+           "INT_SIGNED", "INT_CHAR", "INT_BOOL"]
 
 CTF_MAGIC = 0xCFF1
 CTF_VERSION = 2
@@ -102,6 +104,7 @@ ENCODINGS = {
 }
 POINTER_SIZE = 8                     # amd64
 INT_SIGNED = 0x1                     # CTF_INT_SIGNED (encoding bits 31..24)
+INT_CHAR, INT_BOOL = 0x2, 0x4        # CTF_INT_CHAR, CTF_INT_BOOL
 PATH_PART = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)((?:\[\d+\])*)$")
 
 
@@ -153,7 +156,7 @@ class CtfMember:
     name: str
     type_id: int
     bit_offset: int
-    bitfield_size: int = 0    # CTF has no bitfield width in members: always 0
+    bitfield_size: int = 0    # CTF has no bitfield width in members: 0; DWARF's DW_AT_bit_size
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,34 @@ def _body(blob: bytes) -> tuple[tuple[int, ...], bytes]:
     return hdr, body
 
 
+class TypeTable(Protocol):
+    """Where :class:`Ctf` gets its type records: a CTF container, or another table
+    of the same records (:mod:`harness.dwarf` builds one from DWARF)."""
+
+    layer: int          # 0: the container itself, 1: its parent
+    source: str         # what the records came from, for messages: "CTF", "DWARF"
+
+    def get(self, tid: int) -> CtfType:
+        """The type *tid* (an error if there is none)."""
+        ...
+
+    def local(self, tid: int) -> bool:
+        """Whether id *tid* is one of this table's own (not the parent's)."""
+        ...
+
+    def loaded(self) -> list[CtfType]:
+        """The types read so far (all of them for a CTF container)."""
+        ...
+
+    def named(self) -> dict[str, list[CtfType]]:
+        """name -> the types with that name, in the table's order."""
+        ...
+
+
 class _Container:
     """The types and strings of one CTF container."""
+
+    source = "CTF"
 
     def __init__(self, blob: bytes, flavour: Flavour, layer: int) -> None:
         hdr, body = _body(blob)
@@ -257,6 +286,18 @@ class _Container:
     def name(self, off: int) -> str:
         """A name from this container's string table."""
         return _string(self.strings, off)
+
+    def loaded(self) -> list[CtfType]:
+        """Every type of the container."""
+        return self.types
+
+    def named(self) -> dict[str, list[CtfType]]:
+        """name -> types with that name, in id order."""
+        out: dict[str, list[CtfType]] = {}
+        for t in self.types:
+            if t.name:
+                out.setdefault(t.name, []).append(t)
+        return out
 
     def local(self, tid: int) -> bool:
         """Whether id *tid* is one of this container's own."""
@@ -326,9 +367,13 @@ def _members(data: bytes, pos: int, vlen: int, size: int,
 
 
 class Ctf:
-    """The types of one CTF container (and its parent, for a FreeBSD child)."""
+    """The types of one CTF container (and its parent, for a FreeBSD child).
 
-    def __init__(self, container: _Container, parent: _Container | None = None) -> None:
+    Any :class:`TypeTable` serves as the container: the lookups below work on
+    the records, whatever section they were read from.
+    """
+
+    def __init__(self, container: TypeTable, parent: TypeTable | None = None) -> None:
         self.container = container
         self.parent = parent
         self._by_name: dict[str, list[CtfType]] | None = None
@@ -354,7 +399,7 @@ class Ctf:
     @property
     def types(self) -> list[CtfType]:
         """Every type, the container's then the parent's."""
-        return self.container.types + (self.parent.types if self.parent else [])
+        return self.container.loaded() + (self.parent.loaded() if self.parent else [])
 
     def type_by_id(self, tid: int, layer: int = 0) -> CtfType | None:
         """Type *tid* as seen from *layer*'s container; None for 0 (no type)."""
@@ -362,20 +407,20 @@ class Ctf:
             return None
         c = self.container if layer == 0 else self.parent
         if c is None:
-            raise CtfError(f"no CTF container at layer {layer}")
+            raise CtfError(f"no type table at layer {layer}")
         if c.local(tid):
             return c.get(tid)
         if self.parent is None:
-            raise CtfError(f"CTF type id {tid} is the parent's, and no parent was given")
+            raise CtfError(f"{c.source} type id {tid} is the parent's, and no parent was given")
         return self.parent.get(tid)
 
     def _index(self) -> dict[str, list[CtfType]]:
         """name -> types with that name."""
         if self._by_name is None:
             self._by_name = {}
-            for t in self.types:
-                if t.name:
-                    self._by_name.setdefault(t.name, []).append(t)
+            for table in (self.container, self.parent):
+                for name, types in (table.named() if table is not None else {}).items():
+                    self._by_name.setdefault(name, []).extend(types)
         return self._by_name
 
     def find(self, spec: str) -> CtfType:
@@ -393,8 +438,8 @@ class Ctf:
                                          Kind.FUNCTION))]
         if not cands:
             close = difflib.get_close_matches(name, list(self._index()), n=5)
-            raise CtfLookupError(f"no type {spec!r} in the kernel's CTF; close names: "
-                           f"{', '.join(close) or 'none'}")
+            raise CtfLookupError(f"no type {spec!r} in the kernel's {self.container.source}; "
+                                 f"close names: {', '.join(close) or 'none'}")
         complete = [t for t in cands if not t.incomplete]
         return (complete or cands)[0]
 
@@ -434,7 +479,7 @@ class Ctf:
         return r
 
     def member(self, spec: str | CtfType, path: str) -> tuple[int, int, CtfType]:
-        """(bit offset, bitfield size (always 0), member type) of a dotted *path*.
+        """(bit offset, bitfield width (0: not a bitfield), member type) of a dotted *path*.
 
         Parts are member names with ``[i]`` indexes: ``"vm_memranges[2].vmr_gpa"``,
         ``"vm_link.sle_next"``.  Anonymous struct/union members are searched
@@ -442,18 +487,19 @@ class Ctf:
         """
         top = self._as_type(spec)
         cur = top
-        bits = 0
+        bits, bitfield = 0, 0
         for part in path.split("."):
             m = PATH_PART.match(part)
             if not m:
                 raise CtfLookupError(f"bad member path {path!r} (at {part!r})")
-            off, cur = self._lookup(cur, m.group(1), top, path)
+            off, cur, bitfield = self._lookup(cur, m.group(1), top, path)
             bits += off
             for index in re.findall(r"\[(\d+)\]", m.group(2)):
                 bits, cur = self._index_array(cur, int(index), bits, top, path)
-        return bits, 0, cur
+        return bits, bitfield, cur
 
-    def _lookup(self, t: CtfType, name: str, top: CtfType, path: str) -> tuple[int, CtfType]:
+    def _lookup(self, t: CtfType, name: str, top: CtfType,
+                path: str) -> tuple[int, CtfType, int]:
         """Member *name* of struct/union *t*, also inside anonymous members."""
         r = self.resolve(t)
         if r is None or r.kind not in (Kind.STRUCT, Kind.UNION):
@@ -468,17 +514,18 @@ class Ctf:
                            f"{top.describe()}); close names: {', '.join(close) or 'none'}")
         return found
 
-    def _search(self, r: CtfType, name: str) -> tuple[int, CtfType] | None:
-        """Depth-first search of *name* in *r*'s members and anonymous members."""
+    def _search(self, r: CtfType, name: str) -> tuple[int, CtfType, int] | None:
+        """Depth-first search of *name* in *r*'s members and anonymous members:
+        (bit offset, type, bitfield width)."""
         for m in r.members:
             mtype = self.type_by_id(m.type_id, r.layer)
             if m.name == name and mtype is not None:
-                return m.bit_offset, mtype
+                return m.bit_offset, mtype, m.bitfield_size
             inner = self.resolve(mtype)
             if not m.name and inner is not None and inner.kind in (Kind.STRUCT, Kind.UNION):
                 hit = self._search(inner, name)
                 if hit is not None:
-                    return m.bit_offset + hit[0], hit[1]
+                    return m.bit_offset + hit[0], hit[1], hit[2]
         return None
 
     def _member_names(self, r: CtfType) -> list[str]:
@@ -513,8 +560,8 @@ class Ctf:
 
     def offsetof(self, spec: str | CtfType, path: str) -> int:
         """Byte offset of a (dotted) member path, like C's offsetof."""
-        bits, _bitfield, _t = self.member(spec, path)
-        if bits % 8:
+        bits, bitfield, _t = self.member(spec, path)
+        if bits % 8 or bitfield:
             raise CtfLookupError(f"{self._as_type(spec).describe()}.{path} is at bit {bits}, "
                            "not on a byte (a bitfield)")
         return bits // 8
