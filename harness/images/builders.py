@@ -24,7 +24,7 @@ from harness.images.build import Image
 from harness.images.recipe import image_facts
 from harness.registry import Registry
 
-__all__ = ["ImageBuilder", "IMAGE_BUILDERS", "build_image"]
+__all__ = ["ImageBuilder", "IMAGE_BUILDERS", "IMPORT_CHECKS", "build_image"]
 
 Progress = Callable[[str], None]
 
@@ -46,6 +46,11 @@ IMAGE_BUILDERS.add("openbsd-autoinstall", ImageBuilder(
     "openbsd-autoinstall", "OpenBSD from the release's signed files: netboot autoinstall "
     "under QEMU's user network, first-boot customisation, cached disk",
     lambda name, progress, cache: openbsd_builder.build_openbsd_image(name, progress, cache)))
+
+# builders that make a disk a user may install elsewhere and import: the check the kernel
+# given with it must pass (it has what the guest's observer needs)
+IMPORT_CHECKS: dict[str, Callable[[bytes], None]] = {
+    "openbsd-autoinstall": openbsd_builder.check_kernel}
 
 
 def build_image(name: str, progress: Progress = print, cache_dir: Path | None = None) -> Image:

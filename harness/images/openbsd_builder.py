@@ -312,4 +312,7 @@ def build_openbsd_image(name: str, progress: Progress = print,
         progress(f"image {name}: cached in {image.dir}")
         return image
     progress(f"image {name}: not in the cache ({disk_image_dir(recipe, cache_dir)})")
+    files = release_dir(recipe.release, cache_dir)
+    if any(not (files / f).is_file() for f in needed_files(recipe.release)):
+        _probe(f"{ob.mirror_url(recipe.release, mirror=mirror_of(recipe))}/SHA256.sig")
     return install_disk_image(recipe, _make(recipe, cache_dir, progress), cache_dir, progress)
