@@ -97,7 +97,9 @@ def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport, ob: ObservedVM | No
                                                  if r.kind != "mmio"),
                          reported=vm.pagemap, l1=view)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
-                  touched=tuple(touched), options=dict(ctx.hypervisor.model_options))
+                  touched=tuple(touched),
+                  options={**ctx.hypervisor.model_options,
+                           **(ob.model_options if ob is not None else {})})
 
 
 def _live_ranges(ob: ObservedVM | None) -> list[MemRange]:
@@ -126,10 +128,12 @@ def memmap_findings(name: str, vm: VMReport, ob: ObservedVM) -> list[Finding]:
 
 
 def _key(vm: VMReport) -> tuple[str, frozenset[int] | str]:
-    """How a reported VM is recognised: its slot addresses, or (vmd) its name."""
-    if vm.slots:
-        return ("hva", frozenset(s.hva for s in vm.slots))
-    return ("name", vm.name)
+    """How a reported VM is recognised: by its name when the workload names it (vmd,
+    bhyve: the kernel does not know where the VMM process maps the memory), else by
+    its slot addresses."""
+    if vm.name or not vm.slots:
+        return ("name", vm.name)
+    return ("hva", frozenset(s.hva for s in vm.slots))
 
 
 def _keys(ob: ObservedVM) -> list[tuple[str, frozenset[int] | str]]:

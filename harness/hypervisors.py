@@ -29,11 +29,16 @@ from harness.observe import linux_kvm_svm as observe_svm
 from harness.observe import openbsd_vmm as observe_openbsd
 from harness.registry import Registry
 
-__all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts"]
+__all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts", "no_prepare"]
 
 
 def no_facts(console: Console) -> Mapping[str, int]:
     """A hypervisor that needs nothing read over the console."""
+    return {}
+
+
+def no_prepare(console: Console) -> Mapping[str, str]:
+    """A hypervisor that is ready as soon as its guest has booted."""
     return {}
 
 
@@ -51,6 +56,10 @@ class Hypervisor:
     symbols: tuple[str, ...] = ()    # kernel symbols discovery needs (read each boot)
     type_modules: tuple[str, ...] = ()  # modules whose types go on top of the kernel's
     facts: Callable[[Console], Mapping[str, int]] = no_facts  # read while L1 runs
+    # run once after boot: make the hypervisor ready (load its module) and decide whether
+    # it can run on this L1 at all (SkipScenario names the missing CPU feature); returns
+    # provenance (recorded as ``hypervisor.<key>`` properties)
+    prepare: Callable[[Console], Mapping[str, str]] = no_prepare
     fault_log: bool = False          # wants the emulator's nested-paging event log
     model_options: Mapping[str, Any] = field(default_factory=dict)  # VMDesc.options
 

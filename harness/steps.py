@@ -78,6 +78,8 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
     else:
         console.wait_for_shell(timeout=boot_timeout)
     ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+    for key, value in ctx.hypervisor.prepare(console).items():
+        ctx.properties[f"hypervisor.{key}"] = value
 
 
 def prepare_image(ctx: RunContext) -> Image:
