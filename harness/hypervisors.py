@@ -20,10 +20,12 @@ from typing import Any
 
 from harness.arch import ARCHES, Arch
 from harness.console import Console
+from harness.discovery import freebsd_bhyve as discovery_bhyve
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
 from harness.discovery import openbsd_vmm as discovery_openbsd
 from harness.observe import KernelView, ObservedVM
+from harness.observe import freebsd_bhyve as observe_bhyve
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
 from harness.observe import openbsd_vmm as observe_openbsd
@@ -95,6 +97,26 @@ HYPERVISORS.add("openbsd-vmm-rvi", Hypervisor(
                 "with each vCPU's VMCB nCR3; only top-level slots covering vm_memranges",
     observe=observe_openbsd.observe, symbols=discovery_openbsd.NEEDED_SYMBOLS,
     model_options={"format": "npt"}))
+
+
+HYPERVISORS.add("freebsd-bhyve-svm", Hypervisor(
+    name="freebsd-bhyve-svm", guest_os="freebsd", arch="x86_64", format="npt",
+    models=("bhyve",),
+    description="FreeBSD bhyve (vmm.ko) on AMD SVM with nested paging (RVI): /dev/vmm/<name> "
+                "-> vmmdev_softc -> struct vm -> vmspace pmap, cross-checked with "
+                "svm_softc.nptp and each VMCB's nCR3; needs NRIP save (TCG: skip)",
+    observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
+    type_modules=("vmm",), prepare=observe_bhyve.prepare_svm,
+    model_options={"format": "npt"}))
+HYPERVISORS.add("freebsd-bhyve-vmx", Hypervisor(
+    name="freebsd-bhyve-vmx", guest_os="freebsd", arch="x86_64", format="ept",
+    models=("bhyve",),
+    description="FreeBSD bhyve (vmm.ko) on Intel VMX with EPT (hardware or emulated A/D "
+                "bits): /dev/vmm/<name> -> vmmdev_softc -> struct vm -> vmspace pmap, "
+                "cross-checked with vmx.eptp; needs EPT and unrestricted guest",
+    observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
+    type_modules=("vmm",), prepare=observe_bhyve.prepare_vmx,
+    model_options={"format": "ept"}))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str | None:
