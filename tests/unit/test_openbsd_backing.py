@@ -15,10 +15,10 @@ from ctf_writer import CtfWriter
 from encoders import NptEncoder, Spec, build
 
 from harness.ctf import Ctf
+from harness.discovery.linux_kvm_common import KernelReader
 from harness.discovery.openbsd_proc import PROC_SYMBOLS, process_frames, process_pmap_root
 from harness.discovery.openbsd_vmm import KERNBASE, PMAP_DIRECT_BASE, DirectMapMem
 from harness.discovery.x86_pagetables import range_frames, translate
-from harness.discovery.linux_kvm_common import KernelReader
 from harness.errors import InfraError
 from harness.mem import DictMem
 
