@@ -353,6 +353,10 @@ class Console:
 
     def _debugger_transcript(self, debugger: Callable[[Console], str]) -> str:
         """Run the profile's debugger collection; save it; a note for the excerpt."""
+        # forget the text the excerpt took: pexpect searches its unconsumed `_before`
+        # again on the next expect, and a prompt in it would shift every answer by one
+        self._child.buffer = ""
+        self._child._before = self._child.buffer_type()
         try:
             transcript = debugger(self)
         except (ConsoleError, OSError) as exc:

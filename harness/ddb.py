@@ -56,10 +56,11 @@ def collect(session: DebuggerSession, commands: Sequence[str], prompt: re.Patter
 
 
 def _strip_echo(text: str, cmd: str) -> str:
-    """The output without carriage returns and without the echoed command line."""
+    """The output after the echoed command line (the text before the prompt may also
+    hold what came before the command), without carriage returns."""
     clean = text.replace("\r", "")
-    first, _, rest = clean.partition("\n")
-    return rest if first.strip() == cmd.strip() else clean
+    echo = clean.rfind(cmd.strip() + "\n")
+    return clean[echo + len(cmd.strip()) + 1:] if echo >= 0 else clean
 
 
 def format_transcript(pairs: Sequence[tuple[str, str]], prompt: str = "ddb> ") -> str:
