@@ -377,6 +377,7 @@ class Ctf:
         self.container = container
         self.parent = parent
         self._by_name: dict[str, list[CtfType]] | None = None
+        self._members: dict[tuple[str, str], tuple[int, int, CtfType]] = {}  # member() by name
 
     @classmethod
     def load(cls, blob: bytes, *, flavour: str = "openbsd", parent: bytes | None = None) -> Ctf:
@@ -483,9 +484,18 @@ class Ctf:
 
         Parts are member names with ``[i]`` indexes: ``"vm_memranges[2].vmr_gpa"``,
         ``"vm_link.sle_next"``.  Anonymous struct/union members are searched
-        through; pointers are not followed.
+        through; pointers are not followed.  Lookups by type name are remembered
+        (discovery asks the same few paths for every node of a list or tree).
         """
-        top = self._as_type(spec)
+        if isinstance(spec, str):
+            key = (spec, path)
+            hit = self._members.get(key)
+            if hit is None:
+                hit = self._members[key] = self._member(self._as_type(spec), path)
+            return hit
+        return self._member(spec, path)
+
+    def _member(self, top: CtfType, path: str) -> tuple[int, int, CtfType]:
         cur = top
         bits, bitfield = 0, 0
         for part in path.split("."):

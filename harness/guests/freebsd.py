@@ -29,9 +29,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.console import LINE_START, Console, ConsoleError, ConsoleProfile, ConsoleTimeout
+from harness import panic_report
+from harness.console import LINE_START, Console, ConsoleProfile
 from harness.ctf import Ctf, ctf_section
-from harness.ddb import collect, format_transcript
 from harness.discovery.freebsd_bhyve import FreeBsdKernelMem
 from harness.discovery.freebsd_proc import PROC_SYMBOLS, proc_frames
 from harness.elf_symbols import elf_symbols
@@ -52,39 +52,22 @@ DDB_COMMANDS = ("show panic", "bt", "ps")
 # kern_shutdown.c: shutdown_panic() / kern_reboot()
 REBOOT_NOTICE = re.compile(r"Automatic reboot in \d+ seconds|Rebooting\.\.\.|cpu_reset")
 PANIC_LINE = re.compile(r"(?m)^(?:panic: |Fatal trap \d+: )")
-DDB_WAIT = 20.0                                  # seconds for ddb's prompt or the reboot
+DDB_WAIT = panic_report.DEBUGGER_WAIT            # seconds for ddb's prompt or the reboot
 PANIC_PATTERNS = (LINE_START + r"panic: ", LINE_START + r"Fatal trap \d+: ",
                   LINE_START + r"KDB: enter: ", r"\ndb> ")
 
 
 def panic_text(log: str) -> str:
     """The console text from the first panic (or fatal trap) line on, ``\\r`` removed."""
-    clean = log.replace("\r", "")
-    m = PANIC_LINE.search(clean)
-    return clean[m.start():] if m else clean[-4000:]
-
-
-def _panic_log(console: Console) -> str:
-    try:
-        return panic_text(console.log_path.read_text(errors="replace"))
-    except OSError:
-        return ""
+    return panic_report.panic_text(log, PANIC_LINE)
 
 
 def freebsd_debugger(console: Console) -> str:
     """After a panic: ddb's ``show panic``, ``bt`` and ``ps``; without ddb, the panic and
     backtrace as the kernel printed them before rebooting."""
-    log = _panic_log(console)
-    if not DDB_PROMPT.search(log) and not REBOOT_NOTICE.search(log):
-        try:
-            console.expect_quiet(re.compile(f"{DDB_PROMPT.pattern}|{REBOOT_NOTICE.pattern}"),
-                                 timeout=DDB_WAIT)
-        except (ConsoleTimeout, ConsoleError):
-            pass                      # QEMU gone (-no-reboot) or silent: keep what came
-        log = _panic_log(console)
-    if DDB_PROMPT.search(log):
-        return format_transcript(collect(console, DDB_COMMANDS, DDB_PROMPT), prompt="db> ")
-    return f"[no ddb(4) prompt: the kernel's own report up to its reboot]\n{log}"
+    return panic_report.debugger_or_reboot(
+        console, prompt=DDB_PROMPT, commands=DDB_COMMANDS, reboot=REBOOT_NOTICE,
+        panic_line=PANIC_LINE, wait=DDB_WAIT)
 
 
 CONSOLE = ConsoleProfile(name="freebsd", prompt=r"[#$] $", panic=PANIC_PATTERNS,

@@ -159,7 +159,7 @@ def test_a_panic_without_ddb_keeps_the_kernel_report_up_to_the_reboot(tmp_path: 
     con.close()
     b.close()
     saved = (tmp_path / "debugger.txt").read_text()
-    assert saved.startswith("[no ddb(4) prompt")
+    assert saved.startswith("[no debugger prompt")
     assert "#6 0xffffffff82a41301 at vmmdev_ioctl+0x4f1" in saved
     assert "Automatic reboot in 15 seconds" in saved
     assert panic_text("root# ls\r\nFatal trap 12: page fault\r\n").startswith("Fatal trap 12")
