@@ -24,7 +24,9 @@ from harness.discovery import freebsd_bhyve as discovery_bhyve
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
 from harness.discovery import openbsd_vmm as discovery_openbsd
+from harness.images.dragonfly import PROC_SYMBOLS as DRAGONFLY_PROC_SYMBOLS
 from harness.observe import KernelView, ObservedVM
+from harness.observe import dragonfly_vkernel as observe_vkernel
 from harness.observe import freebsd_bhyve as observe_bhyve
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
@@ -117,6 +119,16 @@ HYPERVISORS.add("freebsd-bhyve-vmx", Hypervisor(
     observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
     type_modules=("vmm",), prepare=observe_bhyve.prepare_vmx,
     model_options={"format": "ept"}))
+
+HYPERVISORS.add("dragonfly-vkernel", Hypervisor(
+    name="dragonfly-vkernel", guest_os="dragonfly", arch="x86_64", format="npt",
+    models=("dragonfly-vkernel",),
+    description="DragonFly vkernel (MAP_VPAGETABLE, software nested paging): allprocs -> "
+                "each process's vm_map (and p_vkernel's vmspaces) -> VPAGETABLE entries "
+                "(aux.master_pde, the memory image's object pages) and the vmspace's pmap "
+                "(pm_pml4); needs a kernel with MAP_VPAGETABLE (stock: skip)",
+    observe=observe_vkernel.observe, symbols=DRAGONFLY_PROC_SYMBOLS,
+    prepare=observe_vkernel.prepare))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str | None:
