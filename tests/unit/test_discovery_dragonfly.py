@@ -135,12 +135,6 @@ def test_the_workload_refuses_regions_its_tables_cannot_hold(tmp: Path) -> None:
     assert vk_image(tmp, size=64 << 20).nl1 == 32
 
 
-def test_the_workload_compiles_without_system_headers() -> None:
-    subprocess.run(["gcc", "-fsyntax-only", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-                    "-nostdinc", "-I", str(WORKLOAD), str(WORKLOAD / "vkernel_dfly.c"),
-                    str(WORKLOAD / "vkernel_tables.c")], check=True)
-
-
 # -- a constructed DragonFly L1 -----------------------------------------------------------
 
 @dataclass

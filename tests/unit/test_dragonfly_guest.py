@@ -217,7 +217,8 @@ def test_types_come_from_the_kept_subset_or_the_kernel_dwarf(tmp_path: Path) -> 
 
 def test_the_dragonfly_scenarios_validate() -> None:
     names = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
-    assert names == ["vkernel-inval.yaml", "vkernel-smoke.yaml", "vkernel-stale.yaml"]
+    assert names == ["vkernel-inval.yaml", "vkernel-smoke.yaml", "vkernel-stale.yaml",
+                     "vkernel-stock.yaml"]
     for p in SCENARIOS.glob("*.yaml"):
         sc = load_scenario(p)
         assert (sc.guest.os, sc.hypervisor) == ("dragonfly", "dragonfly-vkernel")

@@ -34,6 +34,7 @@ from harness.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "scenarios" / "dragonfly" / "vkernel-smoke.yaml"
+STOCK = ROOT / "scenarios" / "dragonfly" / "vkernel-stock.yaml"
 TOOLS = shutil.which("gcc") and shutil.which("objcopy")
 QEMU_IMG = shutil.which("qemu-img")
 RELEASE = "6.4.2"
@@ -276,6 +277,8 @@ def test_no_user_kernel_and_no_mirror_are_skips_with_the_reason(
     res = run_scenario(load_scenario(SMOKE), tmp_path / "art2")
     assert res.verdict == "skip" and "images import dragonfly-amd64-vkernel" in res.message
     assert not list((tmp_path / "art2").glob("*/qemu.cmdline"))            # nothing booted
+    res = run_scenario(load_scenario(STOCK), tmp_path / "art3")
+    assert res.verdict == "skip" and "images import dragonfly-amd64 " in res.message
     assert main(["images", "build", "dragonfly-amd64"]) == 3
 
 
