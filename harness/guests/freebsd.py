@@ -110,7 +110,10 @@ def freebsd_types(image: Image, modules: Sequence[str]) -> Ctf:
 
 
 def freebsd_backing(query: BackingQuery) -> DictBacking:
-    """The frames the VMM process maps at each slot's address, from its own pmap."""
+    """The frames the VMM process maps at each slot's address, from its own pmap; none
+    for a VM no process maps (pid 0: ``driver: bhyvectl``, never run)."""
+    if query.pid == 0:
+        return DictBacking({})
     view = query.l1
     if view is None:
         raise InfraError("FreeBSD backing walks the VMM process's page tables and needs the "

@@ -139,6 +139,8 @@ class _StepChecker:
         _check_slots(self.sc, st, self.add)
         if st.driver == "vmd":
             _check_vmd(self.sc, st, self.add)
+        if st.driver == "bhyvectl":
+            _check_bhyvectl(self.sc, st, self.add)
         if self.sc.hypervisor in VKERNEL_HYPERVISORS:
             _check_vkernel(st, self.add)
         if st.holds:
@@ -280,6 +282,26 @@ def _check_vmd(sc: Scenario, st: WorkloadStep, add: Add) -> None:
             "memory, vmd lays out its ranges", *at, "slots")
     if st.touch:
         add("driver vmd runs /bsd.rd as the L2: it takes no touches", *at, "touch")
+
+
+BHYVECTL_GUESTS = ("freebsd",)
+
+
+def _check_bhyvectl(sc: Scenario, st: WorkloadStep, add: Add) -> None:
+    """``driver: bhyvectl``: a FreeBSD guest, one VM, one cycle, one flagless slot at GPA 0
+    whose size (a multiple of 1 MiB) is the VM's memory, no touches (no vCPU runs)."""
+    at = ("steps", st.index, "workload")
+    if sc.guest.os not in BHYVECTL_GUESTS:
+        add(f"driver bhyvectl runs in a FreeBSD guest, not {sc.guest.os}", *at, "driver")
+    if st.vms != 1 or st.cycles != 1 or st.threads:
+        add("driver bhyvectl makes one VM once (vms: 1, cycles: 1, no threads)", *at,
+            "driver")
+    if len(st.slots) != 1 or st.slots[0].gpa != 0 or st.slots[0].flags \
+            or st.slots[0].size % (1 << 20):
+        add("driver bhyvectl takes one slot {gpa: 0, size: S}: S (a multiple of 1M) is the "
+            "VM's memory, libvmmapi lays out its ranges", *at, "slots")
+    if st.touch:
+        add("driver bhyvectl runs no vCPU: it takes no touches", *at, "touch")
 
 
 VKERNEL_HYPERVISORS = ("dragonfly-vkernel",)

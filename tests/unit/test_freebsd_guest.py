@@ -7,6 +7,7 @@ caught, and the skip on TCG's CPU, as JUnit and the summary show it."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import xml.etree.ElementTree as ET
@@ -359,3 +360,97 @@ def test_on_tcg_the_run_is_a_skip_in_junit_and_the_summary(tmp_path: Path) -> No
     assert skipped is not None and "NRIP save" in (skipped.get("message") or "")
     assert summary([res])["outcomes"] == {"skipped": 1}
     assert "skip" in summary_table([res]) and "1 skipped" in summary_table([res])
+
+
+# -- driver: bhyvectl, a VM no process made and no vCPU ran ----------------------------------
+
+BHYVECTL = """name: {name}
+guest: {{os: freebsd, image: freebsd-amd64}}
+machine: {{cpu: "max,-la57", memory: 64M}}
+hypervisor: freebsd-bhyve-svm
+{expect}steps:
+  - boot: {{}}
+  - workload: {{id: w1, driver: bhyvectl, slots: [{{gpa: 0x0, size: 1M}}]}}
+  - check: {{vms: 1}}
+  - release: {{workload: w1}}
+  - check: {{vms: 0}}
+"""
+
+
+class BhyvectlWorld(FreeBsdWorld):
+    """vmm.ko with one VM ``slat-w1`` of *maps_len* bytes (``bhyvectl --set-mem=1`` leaves
+    1 MiB), its nested tables empty; *stays*: ``--destroy`` removes the device node but
+    the kernel keeps the VM on its list."""
+
+    def __init__(self, maps_len: int = 0x100000, stays: bool = False) -> None:
+        super().__init__("freebsd-identcpu-kvm-amd.log", "freebsd-vmm-load-kvm-amd.log")
+        spec = VmSpec("slat-w1", 0x400000, "svm", 0x600000, maps=[(0, maps_len, 0, 0, 7)],
+                      segs=[(0, maps_len, True)])
+        self.W = build_bhyve([spec])
+        self.stays = stays
+        self.destroyed = False
+        self.guest = FakeGuest([
+            Rule(r"^grep -E .* /var/run/dmesg.boot$", transcript("freebsd-identcpu-kvm-amd.log")),
+            Rule(r"^kldload -n vmm", transcript("freebsd-vmm-load-kvm-amd.log")),
+            Rule(r"^uname -r$", "14.3-RELEASE\n"),
+            Rule(r"^bhyvectl --vm=slat-w1 --destroy 2>/dev/null; true$"),
+            Rule(r"^bhyvectl --vm=slat-w1 --create && bhyvectl --vm=slat-w1 --set-mem=1$"),
+            Rule(r"^bhyvectl --vm=slat-w1 --destroy$", answer=self.destroy),
+            Rule(r"^test -e /dev/vmm/slat-w1$", answer=lambda m: ("", 1 if self.destroyed
+                                                                 else 0))])
+
+    def destroy(self, m: Any) -> tuple[str, int]:
+        self.destroyed = True
+        if not self.stays:
+            self.W.put(0x1000 + (CDEVP_LIST & 0xFFF), "<Q", 0)      # the cdev is gone
+        return "", 0
+
+
+def run_bhyvectl(tmp_path: Path, name: str, world: BhyvectlWorld, expect: str = "") -> Any:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / f"{name}.yaml").write_text(BHYVECTL.format(name=name, expect=expect))
+    return run_scenario(load_scenario(tmp_path / f"{name}.yaml"), tmp_path / "art",
+                        services=world.services(tmp_path))
+
+
+def test_a_bhyvectl_vm_is_found_by_name_with_libvmmapi_memory_map_and_no_leaves(
+        tmp_path: Path) -> None:
+    world = BhyvectlWorld()
+    res = run_bhyvectl(tmp_path, "bhyvectl-fake", world)
+    assert (res.verdict, res.status) == ("pass", 0), res.message
+    slat = json.loads((res.artifacts / "slat.json").read_text())
+    first = slat["checks"][0]["vms"][0]
+    assert first["discovery"]["vm_name"] == "slat-w1" and first["mappings"] == []
+    assert slat["checks"][1]["vms"] == []
+    assert world.destroyed and "bhyvectl --vm=slat-w1 --destroy" in world.guest.typed
+    assert not any(c.startswith("( slat-workload") for c in world.guest.typed)
+
+
+def test_a_bhyvectl_vm_with_another_memory_map_or_left_behind_is_a_finding(
+        tmp_path: Path) -> None:
+    res = run_bhyvectl(tmp_path, "bhyvectl-map", BhyvectlWorld(maps_len=0x200000),
+                       expect="expect:\n  verdict: fail\n  findings: [{kind: memmap}]\n")
+    assert (res.verdict, res.outcome) == ("fail", "xfailed"), res.message
+    (memmap,) = res.findings
+    assert memmap.kind == "memmap" and memmap.expected == "libvmmapi's vm_setup_memory()"
+    assert memmap.detail == "bhyvectl --set-mem 0x100000"
+    assert "size is 0x200000, predicted 0x100000" in str(memmap.observed)
+    res = run_bhyvectl(tmp_path / "b", "bhyvectl-stays", BhyvectlWorld(stays=True),
+                       expect="expect:\n  verdict: fail\n  findings: [{kind: leftover}]\n")
+    assert (res.verdict, res.outcome) == ("fail", "xfailed"), res.message
+    assert [f.kind for f in res.findings] == ["leftover"]
+
+
+@pytest.mark.parametrize("workload, message", [
+    ("{driver: bhyvectl, slots: [{gpa: 0x1000, size: 1M}]}", "one slot {gpa: 0, size: S}"),
+    ("{driver: bhyvectl, vms: 2, slots: [{gpa: 0x0, size: 1M}]}", "one VM once"),
+    ("{driver: bhyvectl, slots: [{gpa: 0x0, size: 1M}], touch: [{gpa: 0x0, access: r}]}",
+     "no touches"),
+])
+def test_bhyvectl_workloads_are_validated(tmp_path: Path, workload: str, message: str) -> None:
+    from harness.errors import ScenarioError, ScenarioErrors
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nguest: {os: freebsd, image: freebsd-amd64}\nhypervisor: freebsd-bhyve-svm\n"
+        f"steps:\n  - boot: {{}}\n  - workload: {workload}\n")
+    with pytest.raises((ScenarioError, ScenarioErrors), match=re.escape(message)):
+        load_scenario(tmp_path / "s.yaml")
