@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from harness.context import Services
-from harness.errors import ScenarioError, ScenarioErrors, SlatcheckError
+from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
 from harness.result import ScenarioResult
 from harness.scenario import Scenario
@@ -55,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     img_sub.add_parser("list", help="list image recipes")
     build = img_sub.add_parser("build", help="build an image into the cache")
     build.add_argument("name")
+    imp = img_sub.add_parser("import", help="put a disk installed elsewhere into the cache "
+                             "(disk images only: openbsd-amd64)")
+    imp.add_argument("name")
+    imp.add_argument("--disk", type=Path, required=True,
+                     help="the installed disk (any format qemu-img reads)")
+    imp.add_argument("--kernel", type=Path, required=True,
+                     help="the kernel that disk boots (OpenBSD: /bsd with KARL off, the "
+                          "file /bsd.booted is at run time)")
+    imp.add_argument("--root-password", default=None,
+                     help="root's password on the disk (default: the recipe's)")
     for name, what in (("formats", "page-table formats"), ("models", "reference models"),
                        ("hypervisors", "observable hypervisors"), ("guests", "guest OSes"),
                        ("reporters", "report formats")):
@@ -167,9 +177,31 @@ def _cmd_images(args: argparse.Namespace) -> int:
             f = image_facts(name)
             print(f"{name:24} {f.os} {f.arch} ({f.builder})")
         return 0
-    img = build_image(args.name, progress=lambda s: print(s, flush=True))
+    if args.images_cmd == "import":
+        return _cmd_import(args)
+    try:
+        img = build_image(args.name, progress=lambda s: print(s, flush=True))
+    except SkipScenario as e:              # cannot be built here: not a success
+        print(f"slatcheck: image {args.name} cannot be built here: {e}", file=sys.stderr)
+        return 3
     print(f"{img.name}: {img.dir}")
     print(f"  kernel {img.kernel_release}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    """``images import NAME --disk FILE --kernel FILE``: a disk image installed elsewhere."""
+    from harness.images import IMPORT_CHECKS, image_facts
+    from harness.images.disk_image import import_disk_image, load_disk_recipe
+    facts = image_facts(args.name)
+    if facts.builder not in IMPORT_CHECKS:
+        raise ScenarioError(f"image {args.name} is built by {facts.builder}, which makes no "
+                            f"disk to import (disk images: {', '.join(sorted(IMPORT_CHECKS))})")
+    img = import_disk_image(load_disk_recipe(args.name), args.disk, args.kernel,
+                            check_kernel=IMPORT_CHECKS[facts.builder],
+                            password=args.root_password,
+                            progress=lambda s: print(s, flush=True))
+    print(f"{img.name}: {img.dir}")
     return 0
 
 
