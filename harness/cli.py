@@ -75,8 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+class _Stop:
+    """SIGINT and SIGTERM stop the run once: the first raises KeyboardInterrupt (the run
+    ends with verdict ``interrupted``, its clean-up and reports still happen); later ones
+    are counted and change nothing, so the exit status stays 1."""
+
+    def __init__(self) -> None:
+        self.signals = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            raise KeyboardInterrupt(f"signal {signum} ({signal.Signals(signum).name})")
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None, services: Services | None = None) -> int
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return 2 if e.code else 0
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop = _Stop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.cmd == "run":
             return _cmd_run(args, services)
@@ -249,7 +260,22 @@ def main(argv: list[str] | None = None, services: Services | None = None) -> int
     except KeyboardInterrupt:
         print("slatcheck: interrupted", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def entry() -> None:
+    """The ``slatcheck`` program: :func:`main`, then exit with its status.
+
+    Once main has returned, a late Ctrl-C or SIGTERM can no longer change the exit
+    status (the run and its reports are done).
+    """
+    status = main()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

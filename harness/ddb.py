@@ -4,7 +4,7 @@ OpenBSD enters ddb on a panic (prompt ``ddb{N}>`` or ``ddb>``); FreeBSD and
 DragonFly with DDB print ``db>``.  :func:`collect` types each command of a
 list, waits for the next prompt, and keeps what came between: the text a
 bug report needs (``show panic``, ``trace``, ``ps``, every CPU's trace).
-The commands and the prompt are the OS's (:mod:`harness.guests_openbsd_data`
+The commands and the prompt are the OS's (:mod:`harness.openbsd_console`
 for OpenBSD); the session is anything that can type a line and wait for a
 pattern without treating the prompt as a new panic
 (:meth:`harness.console.Console.expect_quiet`).

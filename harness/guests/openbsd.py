@@ -19,58 +19,25 @@ backing frames from the VMM process's own page tables.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.console import LINE_START, Console, ConsoleProfile
+from harness.console import Console
 from harness.ctf import Ctf
-from harness.ddb import collect, format_transcript
 from harness.discovery.openbsd_proc import PROC_SYMBOLS, process_frames
 from harness.discovery.openbsd_vmm import DirectMapOrVirt
 from harness.elf_symbols import elf_symbols
 from harness.errors import InfraError
 from harness.guests.record import BackingQuery, GuestOS
-from harness.guests_openbsd_data import DDB_PROMPT, ddb_collect_commands, ddb_cpu
 from harness.images import Image
 from harness.models.base import DictBacking
+from harness.openbsd_console import CONSOLE, cpu_count, openbsd_ddb
 from harness.serial_login import serial_login
 
 __all__ = ["OPENBSD", "CONSOLE", "openbsd_ddb", "openbsd_symbols", "openbsd_types",
            "openbsd_backing", "openbsd_login", "cpu_count", "KERNEL_IN_GUEST"]
 
 KERNEL_IN_GUEST = "/bsd.booted"        # etc/rc links the booted kernel here
-CPU_ATTACH = re.compile(r"(?m)^cpu(\d+) at mainbus0")
-
-
-def cpu_count(boot_log: str) -> int:
-    """How many CPUs attached, from the dmesg on the console (at least 1).
-
-    >>> cpu_count("cpu0 at mainbus0: apid 0\\ncpu1 at mainbus0: apid 1\\n")
-    2
-    """
-    return max([int(n) + 1 for n in CPU_ATTACH.findall(boot_log)] or [1])
-
-
-def openbsd_ddb(console: Console) -> str:
-    """In ddb after a panic: every CPU's view; the transcript."""
-    try:
-        log = console.log_path.read_text(errors="replace")
-    except OSError:
-        log = ""
-    ncpus = cpu_count(log)
-    current = ddb_cpu(log) or 0
-    commands = ddb_collect_commands(ncpus, current if current < ncpus else 0)
-    return format_transcript(collect(console, commands, DDB_PROMPT))
-
-
-CONSOLE = ConsoleProfile(
-    name="openbsd", prompt=r"[#$] $",
-    panic=(LINE_START + r"panic: ", r"ddb(?:\{\d+\})?> ", LINE_START + r"uvm_fault\(",
-           LINE_START + r"kernel: page fault trap, code="),
-    debugger=openbsd_ddb)
-
-
 def openbsd_login(console: Console, image: Image, timeout: float) -> None:
     """Log in as the image's user on the serial getty."""
     login = image.manifest.get("login", {})

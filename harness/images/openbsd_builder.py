@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.arch import ARCHES
-from harness.console import GuestCommandError
+from harness.console import ConsoleProfile, GuestCommandError
 from harness.errors import InfraError, SkipScenario
 from harness.images import openbsd as ob
 from harness.images.build import Image, cache_root
@@ -54,6 +54,7 @@ from harness.images.fetch import FetchError, fetch
 from harness.images.openbsd_install import drive_install
 from harness.images.recipe import WORKLOAD_DIR
 from harness.images.signify import VerifyError, verify_release
+from harness.openbsd_console import CONSOLE
 
 __all__ = ["build_openbsd_image", "fetch_release", "needed_files", "serving", "run_install",
            "first_boot", "check_kernel", "mirror_of", "release_dir", "PROBE_TIMEOUT"]
@@ -236,7 +237,7 @@ def run_install(recipe: DiskRecipe, files: Path, disk: Path, logs: Path,
 def first_boot(recipe: DiskRecipe, disk: Path, logs: Path, progress: Progress) -> bytes:
     """Boot the installed disk once to customise it; the kernel it wrote out."""
     from harness.console import Console
-    from harness.guests_openbsd_data import VMM_ATTACH
+    from harness.openbsd_console import VMM_ATTACH
     from harness.serial_login import serial_login
     sources = {name: (WORKLOAD_DIR / name).read_bytes() for name in ob.WORKLOAD_FILES}
     transfer = logs / "transfer.raw"
@@ -267,9 +268,8 @@ def first_boot(recipe: DiskRecipe, disk: Path, logs: Path, progress: Progress) -
     return files[ob.KERNEL_OUT]
 
 
-def _profile() -> Any:
-    from harness.guests.bsd import OPENBSD
-    return OPENBSD.console
+def _profile() -> ConsoleProfile:
+    return CONSOLE
 
 
 def check_kernel(kernel: bytes) -> None:
