@@ -1,15 +1,15 @@
 """DragonFly BSD as the L1: getty login then ``sh``, ddb (or the panic as printed), ELF
 symbols and DWARF types of the booted kernel, backing frames from the memory image.
 
-* Console: ``sh``'s prompt (root's login shell is csh: :func:`dragonfly_login` execs
-  ``/bin/sh``, whose ``$?`` the console's command framing reads).  A panic
-  (``panic:``, a ``Fatal trap``, the ``db>`` prompt) ends the run with verdict
-  ``panic`` after :func:`dragonfly_debugger` ran ``trace``, ``ps`` and ``show
-  registers`` in ddb, or, on a kernel that does not enter the debugger
-  (``debug.debugger_on_panic=0``), kept what the kernel printed up to its reboot
-  notice; saved as ``debugger.txt``.  [inferred] as BSD-GUESTS.md section 3.4 says:
-  ``Debugger("panic")``, ``Stopped at``, ``db>``, and the FreeBSD-derived
-  ``Automatic reboot in N seconds``.
+* Console (:mod:`harness.dragonfly_console`): ``sh``'s prompt (root's login shell is
+  csh: :func:`dragonfly_login` execs ``/bin/sh``, whose ``$?`` the console's command
+  framing reads).  A panic (``panic:``, a ``Fatal trap``, the ``db>`` prompt) ends the
+  run with verdict ``panic`` after :func:`dragonfly_debugger` ran ``trace``, ``ps`` and
+  ``show registers`` in ddb, or, on a kernel that does not enter the debugger
+  (``debug.debugger_on_panic=0``), kept what the kernel printed up to its reboot notice;
+  saved as ``debugger.txt``.  [inferred] as BSD-GUESTS.md section 3.4 says:
+  ``Debugger("panic")``, ``Stopped at``, ``db>``, and the FreeBSD-derived ``Automatic
+  reboot in N seconds``.
 * Login: the getty the image's first boot put on ``ttyd0``; ``root`` has no password.
 * Symbols: the ELF ``.symtab`` of the image's kernel (kept by the image: the stock
   kernel copied out of the guest, or the user's kernel), after checking by SHA-256
@@ -31,11 +31,19 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness import panic_report
-from harness.console import LINE_START, Console, ConsoleProfile
+from harness.console import Console
 from harness.ctf import Ctf, CtfError
 from harness.discovery.dragonfly_vkernel import find_proc, regions_of_proc
 from harness.discovery.linux_kvm_common import KernelReader
+from harness.dragonfly_console import (
+    CONSOLE,
+    DDB_COMMANDS,
+    DDB_PROMPT,
+    LOGIN,
+    REBOOT_NOTICE,
+    SHELL_SETUP,
+    dragonfly_debugger,
+)
 from harness.dwarf import Dwarf, types_from_json
 from harness.elf_symbols import SymbolError, elf_symbols
 from harness.errors import InfraError
@@ -49,31 +57,10 @@ __all__ = ["DRAGONFLY", "CONSOLE", "LOGIN", "DDB_PROMPT", "DDB_COMMANDS", "REBOO
            "SHELL_SETUP", "dragonfly_debugger", "dragonfly_login", "dragonfly_symbols",
            "dragonfly_types", "dragonfly_backing", "TYPES_FILE"]
 
-LOGIN = re.compile(r"(?m)^(?:\S+ )?login: $")     # getty after "DragonFly/x86_64 (host) (tty)"
-DDB_PROMPT = re.compile(r"db> ")
-DDB_COMMANDS = ("trace", "ps", "show registers")
-REBOOT_NOTICE = re.compile(r"Automatic reboot in \d+ seconds|Rebooting\.\.\.|cpu_reset")
-PANIC_LINE = re.compile(r"(?m)^(?:panic: |Fatal trap \d+: )")
-PANIC_PATTERNS = (LINE_START + r"panic: ", LINE_START + r"Fatal trap \d+: ", r"\ndb> ")
-# after the login: a Bourne shell with the system's directories
-SHELL_SETUP = ("exec /bin/sh",
-               "export PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin")
 TYPES_FILE = "types.json"
 # the guest's digest of its kernel (sha256(1) as in FreeBSD; openssl where it is not)
 KERNEL_DIGEST = (f"sha256 -q {GUEST_KERNEL} 2>/dev/null || "
                  f"openssl dgst -sha256 {GUEST_KERNEL} | sed 's/.*= //'")
-
-
-def dragonfly_debugger(console: Console) -> str:
-    """After a panic: ddb's ``trace``, ``ps`` and ``show registers``; without ddb, the
-    panic as the kernel printed it before rebooting."""
-    return panic_report.debugger_or_reboot(
-        console, prompt=DDB_PROMPT, commands=DDB_COMMANDS, reboot=REBOOT_NOTICE,
-        panic_line=PANIC_LINE)
-
-
-CONSOLE = ConsoleProfile(name="dragonfly", prompt=r"[#$] $", panic=PANIC_PATTERNS,
-                         debugger=dragonfly_debugger)
 
 
 def dragonfly_login(console: Console, image: Image, timeout: float) -> None:

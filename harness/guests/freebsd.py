@@ -1,16 +1,16 @@
 """FreeBSD as the L1: getty login, ddb (or the panic as printed), ELF symbols and CTF
 of the booted kernel and vmm.ko, backing frames from the VMM process's page tables.
 
-* Console: root's ``sh`` prompt (FreeBSD 14's root shell); a panic (``panic:``, a
-  ``Fatal trap``, ``KDB: enter:``, the ``db>`` prompt) ends the run with verdict
-  ``panic`` after :func:`freebsd_debugger` ran ``show panic``, ``bt`` and ``ps`` in
-  ddb(4), or, on a kernel without DDB (a RELEASE GENERIC has KDB and KDB_TRACE
-  only [inferred]), kept what the kernel printed up to its reboot notice
-  (``kern_reboot``: ``Automatic reboot in N seconds``); saved as ``debugger.txt``.
-  The strings are the kernel's: ``kern/kern_shutdown.c`` ``vpanic()`` (``panic:``,
-  ``cpuid =``, ``time =``), ``subr_kdb.c`` (``KDB: stack backtrace:``, ``KDB:
-  enter:``), ``ddb/db_command.c`` (the ``db> `` prompt), ``amd64/amd64/trap.c``
-  (``Fatal trap N: ...``).
+* Console (:mod:`harness.freebsd_console`): root's ``sh`` prompt (FreeBSD 14's root
+  shell); a panic (``panic:``, a ``Fatal trap``, ``KDB: enter:``, the ``db>`` prompt)
+  ends the run with verdict ``panic`` after :func:`freebsd_debugger` ran ``show panic``,
+  ``bt`` and ``ps`` in ddb(4), or, on a kernel without DDB (a RELEASE GENERIC has KDB
+  and KDB_TRACE only [inferred]), kept what the kernel printed up to its reboot notice
+  (``kern_reboot``: ``Automatic reboot in N seconds``); saved as ``debugger.txt``. The
+  strings are the kernel's: ``kern/kern_shutdown.c`` ``vpanic()`` (``panic:``, ``cpuid
+  =``, ``time =``), ``subr_kdb.c`` (``KDB: stack backtrace:``, ``KDB: enter:``),
+  ``ddb/db_command.c`` (the ``db> `` prompt), ``amd64/amd64/trap.c`` (``Fatal trap N:
+  ...``).
 * Login: the BASIC-CI image's getty on ``ttyu0`` prints a banner and a bare
   ``login:``; ``root`` has no password.
 * Symbols: the ELF ``.symtab`` of the image's ``/boot/kernel/kernel`` (no kernel
@@ -25,17 +25,25 @@ of the booted kernel and vmm.ko, backing frames from the VMM process's page tabl
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness import panic_report
-from harness.console import LINE_START, Console, ConsoleProfile
+from harness.console import Console
 from harness.ctf import Ctf, ctf_section
 from harness.discovery.freebsd_bhyve import FreeBsdKernelMem
 from harness.discovery.freebsd_proc import PROC_SYMBOLS, proc_frames
 from harness.elf_symbols import elf_symbols
 from harness.errors import InfraError
+from harness.freebsd_console import (
+    CONSOLE,
+    DDB_COMMANDS,
+    DDB_PROMPT,
+    DDB_WAIT,
+    LOGIN,
+    REBOOT_NOTICE,
+    freebsd_debugger,
+    panic_text,
+)
 from harness.guests.record import BackingQuery, GuestOS
 from harness.images import Image
 from harness.images.freebsd import GUEST_KERNEL
@@ -45,33 +53,6 @@ from harness.serial_login import serial_login
 __all__ = ["FREEBSD", "CONSOLE", "LOGIN", "DDB_PROMPT", "DDB_COMMANDS", "REBOOT_NOTICE",
            "freebsd_debugger", "freebsd_login", "freebsd_symbols", "freebsd_types",
            "freebsd_backing", "panic_text", "DDB_WAIT"]
-
-LOGIN = re.compile(r"(?m)^login: $")             # getty(8) after "FreeBSD/amd64 (host) (tty)"
-DDB_PROMPT = re.compile(r"db> ")                 # ddb/db_command.c db_command_loop()
-DDB_COMMANDS = ("show panic", "bt", "ps")
-# kern_shutdown.c: shutdown_panic() / kern_reboot()
-REBOOT_NOTICE = re.compile(r"Automatic reboot in \d+ seconds|Rebooting\.\.\.|cpu_reset")
-PANIC_LINE = re.compile(r"(?m)^(?:panic: |Fatal trap \d+: )")
-DDB_WAIT = panic_report.DEBUGGER_WAIT            # seconds for ddb's prompt or the reboot
-PANIC_PATTERNS = (LINE_START + r"panic: ", LINE_START + r"Fatal trap \d+: ",
-                  LINE_START + r"KDB: enter: ", r"\ndb> ")
-
-
-def panic_text(log: str) -> str:
-    """The console text from the first panic (or fatal trap) line on, ``\\r`` removed."""
-    return panic_report.panic_text(log, PANIC_LINE)
-
-
-def freebsd_debugger(console: Console) -> str:
-    """After a panic: ddb's ``show panic``, ``bt`` and ``ps``; without ddb, the panic and
-    backtrace as the kernel printed them before rebooting."""
-    return panic_report.debugger_or_reboot(
-        console, prompt=DDB_PROMPT, commands=DDB_COMMANDS, reboot=REBOOT_NOTICE,
-        panic_line=PANIC_LINE, wait=DDB_WAIT)
-
-
-CONSOLE = ConsoleProfile(name="freebsd", prompt=r"[#$] $", panic=PANIC_PATTERNS,
-                         debugger=freebsd_debugger)
 
 
 def freebsd_login(console: Console, image: Image, timeout: float) -> None:

@@ -245,7 +245,7 @@ def first_boot(recipe: DiskRecipe, disk: Path, logs: Path, progress: Progress,
     tests give a scripted guest).
     """
     from harness.console import Console
-    from harness.guests.dragonfly import CONSOLE
+    from harness.dragonfly_console import CONSOLE
     files = {n: (WORKLOAD_DIR / n).read_bytes() for n in df.WORKLOAD_FILES}
     if kernel is not None:
         files[df.USER_KERNEL_IN] = kernel.stripped

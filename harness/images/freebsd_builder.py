@@ -132,7 +132,7 @@ def first_boot(recipe: DiskRecipe, disk: Path, logs: Path, progress: Progress,
     """
     from harness.bhyve_support import IDENTCPU_GREP
     from harness.console import Console
-    from harness.guests.freebsd import CONSOLE, LOGIN
+    from harness.freebsd_console import CONSOLE, LOGIN
     from harness.serial_login import serial_login
     sources = {n: (WORKLOAD_DIR / n).read_bytes() for n in fb.WORKLOAD_FILES}
     transfer = logs / "transfer.raw"
