@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from harness.mem import PhysMem
 
-__all__ = ["Mapping", "StructuralFinding", "WalkResult", "Format", "WalkLimits"]
+__all__ = ["Mapping", "StructuralFinding", "WalkResult", "Format", "WalkLimits", "LeafEditor",
+           "hexs"]
+
+
+def hexs(value: int | None) -> str | None:
+    """An address as written in slat.json and findings.json: a hex string (None stays).
+
+    >>> hexs(4096), hexs(None)
+    ('0x1000', None)
+    """
+    return None if value is None else f"{value:#x}"
 
 
 class Mapping(NamedTuple):
@@ -47,13 +57,23 @@ class Mapping(NamedTuple):
         """First input address past the mapping."""
         return self.gpa + self.size
 
+    @property
+    def entry(self) -> int:
+        """Physical address of the leaf entry itself."""
+        return self.table + 8 * self.index
+
     def to_json(self) -> dict[str, Any]:
-        """The slat.json form of the mapping."""
-        return {"gpa": self.gpa, "hpa": self.hpa, "size": self.size,
+        """The slat.json form of the mapping: addresses and sizes as hex strings.
+
+        >>> Mapping(0x1000, 0x5000, 4096, True, True, True, 1, 0x5037, 6,
+        ...         table=0x9000, index=1).to_json()["entry"]
+        '0x9008'
+        """
+        return {"gpa": hexs(self.gpa), "hpa": hexs(self.hpa), "size": hexs(self.size),
                 "r": self.r, "w": self.w, "x": self.x, "level": self.level,
                 "raw": f"{self.raw:#018x}", "memtype": self.memtype,
                 "accessed": self.accessed, "dirty": self.dirty,
-                "table": self.table, "index": self.index}
+                "table": hexs(self.table), "index": self.index, "entry": hexs(self.entry)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,13 @@ class StructuralFinding:
     index: int
     raw: int
     detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The slat.json form: addresses as hex strings."""
+        return {"kind": self.kind, "gpa": hexs(self.gpa), "level": self.level,
+                "table": hexs(self.table), "index": self.index,
+                "entry": hexs(self.table + 8 * self.index), "raw": f"{self.raw:#018x}",
+                "detail": self.detail}
 
 
 @dataclass
@@ -86,6 +113,36 @@ class WalkLimits:
     mem_size: int | None = None    # frames at or beyond this are "frame_beyond_memory"
 
 
+class LeafEditor(Protocol):
+    """How a format changes one field of a leaf at its own level (``harness.inject``).
+
+    The NPT, EPT and stage-2 codecs implement it (their shared part is
+    :class:`harness.formats.leafedit.LeafEdits`).
+    """
+
+    cleared: int
+
+    def leaf_frame_mask(self, level: int) -> int:
+        """The output-address bits of a leaf at *level*."""
+        ...
+
+    def with_frame(self, raw: int, level: int, hpa: int) -> int:
+        """The leaf pointing at *hpa* (aligned to its size), other bits kept."""
+        ...
+
+    def without(self, raw: int, level: int, perm: str) -> int:
+        """The leaf without permission *perm* ("r", "w", "x")."""
+        ...
+
+    def with_reserved(self, raw: int, level: int) -> int:
+        """The leaf with a reserved bit or field value set (ValueError if none)."""
+        ...
+
+    def other_memtype(self, raw: int, level: int) -> int:
+        """The leaf with another valid memory type."""
+        ...
+
+
 @dataclass(frozen=True)
 class Format:
     """A registry record for one page-table format."""
@@ -94,3 +151,4 @@ class Format:
     description: str                           # one line, for `slatcheck formats`
     walk: Callable[[PhysMem, int, Any], WalkResult]  # walk(mem, root, params)
     params: type                               # frozen dataclass of walk parameters
+    editor: Callable[[Any], LeafEditor] | None = None  # editor(params); None: not injectable

@@ -30,6 +30,12 @@ Flavours (``EptParams.flavour``):
   hardware R/W/X but without bit 52 is a ``bad_entry`` (the CPU can use a
   translation the pmap considers invalid).
 
+Editing (:mod:`harness.inject`): the frame of a level-*L* leaf is its bits
+from ``12 + 9 * (L - 1)`` up; r is taken away by clearing R and W (W without
+R is a misconfiguration), w by clearing W (and EMUL_RW), x by clearing X; a
+reserved value is memory type 7 (bits 5:3 all set), plus bit 12 in a large
+leaf; another memory type is UC (0) for WB, WB for anything else.
+
 >>> EptCodec(EptParams()).decode(0x037, 1)[:3]     # OpenBSD's leaf: RWX, WB
 ('leaf', 7, 6)
 >>> decode_eptp(0x12345000 | 0x1e)
@@ -41,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from harness.formats.base import Format, StructuralFinding, WalkLimits, WalkResult
+from harness.formats.leafedit import LeafEdits
 from harness.formats.radix import (
     LEAF,
     PERM_R,
@@ -94,7 +101,7 @@ def decode_eptp(eptp: int) -> tuple[int, int, int, bool]:
     return root, ((eptp >> 3) & 7) + 1, eptp & 7, bool(eptp & VMX_EPTP_AD_ENABLE_BIT)
 
 
-class EptCodec(EntryCodec):
+class EptCodec(LeafEdits, EntryCodec):
     """Decodes EPT entries in one of the three flavours."""
 
     def __init__(self, params: EptParams) -> None:
@@ -154,6 +161,24 @@ class EptCodec(EntryCodec):
         """FreeBSD emulated A/D: hardware-present without EMUL_V is a bad entry."""
         return Decoded("bad_entry", detail="hardware R/W/X set without EPT_PG_EMUL_V")
 
+    # ---- editing (harness.inject) ----
+
+    def without(self, raw: int, level: int, perm: str) -> int:
+        """Clear R and W (r), W and EMUL_RW (w) or X (x)."""
+        emulated = self.params.flavour == "freebsd-emulated-ad"
+        bits = {"r": EPT_R | EPT_W | (EPT_PG_EMUL_V | EPT_PG_EMUL_RW if emulated else 0),
+                "w": EPT_W | (EPT_PG_EMUL_RW if emulated else 0), "x": EPT_X}[perm]
+        return raw & ~bits
+
+    def with_reserved(self, raw: int, level: int) -> int:
+        """Memory type 7 (reserved in a leaf), and bit 12 in a 2 MiB or 1 GiB leaf."""
+        return raw | EPT_MT_MASK | (1 << 12 if level > 1 else 0)
+
+    def other_memtype(self, raw: int, level: int) -> int:
+        """UC (0) in place of WB (6), WB in place of anything else."""
+        memtype = 0 if (raw & EPT_MT_MASK) >> 3 == 6 else 6
+        return (raw & ~EPT_MT_MASK) | memtype << 3
+
 
 def walk(mem: PhysMem, root: int, params: EptParams | None = None) -> WalkResult:
     """Walk the EPT whose PML4 (PML5) is at physical *root*."""
@@ -178,4 +203,5 @@ def walk_eptp(mem: PhysMem, eptp: int, params: EptParams | None = None) -> WalkR
 
 
 EPT = Format(
-    "ept", "Intel extended page tables (EPT), rooted at the EPTP's PML4/PML5", walk, EptParams)
+    "ept", "Intel extended page tables (EPT), rooted at the EPTP's PML4/PML5", walk, EptParams,
+    EptCodec)

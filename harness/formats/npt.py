@@ -12,8 +12,18 @@ lies below it (the permissions are the AND along the path).  PS is allowed in
 a PDPTE (1 GiB leaf) and a PDE (2 MiB leaf); in a PML4E or PML5E it is a
 ``bad_entry``.  Frame bits from MAXPHYADDR to 51 are ``reserved_bits``, and so
 are frame bits below a large leaf's size other than its PAT bit (bit 12).
-Accessed = A (bit 5), dirty = D (bit 6) on leaves; ``memtype`` is None (the
-PAT/PCD/PWT bits stay readable in ``raw``).
+Accessed = A (bit 5), dirty = D (bit 6) on leaves.  ``memtype`` is the
+leaf's PAT index, ``PAT << 2 | PCD << 1 | PWT`` (0..7), with PWT bit 3, PCD
+bit 4 and PAT bit 7 in a 4 KiB PTE but bit 12 in a 2 MiB or 1 GiB leaf (AMD
+APM vol. 2, "Page-Attribute Table Mechanism"); which index a leaf may carry is
+the model's business.
+
+Editing (:mod:`harness.inject`): the frame of a level-*L* leaf is bits 51 (or
+MAXPHYADDR - 1) down to ``12 + 9 * (L - 1)``; r is taken away by clearing US,
+w by clearing RW, x by setting NX; the reserved bit is bit 13 in a large leaf
+(below its size and above PAT) and bit 51 in a 4 KiB one (only when
+MAXPHYADDR < 52: with 52 physical-address bits a PTE has none); another memory
+type is the leaf's PAT index with PCD flipped.
 
 Flavours (``NptParams.flavour``):
 
@@ -39,6 +49,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from harness.formats.base import Format, WalkLimits, WalkResult
+from harness.formats.leafedit import LeafEdits
 from harness.formats.radix import (
     LEAF,
     PERM_R,
@@ -52,12 +63,15 @@ from harness.formats.radix import (
 )
 from harness.mem import PhysMem
 
-__all__ = ["NptParams", "NptCodec", "walk", "NPT", "PG_V", "PG_RW", "PG_U", "PG_A", "PG_M",
-           "PG_PS", "PG_NX", "SPTE_MMU_PRESENT_MASK"]
+__all__ = ["NptParams", "NptCodec", "walk", "NPT", "PG_V", "PG_RW", "PG_U", "PG_PWT", "PG_PCD",
+           "PG_A", "PG_M", "PG_PS", "PG_NX", "PG_PAT_PTE", "PG_PAT_LARGE",
+           "SPTE_MMU_PRESENT_MASK", "pat_index"]
 
 PG_V, PG_RW, PG_U, PG_PWT, PG_PCD = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
 PG_A, PG_M, PG_PS, PG_NX = 1 << 5, 1 << 6, 1 << 7, 1 << 63
 PG_PAT_LARGE = 1 << 12                  # PAT bit of a 2 MiB / 1 GiB leaf
+PG_PAT_PTE = 1 << 7                     # PAT bit of a 4 KiB PTE (PS in larger leaves)
+PG_RSVD_LARGE = 1 << 13                 # reserved in a 2 MiB / 1 GiB leaf (frame bit < size)
 SPTE_MMU_PRESENT_MASK = 1 << 11         # KVM arch/x86/kvm/mmu/spte.h
 FLAVOURS = ("hw", "kvm")
 
@@ -81,7 +95,7 @@ class NptParams:
             raise ValueError(f"MAXPHYADDR must be 32..52, not {self.maxphyaddr}")
 
 
-class NptCodec(EntryCodec):
+class NptCodec(LeafEdits, EntryCodec):
     """Decodes x86-64 long-mode entries as NPT sees them (user accesses)."""
 
     large_low_ok = PG_PAT_LARGE
@@ -101,8 +115,45 @@ class NptCodec(EntryCodec):
             return Decoded("bad_entry", detail=f"PS set in a level-{level} entry")
         perm = _user_perm(attr)
         if level == 1 or attr & PG_PS:
-            return Decoded(LEAF, perm, None, bool(attr & PG_A), bool(attr & PG_M))
+            pat = bool(attr & PG_PAT_PTE) if level == 1 else False   # bit 12: leaf_memtype
+            return Decoded(LEAF, perm, pat_index(attr, pat), bool(attr & PG_A),
+                           bool(attr & PG_M))
         return Decoded(TABLE, perm)
+
+    def leaf_memtype(self, entry: int, level: int, memtype: int | None) -> int | None:
+        """A large leaf's PAT bit is bit 12, inside the frame field of a 4 KiB page."""
+        if level > 1 and entry & PG_PAT_LARGE and memtype is not None:
+            return memtype | 4
+        return memtype
+
+    # ---- editing (harness.inject) ----
+
+    def without(self, raw: int, level: int, perm: str) -> int:
+        """Clear US (r: no guest access at all), clear RW (w) or set NX (x)."""
+        if perm == "x":
+            return raw | PG_NX
+        return raw & ~{"r": PG_U, "w": PG_RW}[perm]
+
+    def with_reserved(self, raw: int, level: int) -> int:
+        """Bit 13 set in a large leaf; bit 51 in a PTE if MAXPHYADDR < 52."""
+        if level > 1:
+            return raw | PG_RSVD_LARGE
+        if self.params.maxphyaddr < 52:
+            return raw | 1 << 51
+        raise ValueError("a 4 KiB NPT leaf has no reserved bit with MAXPHYADDR 52")
+
+    def other_memtype(self, raw: int, level: int) -> int:
+        """The leaf with PCD flipped: PAT index 0 (WB) becomes 2 (UC-)."""
+        return raw ^ PG_PCD
+
+
+def pat_index(attr: int, pat: bool) -> int:
+    """PAT index ``PAT << 2 | PCD << 1 | PWT`` of an entry.
+
+    >>> pat_index(PG_PCD | PG_PWT, True)
+    7
+    """
+    return (4 if pat else 0) | (2 if attr & PG_PCD else 0) | (1 if attr & PG_PWT else 0)
 
 
 def _user_perm(attr: int) -> int:
@@ -120,4 +171,5 @@ def walk(mem: PhysMem, root: int, params: NptParams | None = None) -> WalkResult
 
 
 NPT = Format(
-    "npt", "AMD nested page tables (x86-64 long-mode entries under nCR3)", walk, NptParams)
+    "npt", "AMD nested page tables (x86-64 long-mode entries under nCR3)", walk, NptParams,
+    NptCodec)

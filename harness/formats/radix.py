@@ -103,6 +103,14 @@ class EntryCodec:
         """A non-present entry with an ``alarm_mask`` bit set; SKIP = nothing to report."""
         return Decoded(SKIP)
 
+    def leaf_memtype(self, entry: int, level: int, memtype: int | None) -> int | None:
+        """The memory type of a leaf whose low frame bits are set (slow path only).
+
+        :meth:`decode` sees the bits outside ``frame_mask``; a format that keeps
+        an attribute in a large leaf's low frame bits (x86 PAT, bit 12) adds it here.
+        """
+        return memtype
+
 
 @dataclass(frozen=True)
 class RadixShape:
@@ -249,7 +257,8 @@ class _Walker:
             r, w, x = _PERM_BOOLS[d.perm & inherited]
             self.result.mappings.append(Mapping(
                 gpa, hpa & ~(size - 1), size, r, w, x, level, entry,
-                d.memtype, d.accessed, d.dirty, page, slot))
+                self.codec.leaf_memtype(entry, level, d.memtype), d.accessed, d.dirty,
+                page, slot))
 
     def table(self, child: int, gpa: int, level: int, table: int, index: int, entry: int,
               inherited: int, path: frozenset[int]) -> None:

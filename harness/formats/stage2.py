@@ -32,6 +32,12 @@ the IPA size needs more entries at the start level than one page holds, the
 root is up to 16 concatenated pages (e.g. a 40-bit IPA starting at arm level
 1 is 1024 entries, 8 KiB); every page is read.
 
+Editing (:mod:`harness.inject`): the output address of a leaf is bits 47 down
+to its size (bit 21 for a 2 MiB block); r and w are taken away by clearing
+S2AP[0] and S2AP[1], x by setting XN (bit 54, or 54:53 = 2); the reserved bit
+is OA bit 48 in a page and OA bit 12 in a block; another memory type is
+Device-nGnRE (MemAttr 1) for Normal memory and Normal WB (0xF) for Device.
+
 >>> p = from_vtcr(24 | 1 << 6); (p.ia_bits, p.start_level, root_entries(p))
 (40, 1, 1024)
 """
@@ -41,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.formats.base import Format, WalkLimits, WalkResult
+from harness.formats.leafedit import LeafEdits
 from harness.formats.radix import (
     LEAF,
     PERM_R,
@@ -109,7 +116,7 @@ def root_entries(params: Stage2Params) -> int:
     return 1 << (params.ia_bits - level_shift(4 - params.start_level))
 
 
-class Stage2Codec(EntryCodec):
+class Stage2Codec(LeafEdits, EntryCodec):
     """Decodes stage-2 descriptors; levels are x86-numbered (4 - arm level)."""
 
     present_mask = KVM_PTE_VALID
@@ -142,6 +149,26 @@ class Stage2Codec(EntryCodec):
             return not attr & XN_OLD
         return (attr & XN_NEW_MASK) == 0
 
+    # ---- editing (harness.inject) ----
+
+    def without(self, raw: int, level: int, perm: str) -> int:
+        """Clear S2AP read (r) or write (w); set XN (x)."""
+        if perm == "x":
+            if self.params.xn_encoding == "old":
+                return raw | XN_OLD
+            return (raw & ~XN_NEW_MASK) | 2 << XN_NEW_SHIFT
+        return raw & ~{"r": S2AP_R, "w": S2AP_W}[perm]
+
+    def with_reserved(self, raw: int, level: int) -> int:
+        """OA bit 48 (RES0 without LPA2) in a page; OA bit 12 (below the size) in a block."""
+        return raw | (1 << 12 if level > 1 else 1 << 48)
+
+    def other_memtype(self, raw: int, level: int) -> int:
+        """Device-nGnRE (1) for Normal memory, Normal WB (0xF) for Device memory."""
+        attr = (raw & MEMATTR_MASK) >> MEMATTR_SHIFT
+        new = 0xF if attr & 0xC == 0 else 1
+        return (raw & ~MEMATTR_MASK) | new << MEMATTR_SHIFT
+
 
 def walk(mem: PhysMem, root: int, params: Stage2Params | None = None) -> WalkResult:
     """Walk the stage-2 tables whose (concatenated) root is at physical *root*."""
@@ -156,4 +183,5 @@ def walk_vttbr(mem: PhysMem, vttbr: int, params: Stage2Params | None = None) -> 
 
 
 STAGE2 = Format(
-    "stage2", "arm64 stage-2 translation tables, 4 KiB granule (VTTBR_EL2)", walk, Stage2Params)
+    "stage2", "arm64 stage-2 translation tables, 4 KiB granule (VTTBR_EL2)", walk, Stage2Params,
+    Stage2Codec)

@@ -62,7 +62,11 @@ class Encoder:
 
 @dataclass(frozen=True)
 class NptEncoder(Encoder):
-    """x86-64 long-mode entries; ``kvm`` adds KVM's bits 9-11 (bit 11 = present)."""
+    """x86-64 long-mode entries; ``kvm`` adds KVM's bits 9-11 (bit 11 = present).
+
+    ``Spec.memtype`` is the PAT index (AMD APM vol. 2, "PAT Indexing"): PWT is
+    bit 3, PCD bit 4, PAT bit 7 of a 4 KiB PTE and bit 12 of a larger leaf.
+    """
 
     kvm: bool = False
 
@@ -81,11 +85,15 @@ class NptEncoder(Encoder):
         e |= 0x20 if spec.accessed else 0
         e |= 0x40 if spec.dirty else 0
         e |= 0x80 if level > 1 else 0                           # PS
+        pat = spec.memtype or 0
+        e |= (0x8 if pat & 1 else 0) | (0x10 if pat & 2 else 0)  # PWT, PCD
+        if pat & 4:
+            e |= 0x80 if level == 1 else 0x1000                 # PAT
         return e
 
     def expect(self, spec: Spec) -> tuple[object, ...]:
         base = super().expect(spec)
-        return base[:7] + (None, bool(spec.accessed), bool(spec.dirty))
+        return base[:7] + (spec.memtype or 0, bool(spec.accessed), bool(spec.dirty))
 
 
 @dataclass(frozen=True)
