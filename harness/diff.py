@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from dataclasses import replace
 from operator import attrgetter
 
-from harness.findings import Finding
+from harness.findings import NOT_PRESENT, Finding
 from harness.formats.base import Mapping, WalkResult
+from harness.formats.radix import level_shift
 from harness.models.base import Expectation, ExpectedPage, frame_findings, permission_findings
 
-__all__ = ["diff", "coalesce", "find_mapping", "structural_findings"]
+__all__ = ["diff", "coalesce", "find_mapping", "structural_findings", "at_leaf"]
 
 
 def find_mapping(mappings: list[Mapping], gpa: int,
@@ -24,16 +26,28 @@ def find_mapping(mappings: list[Mapping], gpa: int,
 
 
 def structural_findings(vm: str, walk: WalkResult) -> list[Finding]:
-    """The walker's own findings, in the common Finding form."""
+    """The walker's own findings, in the common Finding form.
+
+    A finding about an entry above the last level covers the entry's whole span
+    (``end``): a reserved bit in a 2 MiB leaf concerns all 512 of its pages.
+    """
     return [Finding(kind=s.kind, vm=vm, gpa=s.gpa, expected=None, observed=s.raw,
-                    detail=f"level {s.level} table {s.table:#x}[{s.index}] {s.detail}".rstrip())
+                    detail=f"level {s.level} table {s.table:#x}[{s.index}] {s.detail}".rstrip(),
+                    end=s.gpa + (1 << level_shift(s.level)) if s.level > 1 else None,
+                    entry=s.table + 8 * s.index, level=s.level, raw=s.raw, table=s.table)
             for s in walk.findings]
+
+
+def at_leaf(m: Mapping, found: Iterable[Finding]) -> list[Finding]:
+    """*found* with leaf *m* as the entry of every finding that names none yet."""
+    return [f if f.entry is not None else
+            replace(f, entry=m.entry, level=m.level, raw=m.raw, table=m.table) for f in found]
 
 
 def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Finding]:
     """Findings for a required page that :func:`diff` saw disagree with its leaf."""
     if m is None:
-        return [Finding("missing", vm, page.gpa, expected=page.hpa, observed=None,
+        return [Finding("missing", vm, page.gpa, expected=page.hpa, observed=NOT_PRESENT,
                         detail="touched page has no present leaf")]
     detail = f"leaf {m.raw:#x}"
     want = {k: getattr(page, k) for k in "rwx" if getattr(page, k) is not None}
@@ -42,7 +56,7 @@ def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Find
     if page.memtype is not None and m.memtype != page.memtype:
         out.append(Finding("memtype", vm, page.gpa, expected=page.memtype, observed=m.memtype,
                            detail=f"leaf {m.raw:#x}"))
-    return out
+    return at_leaf(m, out)
 
 
 def diff(walk: WalkResult, exp: Expectation) -> list[Finding]:
@@ -53,9 +67,11 @@ def diff(walk: WalkResult, exp: Expectation) -> list[Finding]:
     by_gpa = attrgetter("gpa")      # a C-level sort key: no Python call per leaf or page
     mappings = sorted(walk.mappings, key=by_gpa)
     found = structural_findings(exp.vm, walk)
-    for bad in map(exp.check, mappings):    # map(): no loop bookkeeping per leaf
+    # map() and zip(): no loop bookkeeping per leaf; findings are rare, so naming their
+    # entry (at_leaf) costs nothing on a clean walk
+    for leaf, bad in zip(mappings, map(exp.check, mappings), strict=True):
         if bad:
-            found.extend(bad)
+            found.extend(at_leaf(leaf, bad))
     # One merge pass over pages and mappings, both sorted by gpa.  The agreement test is
     # written out here (not a helper): this loop runs once per required page, and a
     # function call per page was most of diff's time.  Only disagreeing pages go on to
@@ -132,5 +148,4 @@ def _merge(run: list[Finding], page: int) -> Finding:
     first, last = run[0], run[-1]
     end = last.end or (last.gpa or 0) + page
     pages = (end - (first.gpa or 0)) // page
-    return Finding(first.kind, first.vm, first.gpa, first.expected, first.observed,
-                   detail=f"{first.detail} ({pages} pages)".strip(), end=end)
+    return replace(first, detail=f"{first.detail} ({pages} pages)".strip(), end=end)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Finding", "FINDING_KINDS"]
+__all__ = ["Finding", "FINDING_KINDS", "NOT_PRESENT"]
+
+NOT_PRESENT = "not present"     # the expected or observed value where no mapping is (or may be)
 
 # kind -> one-line meaning (docs/scenario-format.md lists these too)
 FINDING_KINDS: dict[str, str] = {
@@ -30,7 +32,13 @@ FINDING_KINDS: dict[str, str] = {
 class Finding:
     """One disagreement, with the GPA, the expected and the observed value.
 
-    ``end`` is set when findings were coalesced into a range [gpa, end).
+    ``end`` is set when findings were coalesced into a range [gpa, end).  The
+    entry the finding is about, when there is one (a leaf, or an entry the
+    walker refused), is ``entry`` (its physical address), ``level`` (x86
+    numbering, 1 = 4 KiB), ``raw`` (its value as read) and ``table`` (the
+    physical address of the table page holding it); ``step`` names the check
+    step that found it.  A value that stands for "no mapping" is
+    :data:`NOT_PRESENT`.
     """
 
     kind: str
@@ -40,17 +48,28 @@ class Finding:
     observed: Any
     detail: str = ""
     end: int | None = None
+    entry: int | None = None
+    level: int | None = None
+    raw: int | None = None
+    table: int | None = None
+    step: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """The findings.json form; addresses as hex strings for humans."""
+        """The findings.json form; addresses (and raw entries) as hex strings.
+
+        >>> Finding("missing", "w1/vm0", 0x2000, 0x5000, NOT_PRESENT).to_json()["observed"]
+        'not present'
+        """
         out: dict[str, Any] = {
-            "kind": self.kind, "vm": self.vm,
-            "gpa": None if self.gpa is None else f"{self.gpa:#x}",
+            "kind": self.kind, "vm": self.vm, "gpa": _hex(self.gpa),
             "expected": _jsonable(self.expected), "observed": _jsonable(self.observed),
             "detail": self.detail,
         }
         if self.end is not None:
             out["end"] = f"{self.end:#x}"
+        out.update({"entry": _hex(self.entry), "level": self.level,
+                    "raw": None if self.raw is None else f"{self.raw:#018x}",
+                    "table": _hex(self.table), "step": self.step})
         return out
 
     def summary(self) -> str:
@@ -60,6 +79,10 @@ class Finding:
             where += f"..{self.end:#x}"
         return (f"{self.kind} vm={self.vm} gpa={where} expected={_short(self.expected)} "
                 f"observed={_short(self.observed)} {self.detail}").rstrip()
+
+
+def _hex(v: int | None) -> str | None:
+    return None if v is None else f"{v:#x}"
 
 
 def _jsonable(v: Any) -> Any:

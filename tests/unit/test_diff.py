@@ -145,3 +145,58 @@ def test_coalesce_covers_exactly_the_pages(pages: set[int]) -> None:
         covered |= set(range(f.gpa // PAGE, end // PAGE))
     assert covered == pages
     assert len(out) <= len(pages)
+
+
+# ---- where a finding is: the entry, its level and raw value, the table holding it ----
+
+def test_rule_findings_name_the_leaf_entry() -> None:
+    big = Mapping(0x200000, 0x400000, 2 << 20, True, True, True, 2, 0x4000B7, memtype=6,
+                  table=0x7000, index=1)
+
+    def rule(m: Mapping) -> list[Finding]:
+        return [Finding("permission", "vm0", m.gpa, "r-?", "rwx", end=m.end)]
+    [f] = diff(WalkResult([big]), exp([], rule))
+    assert (f.entry, f.level, f.raw, f.table) == (0x7008, 2, 0x4000B7, 0x7000)
+    j = f.to_json()
+    assert (j["entry"], j["raw"], j["table"], j["gpa"], j["end"]) == (
+        "0x7008", "0x00000000004000b7", "0x7000", "0x200000", "0x400000")
+
+
+def test_missing_page_is_not_present_not_none() -> None:
+    [f] = diff(WalkResult([]), exp([ExpectedPage(0x3000, 0x9000)]))
+    assert (f.kind, f.observed, f.entry) == ("missing", "not present", None)
+    assert f.to_json()["observed"] == "not present"
+    assert f.to_json()["expected"] == "0x9000"
+
+
+def test_required_page_finding_names_its_leaf() -> None:
+    m = leaf(0x1000, 0x8000, w=False)._replace(table=0x5000, index=1)
+    [f] = diff(WalkResult([m]), exp([ExpectedPage(0x1000, 0x8000, w=True)]))
+    assert (f.kind, f.entry, f.raw) == ("permission", 0x5008, m.raw)
+
+
+def test_structural_finding_of_a_large_entry_covers_its_span() -> None:
+    s = StructuralFinding("reserved_bits", 0x40000000, 2, 0x12000, 0, 0x20002E87)
+    [f] = structural_findings("vm0", WalkResult(findings=[s]))
+    assert (f.gpa, f.end, f.entry, f.level, f.raw) == (0x40000000, 0x40200000, 0x12000, 2,
+                                                       0x20002E87)
+    [small] = structural_findings("vm0", WalkResult(findings=[s.__class__(
+        "reserved_bits", 0x1000, 1, 0x13000, 1, 0x5E67)]))
+    assert (small.end, small.entry) == (None, 0x13008)
+
+
+def test_coalesced_run_keeps_the_first_entry() -> None:
+    run = [Finding("wrong_frame", "vm0", g, 0x9000 + g, 0x8000 + g, "leaf x",
+                   entry=0x5000 + g // 512, level=1, raw=g, table=0x5000)
+           for g in range(0, 3 * PAGE, PAGE)]
+    [merged] = coalesce(run)
+    assert (merged.gpa, merged.end, merged.entry, merged.table) == (0, 3 * PAGE, 0x5000, 0x5000)
+
+
+def test_mapping_json_addresses_are_hex() -> None:
+    m = Mapping(0x1000, 0x5000, PAGE, True, False, True, 1, 0x5025, memtype=0,
+                table=0x9000, index=1)
+    j = m.to_json()
+    assert (j["gpa"], j["hpa"], j["size"], j["table"], j["entry"], j["raw"]) == (
+        "0x1000", "0x5000", "0x1000", "0x9000", "0x9008", "0x0000000000005025")
+    assert StructuralFinding("loop", 0, 4, 0x1000, 2, 0x1007).to_json()["entry"] == "0x1010"
