@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from harness.errors import ScenarioError
-from harness.findings import Finding
+from harness.findings import NOT_PRESENT, Finding
 from harness.formats.base import Mapping
 
 __all__ = ["MemRange", "Backing", "DictBacking", "Access", "VMDesc", "ExpectedPage",
            "Expectation", "Model", "RANGE_KINDS", "PAGE_SIZE", "page_accesses", "perm_str",
            "rule_str", "segments", "frame_findings", "permission_findings", "outside_finding",
-           "leftover_finding", "options_of"]
+           "leftover_finding", "options_of", "leaf_accesses", "leaf_size_finding"]
 
 RANGE_KINDS = ("ram", "reserved", "mmio", "rom", "device")
 PAGE_SIZE = 4096
@@ -135,6 +135,24 @@ def page_accesses(touched: Iterable[Access]) -> dict[int, str]:
     return {page: "".join(k for k in "rwx" if k in acc) for page, acc in out.items()}
 
 
+def leaf_accesses(accs: dict[int, str], start: int, end: int) -> str:
+    """The accesses made to any page of the leaf [start, end), from :func:`page_accesses`.
+
+    A hypervisor that decides a leaf's permissions at a fault decides them for
+    the whole leaf: a write to one page of a 2 MiB block makes the block
+    writable, an instruction fetch makes it executable.  Models that relate
+    accesses to permissions therefore judge a leaf by the union of the
+    accesses to its pages, not page by page.
+
+    >>> leaf_accesses({0x200000: "r", 0x201000: "x", 0x400000: "w"}, 0x200000, 0x400000)
+    'rx'
+    """
+    if end - start == PAGE_SIZE:
+        return accs.get(start, "")
+    seen = {k for page, acc in accs.items() if start <= page < end for k in acc}
+    return "".join(k for k in "rwx" if k in seen)
+
+
 def perm_str(r: bool, w: bool, x: bool) -> str:
     """An observed permission as "rwx" with "-" for a clear bit.
 
@@ -162,12 +180,24 @@ def frame_findings(vm: str, page: int, want: int | None, got: int,
 
 
 def permission_findings(vm: str, gpa: int, m: Mapping, want: dict[str, bool],
-                        detail: str) -> list[Finding]:
-    """``permission`` when leaf *m*'s R/W/X differ from any bit *want* names."""
+                        detail: str, end: int | None = None) -> list[Finding]:
+    """``permission`` when leaf *m*'s R/W/X differ from any bit *want* names.
+
+    *end*: the finding covers [gpa, end) (a leaf judged as a whole), else one page.
+    """
     if all(getattr(m, k) == v for k, v in want.items()):
         return []
     return [Finding("permission", vm, gpa, expected=rule_str(want),
-                    observed=perm_str(m.r, m.w, m.x), detail=detail)]
+                    observed=perm_str(m.r, m.w, m.x), detail=detail,
+                    end=None if end is None else _span_end(gpa, end))]
+
+
+def leaf_size_finding(vm: str, m: Mapping, largest: int, why: str) -> list[Finding]:
+    """``bad_entry`` when leaf *m* is larger than *largest* bytes (a hypervisor rule)."""
+    if m.size <= largest:
+        return []
+    return [Finding("bad_entry", vm, m.gpa, expected=largest, observed=m.size,
+                    detail=f"leaf {m.raw:#x}: {why}", end=m.end)]
 
 
 def segments(vm: VMDesc, start: int, end: int) -> list[tuple[int, int, MemRange | None]]:
@@ -201,17 +231,19 @@ def outside_finding(vm: VMDesc, start: int, end: int, rng: MemRange | None,
     A part inside a removed range is ``leftover``; anywhere else ``unexpected``.
     """
     if rng is not None and rng.gpa in vm.removed:
-        return Finding("leftover", vm.name, start, expected=None, observed=m.hpa + start - m.gpa,
+        return Finding("leftover", vm.name, start, expected=NOT_PRESENT,
+                       observed=m.hpa + start - m.gpa,
                        detail=f"leaf {m.raw:#x} in removed range {rng.gpa:#x}",
                        end=_span_end(start, end))
     where = f" in {rng.kind} range {rng.gpa:#x}" if rng is not None else ""
-    return Finding("unexpected", vm.name, start, expected=None, observed=m.hpa + start - m.gpa,
+    return Finding("unexpected", vm.name, start, expected=NOT_PRESENT,
+                   observed=m.hpa + start - m.gpa,
                    detail=f"leaf {m.raw:#x}{where}", end=_span_end(start, end))
 
 
 def leftover_finding(vm: VMDesc, m: Mapping, why: str = "after teardown") -> Finding:
     """A leaf that must not exist any more."""
-    return Finding("leftover", vm.name, m.gpa, expected=None, observed=m.hpa,
+    return Finding("leftover", vm.name, m.gpa, expected=NOT_PRESENT, observed=m.hpa,
                    detail=f"leaf {m.raw:#x} {why}", end=_span_end(m.gpa, m.end))
 
 

@@ -18,6 +18,14 @@ every page of a range with "x" (``PG_U`` is EPT's X bit and every GPA is below
 VM_MAXUSER_ADDRESS); EPT memory type WB with IPAT (``pmap_cache_bits``: low bits 0x70);
 4 KiB leaves, 2 MiB ones only with ``hw.vmm.ept.use_superpages`` (option ``superpages``).
 
+Per leaf: ``vm_fault()`` enters a superpage with the fault's protection for all its
+pages (``pmap_enter(..., psind)``), and ``pmap_promote_pde()`` (sys/amd64/amd64/pmap.c)
+promotes 512 PTEs only when "the 4KB page mappings must map aligned, contiguous physical
+memory and ... must have identical characteristics" (after clearing PG_RW on clean
+PTEs).  So a 2 MiB leaf carries one permission for all its pages: the range's protection
+caps it, and a leaf with a page the guest wrote is writable
+(:func:`~harness.models.base.leaf_accesses`); one permission finding per leaf.
+
 A/D bits: with ``PMAP_EMULATE_AD_BITS`` (option ``emulate_ad``; the walker's
 ``freebsd-emulated-ad`` flavour) valid is EPT_PG_EMUL_V (bit 52), write permission is
 EPT_PG_EMUL_RW (bit 53), and the hardware R / W bits are the accessed / modified bits: a
@@ -40,6 +48,7 @@ from harness.models.base import (
     Model,
     VMDesc,
     frame_findings,
+    leaf_accesses,
     leftover_finding,
     options_of,
     outside_finding,
@@ -66,7 +75,7 @@ SUPERPAGE = 2 << 20
 class BhyveOptions:
     """``VMDesc.options`` understood by ``bhyve``."""
 
-    format: str | None = None     # "ept" or "npt"; None: EPT rules where the leaf has a memtype
+    format: str | None = None     # "ept" or "npt"; None: the EPT cache bits are not judged
     emulate_ad: bool = False      # PMAP_EMULATE_AD_BITS (hw.vmm.ept.pmap_flags bit 9)
     superpages: bool = False      # PMAP_PDE_SUPERPAGE: 2 MiB leaves allowed
 
@@ -107,8 +116,7 @@ def _leaf_findings(vm: VMDesc, rng: MemRange, m: Mapping, o: BhyveOptions) -> li
     if m.size != PAGE_SIZE and not (o.superpages and m.size == SUPERPAGE):
         out.append(Finding("bad_entry", vm.name, m.gpa, expected=PAGE_SIZE, observed=m.size,
                            detail=f"leaf {m.raw:#x}: superpages {'on' if o.superpages else 'off'}"))
-    ept = o.format == "ept" or (o.format is None and m.memtype is not None)
-    if ept and m.raw & 0x78 != EPT_CACHE_BITS:
+    if o.format == "ept" and m.raw & 0x78 != EPT_CACHE_BITS:
         out.append(Finding("memtype", vm.name, m.gpa, expected=EPT_CACHE_BITS,
                            observed=m.raw & 0x78, detail=f"leaf {m.raw:#x}: WB + IPAT expected"))
     if o.emulate_ad and m.raw & EPT_PG_WRITE and not m.raw & EPT_PG_EMUL_RW:
@@ -117,26 +125,28 @@ def _leaf_findings(vm: VMDesc, rng: MemRange, m: Mapping, o: BhyveOptions) -> li
     return out
 
 
-def _page_findings(vm: VMDesc, rng: MemRange, page: int, m: Mapping,
-                   acc: str) -> list[Finding]:
+def _segment_findings(vm: VMDesc, rng: MemRange, start: int, end: int, m: Mapping,
+                      acc: str) -> list[Finding]:
+    """Frame findings per page, and the leaf's permission, in [start, end) of *rng*."""
     detail = f"leaf {m.raw:#x}"
-    return (frame_findings(vm.name, page, vm.backing.resolve(rng, page),
-                           m.hpa + (page - m.gpa), detail)
-            + permission_findings(vm.name, page, m, _want(rng, acc), detail))
+    out = [f for page in range(start, end, PAGE_SIZE)
+           for f in frame_findings(vm.name, page, vm.backing.resolve(rng, page),
+                                   m.hpa + (page - m.gpa), detail)]
+    return out + permission_findings(vm.name, start, m, _want(rng, acc), detail, end)
 
 
 def _check_leaf(vm: VMDesc, acc: dict[int, str], o: BhyveOptions, m: Mapping) -> list[Finding]:
     if vm.torn_down:
         return [leftover_finding(vm, m)]
     out: list[Finding] = []
+    leaf_acc = leaf_accesses(acc, m.gpa, m.end)
     for start, end, rng in segments(vm, m.gpa, m.end):
         if rng is None or rng.gpa in vm.removed or rng.kind not in MAPPED_KINDS:
             out.append(outside_finding(vm, start, end, rng, m))
             continue
         if start == m.gpa:
             out.extend(_leaf_findings(vm, rng, m, o))
-        for page in range(start, end, PAGE_SIZE):
-            out.extend(_page_findings(vm, rng, page, m, acc.get(page, "")))
+        out.extend(_segment_findings(vm, rng, start, end, m, leaf_acc))
     return out
 
 

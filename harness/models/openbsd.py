@@ -16,13 +16,23 @@ New design (REFERENCE.md 1.5, 1.7; ``vmx_fault_page`` / ``svm_fault_page``):
   is removed nothing is mapped in it.
 
 Old design (differences): the nested pmap is the one of a vmspace whose map shares vmd's
-entries (``uvm_share``), so the entries come from ``uvm_fault`` on that map:
+entries (``uvm_share``), so the entries come from ``uvm_fault`` on that map
+(``vmx_fault_page``: ``uvm_fault(vcpu->vc_parent->vm_map, gpa, fault_type,
+PROT_READ | PROT_WRITE | PROT_EXEC)``):
 
 * the EPTP enables A/D when the CPU has them (``IA32_EPT_VPID_CAP_AD_BITS``), so leaves may
   carry hardware-set A (bit 8) and D (bit 9);
 * uvm_fault may enter a page without W (copy-on-write anons, read faults) and maps
   neighbouring resident pages (fault-ahead), so W is required only on written pages;
 * ``vm_impl_init_svm`` was "removed due to rot": the old design is EPT only.
+
+Per leaf: both designs enter one 4 KiB page per fault (``pmap_enter_ept`` never sets
+EPT_PS; OpenBSD's amd64 pmap makes no large user mappings), so a leaf is a page and
+its rules are that page's.  A larger leaf is ``bad_entry``; its W requirement (old
+design) comes from the accesses to all its pages (:func:`~harness.models.base.leaf_accesses`).
+
+The EPT rules on the low bits apply when ``format`` is ``"ept"``; with ``format`` unset
+they are not judged (NPT leaves have a memory type too: their PAT index).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from harness.findings import Finding
+from harness.findings import NOT_PRESENT, Finding
 from harness.formats.base import Mapping, WalkResult
 from harness.models.base import (
     PAGE_SIZE,
@@ -40,6 +50,7 @@ from harness.models.base import (
     Model,
     VMDesc,
     frame_findings,
+    leaf_accesses,
     leftover_finding,
     options_of,
     outside_finding,
@@ -64,7 +75,7 @@ VM_MEM_TYPES = {0: "ram", 1: "reserved", 2: "mmio"}   # VM_MEM_RAM, VM_MEM_RESER
 class OpenbsdOptions:
     """``VMDesc.options`` understood by the OpenBSD models."""
 
-    format: str | None = None     # "ept" or "npt"; None: EPT rules where the leaf has a memtype
+    format: str | None = None     # "ept" or "npt"; None: the EPT low-bit rules are not judged
     ad_bits: bool | None = None   # EPTP A/D enabled; None = the design's default
 
 
@@ -81,7 +92,7 @@ def mem_range(vmr_gpa: int, vmr_va: int, vmr_size: int, vmr_type: int,
 
 @dataclass(frozen=True)
 class _Rules:
-    ept: bool | None        # True EPT, False NPT, None decide per leaf
+    ept: bool | None        # True EPT, False NPT, None unknown (EPT low bits not judged)
     ad_bits: bool           # hardware A/D may be set
     old: bool               # old design: W only required where written
 
@@ -113,9 +124,9 @@ def _leaf_findings(vm: VMDesc, rng: MemRange, m: Mapping, acc: dict[int, str],
     if m.size != PAGE_SIZE:
         out.append(Finding("bad_entry", vm.name, m.gpa, expected=PAGE_SIZE, observed=m.size,
                            detail=f"leaf {m.raw:#x}: vmm maps 4 KiB leaves only"))
-    out += permission_findings(vm.name, m.gpa, m, _want(acc.get(m.gpa, ""), rules),
-                               f"leaf {m.raw:#x}")
-    if rules.ept or (rules.ept is None and m.memtype is not None):
+    out += permission_findings(vm.name, m.gpa, m, _want(leaf_accesses(acc, m.gpa, m.end),
+                                                         rules), f"leaf {m.raw:#x}", m.end)
+    if rules.ept:
         out.extend(_low_bits_findings(vm, m, rules))
     return out
 
@@ -177,7 +188,7 @@ def table_leftovers(vm: VMDesc, tables: Collection[int], root: int) -> list[Find
     *tables* are the physical addresses of the table pages the walk read (root included
     or not); a walk with no leaf but empty tables still leaves findings here.
     """
-    return [Finding("leftover", vm.name, None, expected=None, observed=pa,
+    return [Finding("leftover", vm.name, None, expected=NOT_PRESENT, observed=pa,
                     detail=f"table page {pa:#x} still linked below root {root:#x}")
             for pa in sorted(set(tables) - {root})]
 

@@ -34,6 +34,13 @@ Rules for every 4 KiB page ``va`` of a host leaf:
   ``permission``.  Note that DragonFly's read-fault path only tests the final
   VPTE for RW|M, so a writable host PTE under a non-RW intermediate VPTE is
   reported here although that kernel could produce it.
+
+Per leaf: these rules are caps that each page's own VPTE path sets, not grants a fault
+made, so they are judged on every 4 KiB page of a host leaf, whatever its size.  A
+host leaf is one page in practice: ``vm_fault()`` translates one page index through
+``vm_fault_vpagetable()`` and enters that one page (``pmap_enter(fs.map->pmap, vaddr,
+fs.m, fs.prot, ...)``, sys/vm/vm_fault.c); a larger host leaf is still correct only if
+every page it covers allows what it grants.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import ScenarioError
-from harness.findings import Finding
+from harness.findings import NOT_PRESENT, Finding
 from harness.formats.base import Mapping, WalkLimits
 from harness.formats.vpte import VPTEParams, VPTEPerms, layout_of, translate
 from harness.mem import PhysMem
@@ -123,7 +130,7 @@ def _page_findings(vm: VMDesc, reg: _Region, page: int, m: Mapping) -> list[Find
     hpa = m.hpa + (page - m.gpa)
     t = reg.translate(page)
     if t is None:
-        return [Finding("stale", vm.name, page, expected=None, observed=hpa,
+        return [Finding("stale", vm.name, page, expected=NOT_PRESENT, observed=hpa,
                         detail=f"host pte {m.raw:#x} without a valid VPTE path")]
     off, perms = t
     detail = f"vpte {perms.vpte:#x} image {off:#x} host pte {m.raw:#x}"

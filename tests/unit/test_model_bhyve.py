@@ -87,7 +87,9 @@ def test_wrong_frame_and_missing() -> None:
 
 
 def test_memtype_without_ipat() -> None:
-    found = run(vm(), [*GOOD[:3], ept(ROM.gpa, w=False, low=0x30)])
+    leaves = [*GOOD[:3], ept(ROM.gpa, w=False, low=0x30)]
+    assert run(vm(), leaves) == []           # format unknown: cache bits not judged
+    found = run(vm(options={"format": "ept"}), leaves)
     assert kinds_at(found) == {("memtype", ROM.gpa)}
     assert (found[0].expected, found[0].observed) == (0x70, 0x30)
 
@@ -147,3 +149,24 @@ def test_emulated_ad_walk() -> None:
     mem.write_u64(0x4018, BACKING.pages[0x3000] | (valid_rw & ~EMUL_RW) | 0x3)  # W never granted
     found = run(desc, walk(mem, 0x1000, params).mappings)
     assert kinds_at(found) == {("permission", 0x3000)}
+
+
+def test_superpage_permission_is_judged_per_leaf() -> None:
+    # pmap_promote_pde() promotes only 512 PTEs of identical characteristics, and
+    # vm_fault() enters a superpage with one protection: a 2 MiB leaf has one W for all
+    # its pages.  One written page makes the leaf writable; one finding per leaf.
+    big = MemRange(0x10000000, 2 << 20, kind="ram", prot="rwx", name="sysmem")
+    backing = DictBacking({0x10000000 + i * PAGE: 0x50000000 + i * PAGE for i in range(512)})
+    desc = VMDesc("vm0", (big,), backing, (Access(0x10007000, "w"), Access(0x10009000, "r")),
+                  options={"format": "ept", "superpages": True})
+
+    def leaf(w: bool) -> Mapping:
+        raw = 0x50000000 | 0x70 | 0x5 | 0x80 | (0x2 if w else 0)
+        return Mapping(0x10000000, 0x50000000, 2 << 20, True, w, True, 2, raw, memtype=6)
+    assert run(desc, [leaf(True)]) == []
+    found = run(desc, [leaf(False)])
+    per_leaf = [f for f in found if f.gpa == 0x10000000]
+    assert [(f.kind, f.end) for f in per_leaf] == [("permission", 0x10200000)]
+    # the written page is also a required page, checked on its own
+    assert {(f.kind, f.gpa) for f in found} == {("permission", 0x10000000),
+                                                 ("permission", 0x10007000)}

@@ -178,9 +178,36 @@ def test_access_tracked_ept_spte() -> None:
     assert kinds_at(MODELS["kvm-x86"].expect(ept).check(moved)) == {("wrong_frame", 0x1000)}
 
 
-def test_npt_memtype_not_checked() -> None:
+def test_npt_pat_index_must_be_zero() -> None:
+    # make_spte() ORs in get_mt_mask() only when shadow_memtype_mask is set, which it is
+    # not for NPT: KVM never writes PWT, PCD or PAT into an NPT leaf
     desc = vm(TOUCHES, options={"format": "npt"})
     assert run("kvm-x86", desc, [leaf(g.gpa, w=g.w, memtype=0) for g in GOOD]) == []
+    for pat in range(1, 8):
+        leaves = [leaf(g.gpa, w=g.w, memtype=pat if g.gpa == 0x1000 else 0) for g in GOOD]
+        found = run("kvm-x86", desc, leaves)
+        assert kinds_at(found) == {("memtype", 0x1000)}
+        assert (found[0].expected, found[0].observed) == (0, pat)
+
+
+def test_memtype_not_judged_without_format() -> None:
+    # the hypervisor record names the format; without it NPT's and EPT's memtypes differ
+    assert run("kvm-x86", vm(TOUCHES), [leaf(g.gpa, w=g.w, memtype=3) for g in GOOD]) == []
+
+
+def test_ept_ipat_option() -> None:
+    def ept_leaf(gpa: int, w: bool, ipat: bool) -> Mapping:
+        frame = BACKING.pages[gpa]
+        return Mapping(gpa, frame, PAGE, True, w, True, 1,
+                       frame | 0x37 | (0x40 if ipat else 0), memtype=6)
+    with_ipat = [ept_leaf(g.gpa, g.w, True) for g in GOOD]
+    without = [ept_leaf(g.gpa, g.w, g.gpa != 0x2000) for g in GOOD]
+    for ipat in (None, True):       # vmx_get_mt_mask(): WB | IPAT without non-coherent DMA
+        assert run("kvm-x86", vm(TOUCHES, options={"format": "ept", "ipat": ipat}),
+                   with_ipat) == []
+    assert run("kvm-x86", vm(TOUCHES, options={"format": "ept"}), without) == []
+    found = run("kvm-x86", vm(TOUCHES, options={"format": "ept", "ipat": True}), without)
+    assert kinds_at(found) == {("memtype", 0x2000)} and "IPAT" in found[0].detail
 
 
 def test_torn_down_leftover() -> None:
@@ -299,3 +326,111 @@ def test_any_single_corruption_is_caught(pages: set[int], how: int, data: st.Dat
     assert {f.gpa for f in found} == {victim.gpa}
     assert {f.kind for f in found} == {("wrong_frame", "permission", "permission",
                                         "missing")[how]}
+
+
+# ---- rules judged per leaf, on constructed 2 MiB blocks ----
+#
+# KVM decides a leaf's permissions at the fault that installs (or relaxes) it, for the
+# whole leaf: arm64 user_mem_abort() adds KVM_PGTABLE_PROT_X on an exec fault to the
+# vma_pagesize block it maps, so one executed page makes all 512 pages executable.
+
+BLOCK = SLOT_BIG.gpa                                  # 2 MiB aligned, contiguous backing
+SLOT_LOG_BIG = MemRange(0x80000000, HUGE, hva=0x7F0080000000, flags=frozenset({"dirty_log"}))
+BIG_BACKING = DictBacking({**BACKING.pages, **{g: 0x30000000 + (g - SLOT_LOG_BIG.gpa)
+                                               for g in range(SLOT_LOG_BIG.gpa,
+                                                              SLOT_LOG_BIG.end, PAGE)}})
+
+
+def s2_block(gpa: int, *, w: bool = True, x: bool = False) -> Mapping:
+    """A stage-2 2 MiB block descriptor (type bit clear) over the contiguous backing."""
+    frame = BIG_BACKING.pages[gpa]
+    raw = frame | 0x701 | (0xF << 2) | 0x40 | (0x80 if w else 0) | (0 if x else 2 << 53)
+    return Mapping(gpa=gpa, hpa=frame, size=HUGE, r=True, w=w, x=x, level=2, raw=raw,
+                   memtype=0xF, accessed=True, table=0x5000, index=gpa >> 21 & 511)
+
+
+def big_vm(touched: tuple[Access, ...], **kw: object) -> VMDesc:
+    return VMDesc("vm0", (SLOT_BIG, SLOT_LOG_BIG), BIG_BACKING, touched, **kw)
+
+
+def test_arm64_block_with_one_executed_page_is_executable() -> None:
+    touched = (Access(BLOCK + 0x5000, "x"), Access(BLOCK + 0x7000, "r"),
+               Access(BLOCK + 0x9000, "w"))
+    assert run("kvm-arm64", big_vm(touched), [s2_block(BLOCK, x=True)]) == []
+
+
+def test_arm64_block_never_executed_must_be_xn() -> None:
+    touched = (Access(BLOCK + 0x7000, "r"), Access(BLOCK + 0x9000, "w"))
+    assert run("kvm-arm64", big_vm(touched), [s2_block(BLOCK, x=False)]) == []
+    found = run("kvm-arm64", big_vm(touched), [s2_block(BLOCK, x=True)])
+    # one finding for the leaf as a whole, not one per page
+    assert [(f.kind, f.gpa, f.end, f.expected, f.observed) for f in found] == [
+        ("permission", BLOCK, BLOCK + HUGE, "rw-", "rwx")]
+    assert (found[0].level, found[0].raw, found[0].entry) == (2, s2_block(BLOCK, x=True).raw,
+                                                               0x5000 + 8 * (BLOCK >> 21 & 511))
+    assert run("kvm-arm64", big_vm(touched, options={"dic": True}),
+               [s2_block(BLOCK, x=True)]) == []
+
+
+def test_arm64_executed_page_in_xn_block() -> None:
+    touched = (Access(BLOCK + 0x5000, "x"),)
+    found = run("kvm-arm64", big_vm(touched), [s2_block(BLOCK, x=False)])
+    assert {f.kind for f in found} == {"permission"}
+    assert all(f.gpa is not None and f.gpa <= BLOCK + 0x5000 < (f.end or f.gpa + PAGE)
+               for f in found)
+
+
+@pytest.mark.parametrize("model", ["kvm-x86", "kvm-arm64"])
+def test_block_with_a_written_page_must_be_writable(model: str) -> None:
+    touched = (Access(BLOCK + 0x9000, "w"), Access(BLOCK + 0x5000, "x"))
+    block = (s2_block(BLOCK, w=False, x=True) if model == "kvm-arm64"
+             else leaf(BLOCK, size=HUGE, w=False))
+    found = run(model, big_vm(touched), [block])
+    assert {f.kind for f in found} == {"permission"}
+    assert any(f.gpa == BLOCK and f.end == BLOCK + HUGE for f in found)
+
+
+@pytest.mark.parametrize("model", ["kvm-x86", "kvm-arm64"])
+def test_dirty_logged_slot_has_4k_leaves_only(model: str) -> None:
+    # x86 kvm_mmu_hugepage_adjust() returns when kvm_slot_dirty_track_enabled(slot);
+    # arm64 user_mem_abort() sets force_pte when memslot_is_logging(memslot)
+    gpa = SLOT_LOG_BIG.gpa
+    touched = (Access(gpa + 0x1000, "w"),)
+    ok = [Mapping(gpa + 0x1000, BIG_BACKING.pages[gpa + 0x1000], PAGE, True, True,
+                  model == "kvm-x86", 1, BIG_BACKING.pages[gpa + 0x1000] | 0xE67)]
+    assert run(model, big_vm(touched), ok) == []
+    block = (s2_block(gpa, w=True) if model == "kvm-arm64"
+             else Mapping(gpa, BIG_BACKING.pages[gpa], HUGE, True, True, True, 2,
+                          BIG_BACKING.pages[gpa] | 0xEE7))
+    found = run(model, big_vm(touched), [block])
+    bad = [f for f in found if f.kind == "bad_entry"]
+    assert [(f.gpa, f.end, f.expected, f.observed) for f in bad] == [
+        (gpa, gpa + HUGE, PAGE, HUGE)]
+
+
+def test_x86_huge_leaf_untouched_pages_pass() -> None:
+    touched = (Access(BLOCK + 0x3000, "r"),)
+    assert run("kvm-x86", big_vm(touched, options={"format": "npt"}),
+               [leaf(BLOCK, size=HUGE, memtype=0)]) == []
+
+
+def test_npt_2m_leaf_pat_bit_is_a_memtype_finding_not_a_frame() -> None:
+    # bit 12 of a 2 MiB NPT leaf is PAT: the walker keeps the frame and reports PAT
+    # index 4, which KVM never writes
+    from harness.formats.npt import NptParams, walk
+    from harness.mem import DictMem
+
+    mem = DictMem(size=1 << 31)
+    mem.write_u64(0x1000, 0x2000 | 0xE27)                          # PML4E 0
+    mem.write_u64(0x2000 + 8 * (BLOCK >> 30), 0x3000 | 0xE27)      # PDPTE 1
+    pde = 0x3000 + 8 * (BLOCK >> 21 & 511)
+    mem.write_u64(pde, BIG_BACKING.pages[BLOCK] | 0xEE7)
+    desc = big_vm((Access(BLOCK + 0x2000, "w"),), options={"format": "npt"})
+    params = NptParams(flavour="kvm")
+    assert run("kvm-x86", desc, walk(mem, 0x1000, params).mappings) == []
+    mem.write_u64(pde, BIG_BACKING.pages[BLOCK] | 0xEE7 | 1 << 12)
+    [m] = walk(mem, 0x1000, params).mappings
+    assert (m.hpa, m.memtype) == (BIG_BACKING.pages[BLOCK], 4)
+    found = run("kvm-x86", desc, [m])
+    assert [(f.kind, f.gpa, f.end, f.entry) for f in found] == [("memtype", BLOCK,
+                                                                 BLOCK + HUGE, pde)]

@@ -99,18 +99,26 @@ def test_permission_not_rwx() -> None:
     assert (found[0].expected, found[0].observed) == ("rwx", "r-x")
 
 
+EPT_OPTS = {"format": "ept"}
+
+
 def test_memtype_and_ipat() -> None:
     for low in (0x007, 0x077):           # UC; WB with IPAT
         leaves = [*GOOD[:2], ept(0x100000, low=low), GOOD[3]]
-        assert kinds_at(run("openbsd-vmm", vm(), leaves)) == {("memtype", 0x100000)}
+        assert kinds_at(run("openbsd-vmm", vm(options=EPT_OPTS), leaves)) == {
+            ("memtype", 0x100000)}
+        # without the format the EPT low-bit rules are not judged (an NPT leaf has a
+        # memory type too)
+        assert run("openbsd-vmm", vm(), leaves) == []
 
 
 def test_ad_bits_new_versus_old() -> None:
     leaves = [*GOOD[:2], ept(0x100000, low=0x137), GOOD[3]]
-    assert kinds_at(run("openbsd-vmm", vm(), leaves)) == {("bad_entry", 0x100000)}
-    assert run("openbsd-vmm-old", vm(), leaves) == []
-    assert kinds_at(run("openbsd-vmm-old", vm(options={"ad_bits": False}), leaves)) == {
+    assert kinds_at(run("openbsd-vmm", vm(options=EPT_OPTS), leaves)) == {
         ("bad_entry", 0x100000)}
+    assert run("openbsd-vmm-old", vm(options=EPT_OPTS), leaves) == []
+    assert kinds_at(run("openbsd-vmm-old", vm(options={"ad_bits": False, **EPT_OPTS}),
+                        leaves)) == {("bad_entry", 0x100000)}
 
 
 def test_old_design_read_page_may_be_read_only() -> None:
@@ -202,3 +210,21 @@ def test_live_vm_memranges_cross_check_with_vmd() -> None:
             mem_range(0xFFE00000, VMR_VA + 0x10000000, 0x200000, 1, 4)]
     assert cross_check(list(RANGES), live) == []
     assert live[2].hva == VMR_VA + 0x100000
+
+
+def test_block_is_one_bad_entry_and_judged_as_one_leaf() -> None:
+    # pmap_enter_ept() never sets EPT_PS: every leaf is one 4 KiB page.  A 2 MiB block
+    # (RAM range 2 at 0x100000 covers 0x200000..0x400000) is one bad_entry for the whole
+    # leaf, and the old design's W rule takes the accesses of all its pages.
+    gpa, size = 0x200000, 2 << 20
+    backing = DictBacking({**BACKING.pages,
+                           **{gpa + i * PAGE: 0x40000000 + i * PAGE for i in range(512)}})
+    written = (Access(gpa + 0x7000, "w"),)
+    block = Mapping(gpa=gpa, hpa=0x40000000, size=size, r=True, w=False, x=True, level=2,
+                    raw=0x40000000 | 0xB5, memtype=6)
+    desc = VMDesc("vmd1", RANGES, backing, written, options=EPT_OPTS)
+    found = run("openbsd-vmm-old", desc, [block])
+    assert {(f.kind, f.gpa, f.end) for f in found if f.gpa == gpa} == {
+        ("bad_entry", gpa, None), ("permission", gpa, gpa + size)}
+    ok = block._replace(w=True, raw=0x40000000 | 0xB7)
+    assert {f.kind for f in run("openbsd-vmm-old", desc, [ok])} == {"bad_entry"}

@@ -263,3 +263,24 @@ def test_judging_the_npt_walk_of_a_host_pmap() -> None:
     res = FORMATS["npt"].walk(host_pmap(ptes), 0x1000, NptParams())
     assert [(f.kind, f.gpa) for f in diff(res, exp)] == [
         ("permission", BASE + 0x1000), ("stale", BASE + 0x4000)]
+
+
+def test_host_block_is_judged_against_each_page_vpte() -> None:
+    # The caps come from each page's own VPTE path, so a host leaf larger than a page must
+    # respect every page it covers: a 2 MiB writable host leaf over 512 dirty VPTEs passes;
+    # one clean VPTE among them is one permission finding, at that page only.
+    mem = DictMem(size=16 << 20)
+    mem.write_u64(0x1000, 0x2003)
+    mem.write_u64(0x2000, 0x3003)
+    mem.write_u64(0x3000, 0x4003)
+    image_base, l1_base = 0x200000, 0x6000000
+    for i in range(512):
+        mem.write_u64(0x4000 + 8 * i, (image_base + i * 0x1000) | V | RW | A | M)
+    backing = {image_base + i * 0x1000: l1_base + i * 0x1000 for i in range(512)}
+    desc = VMDesc(name="vk0", ranges=(MemRange(BASE, SIZE, name="vpagetable"),),
+                  backing=DictBacking(backing), options={"image": mem, "master_pde": 0x1003})
+    block = Mapping(gpa=BASE, hpa=l1_base, size=2 << 20, r=True, w=True, x=True, level=2,
+                    raw=l1_base | 0xA7)
+    assert findings(desc, [block]) == []
+    mem.write_u64(0x4000 + 8 * 7, (image_base + 7 * 0x1000) | V | RW | A)    # clean
+    assert findings(desc, [block]) == [("permission", BASE + 7 * 0x1000)]
