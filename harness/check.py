@@ -20,6 +20,7 @@ from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
 from harness.errors import InfraError
 from harness.findings import Finding
+from harness.formats import FORMATS
 from harness.guests.record import BackingQuery
 from harness.inject import corrupt
 from harness.models.base import Access, MemRange, VMDesc
@@ -277,7 +278,10 @@ def run_inject(ctx: RunContext, step: InjectStep) -> None:
         raise InfraError(f"{step.label}: nothing maps {step.gpa:#x} in {ob.name}; "
                          "cannot inject")
     addr = m.table + 8 * m.index
-    new = corrupt(ob.format, step.corruption, m.raw, step.permission)
+    editor = FORMATS[ob.format].editor
+    if editor is None:
+        raise InfraError(f"{step.label}: format {ob.format} has no leaf editor: cannot inject")
+    new = corrupt(editor(ob.params), step.corruption, m, step.permission)
     target = ctx.target()
     with target.halted():
         target.write_phys(addr, new.to_bytes(8, "little"))
