@@ -41,7 +41,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from harness.discovery.linux_kvm_common import KernelReader, MemSlot, read_memslots
+from harness.discovery.linux_kvm_common import (
+    KernelReader,
+    MemSlot,
+    creator_tgid,
+    read_memslots,
+)
 from harness.discovery.linux_lists import list_for_each_entry
 from harness.errors import InfraError, MemoryReadError
 from harness.formats.stage2 import VTTBR_BADDR, Stage2Params, from_vtcr
@@ -81,10 +86,11 @@ class LiveVM:
     """A VM on ``vm_list`` with its agreed stage-2 root and the checks that passed."""
 
     kvm: int                          # struct kvm (kernel virtual; vmalloc under VHE)
-    pid: int                          # kvm->userspace_pid
+    pid: int                          # kvm->userspace_pid: the creating thread's id
     memslots: tuple[MemSlot, ...]
     stage2: Stage2Root
     checks: Mapping[str, bool | None] = field(default_factory=dict)  # None: not available
+    tgid: int | None = None           # kvm->mm->owner->tgid: the owning process's id
 
     @property
     def root(self) -> int:
@@ -201,7 +207,8 @@ def _live_vm(k: KernelReader, pmem: PhysMem, kvm: int,
     _check_pgd(k, pmem, kvm, s2, virt_to_phys, checks)
     _check_root(pmem, kvm, s2, mem_size, checks)
     return LiveVM(kvm=kvm, pid=k.field(kvm, "struct kvm", "userspace_pid"),
-                  memslots=tuple(read_memslots(k, kvm)), stage2=s2, checks=checks)
+                  memslots=tuple(read_memslots(k, kvm)), stage2=s2, checks=checks,
+                  tgid=creator_tgid(k, kvm))
 
 
 def _stage2(k: KernelReader, kvm: int, checks: dict[str, bool | None]) -> Stage2Root:
@@ -313,4 +320,4 @@ def _check_vtcr_register(vm: LiveVM, vtcr: int) -> None:
 def _with(vm: LiveVM, extra: dict[str, bool | None]) -> LiveVM:
     """*vm* with *extra* checks added."""
     return LiveVM(kvm=vm.kvm, pid=vm.pid, memslots=vm.memslots, stage2=vm.stage2,
-                  checks={**vm.checks, **extra})
+                  checks={**vm.checks, **extra}, tgid=vm.tgid)

@@ -18,7 +18,7 @@ from harness.errors import InfraError
 from harness.ktypes import KernelTypes, TypeLookupError
 from harness.mem import PAGE_SIZE, PhysMem
 
-__all__ = ["KernelReader", "MemSlot", "read_memslots", "read_memslot"]
+__all__ = ["KernelReader", "MemSlot", "read_memslots", "read_memslot", "creator_tgid"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,18 @@ def read_memslot(k: KernelReader, slot: int) -> MemSlot:
 
     return MemSlot(id=f("id"), gpa=f("base_gfn") * PAGE_SIZE, size=f("npages") * PAGE_SIZE,
                    hva=f("userspace_addr"), flags=f("flags"))
+
+
+def creator_tgid(k: KernelReader, kvm: int) -> int | None:
+    """The process id of the VM's owner: ``kvm->mm->owner->tgid``.
+
+    ``kvm->userspace_pid`` is ``task_pid_nr(current)`` at KVM_CREATE_VM: the id of the
+    creating *thread*.  The process is the thread group that owns the VM's ``mm``
+    (``mm_struct.owner`` exists with CONFIG_MEMCG); None where this kernel has no owner
+    (or the VM no mm).
+    """
+    if not k.has("struct mm_struct", "owner"):
+        return None
+    mm = k.field(kvm, "struct kvm", "mm")
+    owner = k.field(mm, "struct mm_struct", "owner") if mm else 0
+    return k.field(owner, "struct task_struct", "tgid") if owner else None

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from harness.discovery.linux_kvm_common import KernelReader as _Kernel
-from harness.discovery.linux_kvm_common import MemSlot
+from harness.discovery.linux_kvm_common import MemSlot, creator_tgid
 from harness.discovery.linux_kvm_common import read_memslots as _memslots
 from harness.discovery.linux_lists import container_of, list_for_each_entry, xa_for_each
 from harness.discovery.vmcb import (
@@ -70,11 +70,12 @@ class LiveVM:
     """A VM on ``vm_list`` with its agreed nested root and the checks that passed."""
 
     kvm: int                          # struct kvm (kernel virtual)
-    pid: int                          # kvm->userspace_pid
+    pid: int                          # kvm->userspace_pid: the creating thread's id
     vcpus: tuple[VCpu, ...]
     memslots: tuple[MemSlot, ...]
     root: int | None                  # the agreed nCR3, C-bit masked; None if no vCPU ran
     checks: Mapping[str, bool | None] = field(default_factory=dict)  # None: not available
+    tgid: int | None = None           # kvm->mm->owner->tgid: the owning process's id
 
 
 def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: KernelTypes, *,
@@ -113,7 +114,7 @@ def _live_vm(ctx: _Context, kvm: int) -> LiveVM:
     vcpus = tuple(_vcpu(ctx, kvm, idx, ptr, checks) for idx, ptr in _vcpu_ptrs(ctx, kvm))
     return LiveVM(kvm=kvm, pid=ctx.k.field(kvm, "struct kvm", "userspace_pid"), vcpus=vcpus,
                   memslots=tuple(_memslots(ctx.k, kvm)), root=_agreed_root(kvm, vcpus),
-                  checks=checks)
+                  checks=checks, tgid=creator_tgid(ctx.k, kvm))
 
 
 def _vcpu_ptrs(ctx: _Context, kvm: int) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ Layout = dict[str, tuple[int, dict[str, tuple[int, str]]]]
 PRIM = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "int": 4, "short": 2, "ptr": 8, "pid_t": 4}
 SIGNED = {"int", "short", "pid_t"}
 LAYER = {"list_head": 0, "xarray": 0, "xa_node": 0, "rb_node": 0, "rb_root": 0,
+         "mm_struct": 0, "task_struct": 0,
          "kvm_mmu_root_info": 1, "kvm_mmu": 1, "kvm_vcpu_arch": 1, "kvm_vcpu": 1,
          "kvm_memslots": 1, "kvm_memory_slot": 1, "kvm": 1,
          "kvm_vmcb_info": 2, "vmcb_control_area": 2, "vcpu_svm": 2}
@@ -44,6 +45,8 @@ def debian61() -> Layout:
         "rb_node": (24, {"__rb_parent_color": (0, "u64"), "rb_right": (8, "ptr"),
                          "rb_left": (16, "ptr")}),
         "rb_root": (8, {"rb_node": (0, "ptr")}),
+        "mm_struct": (0x400, {"owner": (928, "ptr")}),           # linux-image-6.1.0-57-amd64
+        "task_struct": (0x2600, {"pid": (2416, "pid_t"), "tgid": (2420, "pid_t")}),
         "kvm_mmu_root_info": (16, {"pgd": (0, "u64"), "hpa": (8, "u64")}),
         "kvm_mmu": (0x180, {"root": (0x38, "kvm_mmu_root_info")}),
         "kvm_vcpu_arch": (0x1800, {"mmu": (0x178, "ptr"), "root_mmu": (0x180, "kvm_mmu")}),
@@ -74,6 +77,8 @@ def shuffled() -> Layout:
     lay["kvm_vcpu"] = (0x1000, {"vcpu_idx": (0x8, "int"), "vcpu_id": (0xc, "int"),
                                 "kvm": (0x40, "ptr"), "arch": (0x100, "kvm_vcpu_arch")})
     lay["kvm_vcpu_arch"] = (0x800, {"root_mmu": (0x0, "kvm_mmu"), "mmu": (0x400, "ptr")})
+    lay["mm_struct"] = (0x100, {"owner": (0x18, "ptr")})
+    lay["task_struct"] = (0x100, {"tgid": (0x8, "pid_t"), "pid": (0x40, "pid_t")})
     lay["kvm_mmu"] = (0x180, {"root": (0x100, "kvm_mmu_root_info")})
     lay["kvm_memslots"] = (0x80, {"node_idx": (0x0, "int"), "gfn_tree": (0x40, "rb_root"),
                                   "generation": (0x48, "u64")})
@@ -205,6 +210,12 @@ class World:
     def _vm(self, name: str, kvm: int, pid: int, vcpus: list, root: int, slots: list) -> None:
         img = self.img
         img.put(kvm, "kvm", "userspace_pid", pid)
+        mm, task = kvm + 0x10000, kvm + 0x20000      # its mm, owned by the main thread
+        img.put(kvm, "kvm", "mm", mm)
+        if "owner" in self.lay["mm_struct"][1]:
+            img.put(mm, "mm_struct", "owner", task)
+            img.put(task, "task_struct", "pid", pid - 1)
+            img.put(task, "task_struct", "tgid", pid - 1)
         for idx, vcpu, vmcb_pa, asid in vcpus:
             self._vcpu(kvm, idx, vcpu, vmcb_pa, asid, root)
         xa = img.addr(kvm, "kvm", "vcpu_array")
@@ -276,6 +287,19 @@ def test_reports_each_live_vm_with_root_vcpus_and_slots(world: World) -> None:
                                        for i, a, pa, asid in vcpus]
         assert [(s.id, s.gpa, s.size, s.hva, s.flags) for s in vm.memslots] == slots
         assert all(vm.checks.values()) and len(vm.checks) == 4
+
+
+def test_process_id_is_the_owner_of_the_mm(world: World) -> None:
+    # userspace_pid is the creating thread; the process is kvm->mm->owner->tgid
+    vms = world.run(vmrun_vmcbs=world.vmruns())
+    assert [(vm.pid, vm.tgid) for vm in vms] == [(202, 201), (101, 100)]
+
+
+def test_no_mm_owner_in_this_kernel_gives_no_process_id() -> None:
+    lay = debian61()
+    lay["mm_struct"] = (0x400, {"mmap_base": (0x10, "u64")})      # CONFIG_MEMCG off
+    vms = World(lay).run()
+    assert [(vm.pid, vm.tgid) for vm in vms] == [(202, None), (101, None)]
 
 
 def test_stale_vmcb_lingers_but_is_never_reported(world: World) -> None:
