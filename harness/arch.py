@@ -9,6 +9,8 @@ CPU runs the kernel, and which workload options the architecture accepts.
 'ttyAMA0'
 >>> ARCHES["x86_64"].in_kernel({"cs": 0x10})
 True
+>>> ARCHES["x86_64"].l2_address_bits("max", "tcg", None)    # QEMU's TCG: 40 physical bits
+40
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from harness.registry import Registry
 
-__all__ = ["Arch", "ARCHES"]
+__all__ = ["Arch", "ARCHES", "TCG_PHYS_BITS", "ARM64_IPA_BITS"]
 
 
 def _x86_in_kernel(regs: Mapping[str, int]) -> bool:
@@ -29,6 +31,46 @@ def _x86_in_kernel(regs: Mapping[str, int]) -> bool:
 def _arm64_in_kernel(regs: Mapping[str, int]) -> bool:
     """PSTATE.EL (bits 3:2 of CPSR) != 0: not EL0."""
     return (regs["cpsr"] >> 2) & 3 != 0
+
+
+TCG_PHYS_BITS = 40          # QEMU's TCG x86 CPUs without phys-bits= (TCG_PHYS_ADDR_BITS)
+ARM64_IPA_BITS = 40         # KVM's default IPA size on arm64 (KVM_VM_TYPE_ARM_IPA_SIZE)
+
+
+def _x86_cpu(cpu: str) -> tuple[str, set[str], dict[str, str]]:
+    """QEMU ``-cpu`` text as (model, +/- flags, key=value properties)."""
+    model, *props = cpu.split(",")
+    flags = {p for p in props if p[:1] in "+-"}
+    values = dict(p.split("=", 1) for p in props if "=" in p)
+    return model, flags, values
+
+
+def _x86_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:
+    """GPA bits the workload's x86 L2 reaches: the L1's MAXPHYADDR, 48 on a 4-level NPT.
+
+    The L2 runs in long mode with its own page tables (``images/workload/l2_x86.c``),
+    so it reaches every GPA KVM accepts: KVM gives it the L1's MAXPHYADDR
+    (``KVM_GET_SUPPORTED_CPUID`` leaf 0x80000008 with TDP) and refuses memslots
+    beyond it (``kvm_mmu_max_gfn()``).  QEMU's TCG gives the L1 ``phys-bits``
+    (default 40); a 4-level NPT (an L1 without LA57: ``-la57``, or a model other
+    than ``max``/``host``) maps at most 48 bits.  Under KVM acceleration the host
+    decides: 52 bits are assumed.
+
+    >>> _x86_l2_bits("max,-la57", "tcg", None), _x86_l2_bits("max,phys-bits=52", "tcg", None)
+    (40, 52)
+    >>> _x86_l2_bits("EPYC,phys-bits=52", "tcg", None)
+    48
+    """
+    model, flags, values = _x86_cpu(cpu)
+    phys = int(values.get("phys-bits", 52 if accel == "kvm" else TCG_PHYS_BITS))
+    la57 = ("-la57" not in flags and values.get("la57") != "off"
+            and (model in ("max", "host") or "+la57" in flags or values.get("la57") == "on"))
+    return min(phys, 52 if la57 else 48)
+
+
+def _arm64_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:
+    """The VM's IPA size: the L2 runs with its MMU off, so it reaches every IPA below it."""
+    return ARM64_IPA_BITS if ipa_bits is None else ipa_bits
 
 
 @dataclass(frozen=True)
@@ -44,7 +86,8 @@ class Arch:
     gdb_architecture: str        # argument of gdb's `set architecture`
     mode_registers: tuple[str, ...]              # registers in_kernel looks at
     in_kernel: Callable[[Mapping[str, int]], bool]  # halted CPU is in the kernel?
-    l2_address_bits: int         # GPA bits the workload's L2 reaches by default
+    # (cpu, accel, ipa_bits) -> GPA bits the workload's L2 reaches on that machine
+    l2_address_bits: Callable[[str, str, int | None], int]
     workload_options: frozenset[str] = frozenset()  # arch-only workload keys (ipa_bits)
 
 
@@ -53,11 +96,11 @@ ARCHES.add("x86_64", Arch(
     name="x86_64", qemu="qemu-system-x86_64", machine="pc", cpu="max",
     console="ttyS0", gdb="gdb", gdb_architecture="i386:x86-64",
     mode_registers=("cs",), in_kernel=_x86_in_kernel,
-    l2_address_bits=32))                 # the L2 runs 32-bit code with paging off
+    l2_address_bits=_x86_l2_bits))
 ARCHES.add("aarch64", Arch(
     name="aarch64", qemu="qemu-system-aarch64",
     machine="virt,virtualization=on,gic-version=3", cpu="max",
     console="ttyAMA0", gdb="gdb-multiarch", gdb_architecture="aarch64",
     mode_registers=("cpsr",), in_kernel=_arm64_in_kernel,
-    l2_address_bits=40,                  # KVM's default IPA size; `ipa_bits` changes it
+    l2_address_bits=_arm64_l2_bits,
     workload_options=frozenset({"ipa_bits"})))

@@ -66,6 +66,9 @@ class Hypervisor:
     prepare: Callable[[Console], Mapping[str, str]] = no_prepare
     fault_log: bool = False          # wants the emulator's nested-paging event log
     model_options: Mapping[str, Any] = field(default_factory=dict)  # VMDesc.options
+    # GPA bits the workload's L2 reaches under this hypervisor's backend, when fewer than
+    # the architecture's (Arch.l2_address_bits); None: the architecture's
+    l2_address_bits: int | None = None
 
     @property
     def arch_record(self) -> Arch:
@@ -98,7 +101,8 @@ HYPERVISORS.add("openbsd-vmm-rvi", Hypervisor(
                 "-> vm_pmap (or vm_map->pmap, by CTF member) -> pm_pdirpa, cross-checked "
                 "with each vCPU's VMCB nCR3; only top-level slots covering vm_memranges",
     observe=observe_openbsd.observe, symbols=discovery_openbsd.NEEDED_SYMBOLS,
-    model_options={"format": "npt"}))
+    model_options={"format": "npt"},
+    l2_address_bits=32))     # hv_openbsd.c: 32-bit protected mode, paging off
 
 
 HYPERVISORS.add("freebsd-bhyve-svm", Hypervisor(
@@ -109,7 +113,8 @@ HYPERVISORS.add("freebsd-bhyve-svm", Hypervisor(
                 "svm_softc.nptp and each VMCB's nCR3; needs NRIP save (TCG: skip)",
     observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
     type_modules=("vmm",), prepare=observe_bhyve.prepare_svm,
-    model_options={"format": "npt"}))
+    model_options={"format": "npt"},
+    l2_address_bits=32))     # hv_freebsd.c: 32-bit protected mode, paging off
 HYPERVISORS.add("freebsd-bhyve-vmx", Hypervisor(
     name="freebsd-bhyve-vmx", guest_os="freebsd", arch="x86_64", format="ept",
     models=("bhyve",),
@@ -118,7 +123,8 @@ HYPERVISORS.add("freebsd-bhyve-vmx", Hypervisor(
                 "cross-checked with vmx.eptp; needs EPT and unrestricted guest",
     observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
     type_modules=("vmm",), prepare=observe_bhyve.prepare_vmx,
-    model_options={"format": "ept"}))
+    model_options={"format": "ept"},
+    l2_address_bits=32))     # hv_freebsd.c: 32-bit protected mode, paging off
 
 HYPERVISORS.add("dragonfly-vkernel", Hypervisor(
     name="dragonfly-vkernel", guest_os="dragonfly", arch="x86_64", format="npt",

@@ -30,7 +30,6 @@ __all__ = ["resolve_names", "check_scenario", "Add"]
 
 Add = Callable[..., None]
 PAGE = 4096
-ADDRESS_SPACE = 1 << 64
 
 
 def _lookup(add: Add, registry: Any, name: str, *at: object) -> Any:
@@ -211,6 +210,19 @@ class _StepChecker:
         if not any(t.gpa & ~(PAGE - 1) == page for t in w.touch):
             self.add(f"inject at {st.gpa:#x}: workload {wid!r} touches no byte of page "
                      f"{page:#x}, so there is no entry to corrupt", *at, "gpa")
+        _check_inject_target(st, w, self.add, *at)
+
+
+def _check_inject_target(st: InjectStep, w: WorkloadStep, add: Add, *at: object) -> None:
+    """``to`` only moves a frame; a ``to.gpa`` lies in a slot of the workload (its frame
+    is then in the VM's pagemap or nested tables)."""
+    if st.to_gpa is None and st.to_hpa is None:
+        return
+    if st.corruption != "frame":
+        add(f"'to' is for kind 'frame', not {st.corruption!r}", *at, "to")
+    elif st.to_gpa is not None and not any(s.gpa <= st.to_gpa < s.end for s in w.slots):
+        add(f"inject target gpa {st.to_gpa:#x} is in no slot of workload {w.id!r}",
+            *at, "to", "gpa")
 
 
 def _regex(add: Add, pattern: str, *at: object) -> None:
@@ -222,18 +234,30 @@ def _regex(add: Add, pattern: str, *at: object) -> None:
         add(f"not a valid regular expression: {e}", *at)
 
 
-def _l2_address_bits(sc: Scenario, st: WorkloadStep, add: Add) -> int | None:
-    """How many GPA bits the workload's L2 can reach on this architecture (a vkernel's
-    "GPA" is a user virtual address of the L1 process)."""
+def _l2_address_bits(sc: Scenario, st: WorkloadStep, add: Add) -> tuple[int, str]:
+    """How many GPA bits the workload's L2 can reach on this machine, and why.
+
+    The architecture's bound follows the machine (x86: the L1's physical-address
+    width and paging depth; arm64: the VM's IPA size); a hypervisor whose workload
+    backend runs the L2 in a narrower mode lowers it.  A vkernel's "GPA" is a user
+    virtual address of the L1 process.
+    """
     from harness.hypervisors import HYPERVISORS
     if sc.hypervisor in VKERNEL_HYPERVISORS:
-        return VKERNEL_VA_BITS
-    arch = HYPERVISORS[sc.hypervisor].arch_record
+        return VKERNEL_VA_BITS, "an x86-64 user address"
+    hv = HYPERVISORS[sc.hypervisor]
+    arch = hv.arch_record
     for key in ("ipa_bits",):
         if getattr(st, key) is not None and key not in arch.workload_options:
             add(f"{key} is for {', '.join(_archs_with(key))} guests only, not {arch.name}",
                 "steps", st.index, "workload", key)
-    return st.ipa_bits if st.ipa_bits is not None else arch.l2_address_bits
+    cpu = sc.machine.cpu or arch.cpu
+    bits = arch.l2_address_bits(cpu, sc.machine.accel, st.ipa_bits)
+    why = (f"an {arch.name} L2 with IPA size {bits}" if "ipa_bits" in arch.workload_options
+           else f"an {arch.name} L2 on -cpu {cpu} ({sc.machine.accel})")
+    if hv.l2_address_bits is not None and hv.l2_address_bits < bits:
+        bits, why = hv.l2_address_bits, f"the L2 of {hv.name}'s workload backend"
+    return bits, why
 
 
 def _archs_with(option: str) -> list[str]:
@@ -243,8 +267,8 @@ def _archs_with(option: str) -> list[str]:
 
 def _check_slots(sc: Scenario, st: WorkloadStep, add: Add) -> None:
     """Alignment, wrap, overlap, the L2's reach; every touch inside a slot."""
-    bits = _l2_address_bits(sc, st, add)
-    limit = 1 << bits if bits is not None else ADDRESS_SPACE
+    bits, why = _l2_address_bits(sc, st, add)
+    limit = 1 << bits
     spans: list[SlotSpec] = []
     for j, s in enumerate(st.slots):
         at = ("steps", st.index, "workload", "slots", j)
@@ -253,7 +277,7 @@ def _check_slots(sc: Scenario, st: WorkloadStep, add: Add) -> None:
                 add(f"slot {what} {value:#x} is not a multiple of 4 KiB", *at, what)
         if s.end > limit:
             add(f"slot [{s.gpa:#x}, {s.end:#x}) reaches beyond what the L2 can address "
-                f"({bits} bits: below {limit:#x})", *at)
+                f"({bits} bits: below {limit:#x}): {why} cannot use it", *at)
         for other in spans:
             if s.gpa < other.end and other.gpa < s.end:
                 add(f"slot [{s.gpa:#x}, {s.end:#x}) overlaps [{other.gpa:#x}, "

@@ -121,10 +121,20 @@ def _schema_error(errs: _Errors, err: jsonschema.ValidationError) -> None:
         choices = [str(c) for c in enum] if isinstance(enum, list) else []
         errs.add(f"{err.instance!r} is not one of {', '.join(choices)}"
                  f"{_hint(err.instance, choices)}", *at)
+    elif err.validator in ("minProperties", "maxProperties") and _one_of_keys(err):
+        errs.add(f"name exactly one of: {', '.join(_one_of_keys(err))}", *at)
     elif err.validator == "pattern":
         errs.add(f"{err.instance!r} is not allowed here (must match {err.validator_value})", *at)
     else:
         errs.add(err.message, *at)
+
+
+def _one_of_keys(err: jsonschema.ValidationError) -> list[str]:
+    """The keys of a mapping that takes exactly one of them (min = max = 1), else []."""
+    schema = _schema_dict(err)
+    if schema.get("minProperties") == schema.get("maxProperties") == 1:
+        return sorted(schema.get("properties", {}))
+    return []
 
 
 def _schema_dict(err: jsonschema.ValidationError) -> dict[str, Any]:
@@ -187,10 +197,13 @@ def _step(raw: Doc, index: int, lines: Lines, workloads: int) -> Step:
     if kind == "check":
         return CheckStep(**common, vms=args.get("vms"))
     if kind == "inject":
+        to = args.get("to", {})
         return InjectStep(**common, corruption=args["kind"], gpa=parse_addr(args["gpa"]),
                           workload=args.get("workload", ""), vm=args.get("vm", 0),
                           permission=args.get("permission", "w"),
-                          restore=args.get("restore", True))
+                          restore=args.get("restore", True),
+                          to_gpa=parse_addr(to["gpa"]) if "gpa" in to else None,
+                          to_hpa=parse_addr(to["hpa"]) if "hpa" in to else None)
     return ReleaseStep(**common, workload=args.get("workload"))
 
 

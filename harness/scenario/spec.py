@@ -123,12 +123,16 @@ class InjectStep(StepSpec):
     """Corrupt the leaf that maps a GPA of one held VM."""
 
     kind: ClassVar[str] = "inject"
-    corruption: str = "frame"     # "frame", "permission", "clear", "reserved_bit"
+    corruption: str = "frame"     # "frame", "permission", "clear", "reserved_bit", "memtype"
     gpa: int = 0
     workload: str = ""            # the workload whose VM is corrupted
     vm: int = 0                   # index of the VM within that workload
     permission: str = "w"         # for "permission": the bit taken away
     restore: bool = True          # put the entry back after the next check
+    # for "frame", at most one of: the frame backing this GPA of the same VM, or this L1
+    # physical address (None and None: the leaf's neighbouring frame)
+    to_gpa: int | None = None
+    to_hpa: int | None = None
 
 
 @dataclass(frozen=True)

@@ -113,11 +113,12 @@ def test_alignment_message_blames_the_misaligned_value(tmp_path: Path) -> None:
     assert "overlaps" in str(error_of(tmp_path, text))
 
 
-def test_x86_slots_must_be_reachable_by_the_32_bit_l2(tmp_path: Path) -> None:
-    err = error_of(tmp_path, GOOD.replace("{gpa: 0x0, size: 64K}",
-                                          "{gpa: 0x0, size: 64K}\n        - {gpa: 0x100000000, "
-                                          "size: 4K}"))
-    assert "beyond what the L2 can address (32 bits" in str(err)
+def test_x86_slots_must_be_reachable_by_the_l2(tmp_path: Path) -> None:
+    above_4g = GOOD.replace("{gpa: 0x0, size: 64K}",
+                            "{gpa: 0x0, size: 64K}\n        - {gpa: 0x100000000, size: 4K}")
+    assert load_scenario(write(tmp_path, above_4g)).name == "t"   # long mode: above 4 GiB
+    err = error_of(tmp_path, above_4g.replace("0x100000000", "0x10000000000"))
+    assert "beyond what the L2 can address (40 bits" in str(err)   # TCG's phys-bits
 
 
 def test_ipa_bits_is_for_arm64_only(tmp_path: Path) -> None:
@@ -263,3 +264,76 @@ def test_unknown_registry_names_list_the_valid_ones(tmp_path: Path, old: str, ne
 def test_release_step_type(tmp_path: Path) -> None:
     sc = load_scenario(write(tmp_path, GOOD + "  - release: {}\n"))
     assert sc.steps[3] == ReleaseStep(index=3, line=11)
+
+
+HIGH = """\
+name: t
+guest: {os: linux, image: IMAGE}
+machine: {cpu: "CPU"}
+steps:
+  - boot: {}
+  - workload:
+      slots:
+        - {gpa: SLOT, size: 64K}
+      touch:
+        - {gpa: TOUCH, access: w}
+"""
+
+
+def high(image: str = "linux-amd64", cpu: str = "max", slot: int = 0x0,
+         touch: int = 0x1000) -> str:
+    return (HIGH.replace("IMAGE", image).replace("CPU", cpu).replace("SLOT", hex(slot))
+            .replace("TOUCH", hex(touch)))
+
+
+@pytest.mark.parametrize("cpu, top", [
+    ("max", 1 << 40),                          # TCG's default phys-bits
+    ("max,-la57", 1 << 40),
+    ("max,phys-bits=52", 1 << 52),             # LA57 L1: 5-level NPT, 52 bits
+    ("max,-la57,phys-bits=52", 1 << 48),       # 4-level NPT maps 48 bits
+    ("EPYC,phys-bits=52", 1 << 48),
+])
+def test_x86_reach_follows_the_machine(tmp_path: Path, cpu: str, top: int) -> None:
+    ok = high(cpu=cpu, slot=top - 0x10000, touch=top - 0x1000)
+    assert load_scenario(write(tmp_path, ok)).name == "t"
+    err = error_of(tmp_path, high(cpu=cpu, slot=top, touch=top + 0x1000))
+    assert err.field == "steps.1.workload.slots.0" and "cannot use" in str(err)
+    assert f"below {top:#x}" in str(err)
+
+
+def test_arm64_reach_is_the_ipa_size(tmp_path: Path) -> None:
+    text = high(image="linux-arm64", cpu="max", slot=1 << 40, touch=(1 << 40) + 0x1000)
+    assert "cannot use" in str(error_of(tmp_path, text))
+    text = text.replace("      slots:", "      ipa_bits: 48\n      slots:")
+    assert load_scenario(write(tmp_path, text)).name == "t"
+
+
+def test_openbsd_vmm_backend_reaches_4_gib(tmp_path: Path) -> None:
+    text = (high(image="openbsd-amd64", cpu="EPYC", slot=1 << 32, touch=(1 << 32) + 0x1000)
+            .replace("os: linux", "os: openbsd"))
+    err = error_of(tmp_path, text)
+    assert "(32 bits" in str(err) and "openbsd-vmm-rvi" in str(err)
+    low = high(image="openbsd-amd64", cpu="EPYC").replace("os: linux", "os: openbsd")
+    assert load_scenario(write(tmp_path, low)).hypervisor == "openbsd-vmm-rvi"
+
+
+def test_inject_target_checks(tmp_path: Path) -> None:
+    base = GOOD.replace("  - check: {vms: 1}", "  - inject: INJ\n  - check: {vms: 1}")
+    ok = load_scenario(write(tmp_path, base.replace(
+        "INJ", "{kind: frame, gpa: 0x1000, to: {gpa: 0x3000}}")))
+    assert isinstance(ok.steps[2], InjectStep)
+    assert (ok.steps[2].to_gpa, ok.steps[2].to_hpa) == (0x3000, None)
+    hpa = load_scenario(write(tmp_path, base.replace(
+        "INJ", "{kind: frame, gpa: 0x1000, to: {hpa: 0x200000}}")))
+    assert (hpa.steps[2].to_gpa, hpa.steps[2].to_hpa) == (None, 0x200000)  # type: ignore[union-attr]
+    err = error_of(tmp_path, base.replace("INJ", "{kind: clear, gpa: 0x1000, to: {gpa: 0x0}}"))
+    assert err.field == "steps.2.inject.to" and "frame" in str(err)
+    err = error_of(tmp_path, base.replace("INJ",
+                                          "{kind: frame, gpa: 0x1000, to: {gpa: 0x90000}}"))
+    assert err.field == "steps.2.inject.to.gpa" and "no slot" in str(err)
+    for to in ("{gpa: 0x0, hpa: 0x0}", "{}"):
+        err = error_of(tmp_path, base.replace("INJ", f"{{kind: frame, gpa: 0x1000, to: {to}}}"))
+        assert err.field == "steps.2.inject.to"
+        assert "name exactly one of: gpa, hpa" in str(err)
+    memtype = load_scenario(write(tmp_path, base.replace("INJ", "{kind: memtype, gpa: 0x1000}")))
+    assert memtype.steps[2].corruption == "memtype"            # type: ignore[union-attr]
