@@ -14,15 +14,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
-from harness.errors import InfraError
+from harness.errors import InfraError, ScenarioError
 from harness.findings import Finding
 from harness.formats import FORMATS
+from harness.formats.base import Mapping, hexs
 from harness.guests.record import BackingQuery
-from harness.inject import corrupt
+from harness.inject import Target, corrupt, target_frame
 from harness.models.base import Access, MemRange, VMDesc
 from harness.models.bhyve import vm_setup_memory
 from harness.models.vmd_memmap import create_memory_map, cross_check
@@ -220,7 +222,7 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
             found = memmap_findings(desc.name, vm, ob, run.spec.driver)
             found += coalesce(diff(ob.walk, ctx.model.expect(desc)))
             _record(ctx, step, found)
-            record["vms"].append(_vm_json(ob, desc.name, found))
+            record["vms"].append(_vm_json(ob, desc.name, found, _process_id(step, ob, vm)))
         for ob in leftovers:
             _record(ctx, step, [_leftover(ob)])
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
@@ -232,17 +234,51 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
 
 
 def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:
-    """Add a check's findings; remember the first step that had any."""
+    """Add a check's findings, each naming the step; remember the first step that had any."""
     if found and not ctx.finding_step:
         ctx.finding_step = step.label
-    ctx.findings.extend(found)
+    ctx.findings.extend(replace(f, step=step.label) for f in found)
 
 
-def _vm_json(ob: ObservedVM, name: str, found: list[Finding]) -> dict[str, Any]:
-    return {"vm": name, "observed_as": ob.name, "format": ob.format, "root": f"{ob.root:#x}",
-            "discovery": ob.discovery, "slots": ob.slots,
+def _process_id(step: StepSpec, ob: ObservedVM, vm: VMReport) -> int:
+    """The workload's process id, which the kernel's (``discovery.pid``) must match.
+
+    Linux's observers give ``kvm->mm->owner->tgid`` (``kvm->userspace_pid`` is the
+    creating thread, kept as ``discovery.tid``), OpenBSD's ``vm_creator_pid``,
+    DragonFly's the region's process (``p_pid``); bhyve's none.
+    """
+    kernel = ob.discovery.get("pid")
+    if kernel is not None and kernel != vm.pid:
+        raise InfraError(f"{step.label}: {ob.name} belongs to process {kernel} "
+                         f"({ob.discovery.get('pid_source', 'kernel')}), the workload that "
+                         f"reported it is process {vm.pid}")
+    return vm.pid
+
+
+_HEX_KEYS = ("gpa", "size", "hva", "hpa", "root", "va", "segoff")
+
+
+def _hex_addrs(d: dict[str, Any]) -> dict[str, Any]:
+    """*d* with its address and size values as hex strings (slat.json writes them one way).
+
+    >>> _hex_addrs({"id": 1, "gpa": 4096, "size": 8192, "kind": "ram"})
+    {'id': 1, 'gpa': '0x1000', 'size': '0x2000', 'kind': 'ram'}
+    """
+    return {k: hexs(v) if k in _HEX_KEYS and isinstance(v, int) else v for k, v in d.items()}
+
+
+def _vm_json(ob: ObservedVM, name: str, found: list[Finding], pid: int | None = None
+             ) -> dict[str, Any]:
+    """One VM in slat.json: addresses as hex strings; ``discovery.pid`` the process id."""
+    discovery = dict(ob.discovery)
+    if pid is not None:
+        if discovery.get("pid") is None:
+            discovery["pid_source"] = "workload report"
+        discovery["pid"] = pid
+    return {"vm": name, "observed_as": ob.name, "format": ob.format, "root": hexs(ob.root),
+            "discovery": discovery, "slots": [_hex_addrs(s) for s in ob.slots],
             "mappings": [m.to_json() for m in ob.walk.mappings],
-            "structural": [vars(f) for f in ob.walk.findings],
+            "structural": [f.to_json() for f in ob.walk.findings],
             "tables_read": ob.walk.tables_read, "findings": len(found)}
 
 
@@ -259,29 +295,67 @@ def _restore(ctx: RunContext) -> None:
     ctx.injected = keep
 
 
-def _victim(ctx: RunContext, pairs: list[Pair], step: InjectStep) -> ObservedVM:
-    """The observed VM that is VM *step.vm* of workload *step.workload*."""
+def _victim(ctx: RunContext, pairs: list[Pair], step: InjectStep) -> tuple[ObservedVM, VMReport]:
+    """The observed VM that is VM *step.vm* of workload *step.workload*, and its report."""
     wid = step.workload or next(r.id for r in ctx.workloads.values() if r.holding)
     for ob, run, vm in pairs:
         if run.id == wid and vm.index == step.vm:
-            return ob
+            return ob, vm
     raise InfraError(f"{step.label}: VM {step.vm} of workload {wid!r} is not among the "
                      f"live VMs {[ob.name for ob, _, _ in pairs]}")
+
+
+def _backing(ob: ObservedVM, vm: VMReport, gpa: int) -> int | None:
+    """The L1 address backing *gpa* in this VM: its nested leaf, else the workload's pagemap."""
+    m = find_mapping(sorted(ob.walk.mappings, key=lambda x: x.gpa), gpa)
+    if m is not None:
+        return m.hpa + (gpa - m.gpa)
+    page = vm.pagemap.get(gpa & ~0xFFF)
+    return None if page is None else page + (gpa & 0xFFF)
+
+
+def _inject_error(ctx: RunContext, step: InjectStep, message: str) -> ScenarioError:
+    """A ScenarioError at the inject step of the scenario file."""
+    at = ("steps", step.index, "inject")
+    return ScenarioError(message, file=str(ctx.scenario.path),
+                         line=ctx.scenario.line_of(*at), field=".".join(map(str, at)))
+
+
+def _inject_value(ctx: RunContext, step: InjectStep, ob: ObservedVM, vm: VMReport,
+                  m: Mapping) -> int:
+    """The corrupted value of leaf *m*, through the format's leaf editor.
+
+    A ``to`` target is the frame backing another GPA of the VM (its nested leaf, or its
+    pagemap entry) or an HPA, aligned to the leaf's size; a change the leaf cannot take
+    (a target that is not a frame of the leaf's size, no reserved bit at its level) is a
+    scenario error at the inject step.
+    """
+    editor = FORMATS[ob.format].editor
+    if editor is None:
+        raise _inject_error(ctx, step, f"format {ob.format} has no leaf editor: cannot inject")
+    try:
+        frame = None
+        if step.to_gpa is not None or step.to_hpa is not None:
+            frame = target_frame(m, Target(gpa=step.to_gpa, hpa=step.to_hpa),
+                                 lambda g: _backing(ob, vm, g))
+        limits = getattr(ob.params, "limits", None)
+        return corrupt(editor(ob.params), step.corruption, m, step.permission,
+                       frame=frame, mem_size=getattr(limits, "mem_size", None))
+    except ValueError as e:
+        raise _inject_error(ctx, step, f"{step.label}: cannot inject into leaf {m.raw:#x} "
+                            f"(level {m.level}) at {m.gpa:#x}: {e}") from None
 
 
 def run_inject(ctx: RunContext, step: InjectStep) -> None:
     """Corrupt the leaf that maps the step's GPA in the chosen VM."""
     pairs, _ = _match(ctx, observe(ctx), step)
-    ob = _victim(ctx, pairs, step)
+    ob, vm = _victim(ctx, pairs, step)
     m = find_mapping(sorted(ob.walk.mappings, key=lambda x: x.gpa), step.gpa)
     if m is None:
         raise InfraError(f"{step.label}: nothing maps {step.gpa:#x} in {ob.name}; "
                          "cannot inject")
-    addr = m.table + 8 * m.index
-    editor = FORMATS[ob.format].editor
-    if editor is None:
-        raise InfraError(f"{step.label}: format {ob.format} has no leaf editor: cannot inject")
-    new = corrupt(editor(ob.params), step.corruption, m, step.permission)
+    addr = m.entry
+    new = _inject_value(ctx, step, ob, vm, m)
     target = ctx.target()
     with target.halted():
         target.write_phys(addr, new.to_bytes(8, "little"))
@@ -290,8 +364,8 @@ def run_inject(ctx: RunContext, step: InjectStep) -> None:
         raise InfraError(f"{step.label}: wrote {new:#x} at {addr:#x}, read back {back:#x}")
     ctx.injected.append(Injection(addr, m.raw, new, step.gpa, step.corruption, step.restore))
     with (ctx.run_dir / "injections.log").open("a") as log:
-        log.write(f"{step.label}: {step.corruption} gpa={step.gpa:#x} entry@{addr:#x} "
-                  f"{m.raw:#018x} -> {new:#018x}\n")
+        log.write(f"{step.label}: {step.corruption} gpa={step.gpa:#x} leaf {m.gpa:#x}+"
+                  f"{m.size:#x} level {m.level} entry@{addr:#x} {m.raw:#018x} -> {new:#018x}\n")
 
 
 def slat_json(ctx: RunContext) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from harness.formats.base import WalkResult
 from harness.ktypes import KernelTypes
 from harness.target import L1Memory, Target
 
-__all__ = ["ObservedVM", "KernelView"]
+__all__ = ["ObservedVM", "KernelView", "process_ids"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,21 @@ class ObservedVM:
     # what this VM's model needs that only discovery knows (a vkernel's master PDE and
     # memory image): merged into VMDesc.options over the hypervisor's model_options
     model_options: dict[str, Any] = field(default_factory=dict)
+
+
+def process_ids(tgid: int | None, tid: int) -> dict[str, Any]:
+    """A Linux KVM VM's ``discovery`` ids: the owning process and the creating thread.
+
+    ``kvm->userspace_pid`` is the thread that called KVM_CREATE_VM (``tid``); the
+    process is ``kvm->mm->owner->tgid`` (``pid``), None where the kernel has no mm
+    owner (the check then takes the workload's own report).
+
+    >>> process_ids(90, 93)
+    {'pid': 90, 'tid': 93, 'pid_source': 'kvm->mm->owner->tgid'}
+    >>> process_ids(None, 93)["pid"] is None
+    True
+    """
+    out: dict[str, Any] = {"pid": tgid, "tid": tid}
+    if tgid is not None:
+        out["pid_source"] = "kvm->mm->owner->tgid"
+    return out

@@ -63,17 +63,18 @@ def _vpte_summary(image: ObjectImage, r: VpageRegion) -> dict[str, Any]:
     params = VPTEParams(base=r.start, size=r.size, limits=WalkLimits(mem_size=image.size))
     res = walk_vpte(image, r.master_pde, params)
     return {"leaves": len(res.mappings), "bytes": sum(m.size for m in res.mappings),
-            "first": [{"va": hex(m.gpa), "image": hex(m.hpa), "size": m.size, "w": m.w,
+            "first": [{"va": hex(m.gpa), "image": hex(m.hpa), "size": hex(m.size), "w": m.w,
                        "dirty": m.dirty} for m in res.mappings[:4]],
             "findings": [f"{f.kind} at {f.gpa:#x}: {f.detail}" for f in res.findings]}
 
 
 def _record(r: VpageRegion, image: ObjectImage) -> dict[str, Any]:
-    return {"pid": r.pid, "comm": r.comm, "proc": hex(r.proc), "space": r.space,
-            "vmspace": hex(r.vmspace), "entry": hex(r.entry), "start": hex(r.start),
-            "end": hex(r.end), "master_pde": hex(r.master_pde), "object": hex(r.object),
-            "offset": r.offset, "prot": r.prot, "root": hex(r.root),
-            "resident_pages": len(r.pages), "image_size": r.object_size,
+    return {"pid": r.pid, "pid_source": "p_pid", "comm": r.comm, "proc": hex(r.proc),
+            "space": r.space, "vmspace": hex(r.vmspace), "entry": hex(r.entry),
+            "start": hex(r.start), "end": hex(r.end), "master_pde": hex(r.master_pde),
+            "object": hex(r.object), "offset": hex(r.offset), "prot": r.prot,
+            "root": hex(r.root), "resident_pages": len(r.pages),
+            "image_size": hex(r.object_size),
             "vpte": _vpte_summary(image, r), "checks": dict(r.checks)}
 
 

@@ -59,7 +59,7 @@ def _record(vm: LiveVM) -> dict[str, Any]:
             "softc": hex(vm.softc), "cdev": hex(vm.cdev), "pmap": hex(vm.pmap),
             "root": hex(vm.root), "eptp": None if vm.eptp is None else hex(vm.eptp),
             "emulate_ad": vm.emulate_ad, "superpages": vm.superpages,
-            "segments": [{"segid": s.segid, "len": s.len, "sysmem": s.sysmem,
+            "segments": [{"segid": s.segid, "len": hex(s.len), "sysmem": s.sysmem,
                           "object": hex(s.object), "name": s.name} for s in vm.segs],
             "vcpus": [{"id": c.id, "vcpu": hex(c.addr),
                        "vmcb_pa": None if c.vmcb_pa is None else hex(c.vmcb_pa),

@@ -15,7 +15,7 @@ from harness.discovery.linux_kvm_arm64 import Stage2Root, discover
 from harness.formats.base import WalkLimits
 from harness.formats.stage2 import Stage2Params, root_entries
 from harness.formats.stage2 import walk as walk_stage2
-from harness.observe import KernelView, ObservedVM
+from harness.observe import KernelView, ObservedVM, process_ids
 
 __all__ = ["observe"]
 
@@ -37,7 +37,8 @@ def observe(view: KernelView) -> list[ObservedVM]:
             name=f"kvm@{vm.kvm:#x}", format="stage2", root=vm.root, params=params,
             walk=walk_stage2(view.mem.phys, vm.root, params),
             slot_hvas=frozenset(s.hva for s in vm.memslots), slots=slots,
-            discovery={"pid": vm.pid, "checks": dict(vm.checks), "stage2": _stage2_json(s2),
+            discovery={**process_ids(vm.tgid, vm.pid), "checks": dict(vm.checks),
+                       "stage2": _stage2_json(s2),
                        "root_pages": max(1, root_entries(params) // 512),
                        "VTTBR_EL2": hex(vttbr), "VTCR_EL2": hex(vtcr)}))
     return out

@@ -11,7 +11,7 @@ from harness.discovery.linux_kvm_svm import VCpu, discover, paging_levels, parse
 from harness.formats.base import WalkLimits, WalkResult
 from harness.formats.npt import NptParams
 from harness.formats.npt import walk as walk_npt
-from harness.observe import KernelView, ObservedVM
+from harness.observe import KernelView, ObservedVM, process_ids
 
 __all__ = ["observe", "facts"]
 
@@ -46,8 +46,8 @@ def observe(view: KernelView) -> list[ObservedVM]:
         out.append(ObservedVM(
             name=f"kvm@{vm.kvm:#x}", format="npt", root=vm.root or 0, params=params, walk=walk,
             slot_hvas=frozenset(s.hva for s in vm.memslots), slots=slots,
-            discovery={"pid": vm.pid, "levels": levels, "checks": dict(vm.checks),
-                       "vcpus": [_vcpu_json(v) for v in vm.vcpus]}))
+            discovery={**process_ids(vm.tgid, vm.pid), "levels": levels,
+                       "checks": dict(vm.checks), "vcpus": [_vcpu_json(v) for v in vm.vcpus]}))
     return out
 
 

@@ -59,11 +59,12 @@ def _walk(view: KernelView, vm: LiveVM) -> tuple[Any, Any]:
 
 def _record(vm: LiveVM) -> dict[str, Any]:
     """What slat.json keeps of the discovery: identity, design, ranges, cross-checks."""
-    return {"vm_id": vm.id, "vm_name": vm.name, "pid": vm.creator_pid, "design": vm.design,
+    return {"vm_id": vm.id, "vm_name": vm.name, "pid": vm.creator_pid,
+            "pid_source": "vm_creator_pid", "design": vm.design,
             "mode": vm.format, "vm": hex(vm.vm), "pmap": hex(vm.pmap), "root": hex(vm.root),
             "eptp": None if vm.eptp is None else hex(vm.eptp),
-            "memranges": [{"gpa": r.gpa, "size": r.size, "va": r.va, "kind": r.kind}
-                          for r in vm.memranges],
+            "memranges": [{"gpa": hex(r.gpa), "size": hex(r.size), "va": hex(r.va),
+                           "kind": r.kind} for r in vm.memranges],
             "memory_slots": [hex(s) for s in vm.memory_slots],
             "vcpus": [{"id": c.id, "vcpu": hex(c.addr), "control_pa": hex(c.control_pa),
                        "ncr3": None if c.ncr3 is None else hex(c.ncr3)} for c in vm.vcpus],

@@ -89,6 +89,7 @@ class FakeWorld:
         self.observe_errors: list[BaseException | None] = []  # raised one per run, in order
         self.machines: list[FakeMachine] = []
         self.observe_delay = 0.0        # seconds each observe takes (a hung discovery)
+        self.kernel_pid: int | None = None   # the VMs' process as the kernel names it
         self.exit_delay = 0.0           # seconds the machine takes to shut down
 
     def machine(self, config: MachineConfig) -> FakeMachine:
@@ -139,9 +140,11 @@ class FakeWorld:
         out = []
         for vm in self.vms:
             params = NptParams(levels=4, flavour="kvm")
+            discovery = {} if self.kernel_pid is None else {"pid": self.kernel_pid}
             out.append(ObservedVM(f"kvm@{vm.index}", "npt", vm.root, params,
                                   walk_npt(view.mem.phys, vm.root, params),
-                                  slot_hvas=frozenset(h for _, _, h in vm.slots)))
+                                  slot_hvas=frozenset(h for _, _, h in vm.slots),
+                                  discovery=discovery))
         return out
 
     leftover = False                   # the VM survives its workload's teardown (a bug)

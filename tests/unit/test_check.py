@@ -15,7 +15,7 @@ from fakes import PAGE, FakeWorld
 from harness import check
 from harness.console import Console
 from harness.context import RunContext, WorkloadRun
-from harness.errors import InfraError
+from harness.errors import InfraError, ScenarioError
 from harness.scenario.spec import CheckStep, GuestSpec, InjectStep, Scenario, WorkloadStep
 from harness.workload import parse_report
 
@@ -56,6 +56,78 @@ def test_held_vms_agree_with_their_model(tmp_path: Path) -> None:
         assert [v["vm"] for v in vms] == ["w1/vm0", "w1/vm1"]
         assert [len(v["mappings"]) for v in vms] == [2, 2]
         assert world.target.halts >= 1
+
+
+def test_findings_name_their_step_and_slat_json_writes_hex(tmp_path: Path) -> None:
+    world = FakeWorld()
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        check.run_inject(ctx, InjectStep(index=2, line=7, corruption="frame", gpa=0x2000,
+                                         workload="w1"))
+        step = CheckStep(index=3, line=9)
+        check.run_check(ctx, step)
+        (f,) = ctx.findings
+        assert f.step == step.label and f.level == 1 and f.raw is not None
+        assert f.to_json()["step"] == step.label and f.to_json()["entry"].startswith("0x")
+        (vm,) = ctx.checks[0]["vms"]
+        assert vm["root"] == hex(world.vms[0].root)
+        assert [m["gpa"] for m in vm["mappings"]] == ["0x0", "0x2000"]
+        assert vm["discovery"]["pid"] == 4242            # the workload's report: no kernel pid
+        assert vm["discovery"]["pid_source"] == "workload report"
+        log = (tmp_path / "injections.log").read_text()
+        assert "gpa=0x2000 leaf 0x2000+0x1000 level 1 entry@" in log
+
+
+def test_the_kernels_process_id_must_be_the_workloads(tmp_path: Path) -> None:
+    world = FakeWorld()
+    world.kernel_pid = 4242
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        check.run_check(ctx, CheckStep(index=2, line=9))
+        assert ctx.checks[0]["vms"][0]["discovery"]["pid"] == 4242
+        assert "pid_source" not in ctx.checks[0]["vms"][0]["discovery"]
+    world = FakeWorld()
+    world.kernel_pid = 4243
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        with pytest.raises(InfraError, match="process 4243"):
+            check.run_check(ctx, CheckStep(index=2, line=9))
+
+
+def test_inject_targets_through_the_format_editor(tmp_path: Path) -> None:
+    world = FakeWorld()
+    frames = world.vms[0].frames
+    with ExitStack() as stack:
+        ctx = held_context(world, tmp_path, stack)
+        # the frame backing GPA 0x5000 (not mapped: from the workload's pagemap)
+        check.run_inject(ctx, InjectStep(index=2, line=7, corruption="frame", gpa=0x2000,
+                                         workload="w1", to_gpa=0x5000))
+        check.run_check(ctx, CheckStep(index=3, line=9))
+        assert [(f.kind, f.gpa, f.expected, f.observed) for f in ctx.findings] == [
+            ("wrong_frame", 0x2000, frames[0x2000], frames[0x5000])]
+        ctx.findings.clear()
+        # the frame backing GPA 0x0 (mapped: from its nested leaf); an explicit HPA
+        for step in (InjectStep(index=4, line=11, corruption="frame", gpa=0x2000,
+                                workload="w1", to_gpa=0x0),
+                     InjectStep(index=4, line=11, corruption="frame", gpa=0x2000,
+                                workload="w1", to_hpa=0x7000000)):
+            check.run_inject(ctx, step)
+            check.run_check(ctx, CheckStep(index=5, line=13))
+        assert [f.observed for f in ctx.findings] == [frames[0x0], 0x7000000]
+        ctx.findings.clear()
+        check.run_inject(ctx, InjectStep(index=6, line=15, corruption="memtype", gpa=0x2000,
+                                         workload="w1"))
+        (inj,) = ctx.injected
+        assert inj.corrupted ^ inj.original == 1 << 4         # PCD: PAT index 0 -> 2
+        check.run_check(ctx, CheckStep(index=7, line=17))
+        assert [(f.kind, f.observed) for f in ctx.findings] == [("memtype", 2)]
+        for bad, why in ((InjectStep(index=8, line=19, corruption="frame", gpa=0x2000,
+                                     workload="w1", to_gpa=0x900000), "no frame backs"),
+                         (InjectStep(index=8, line=19, corruption="frame", gpa=0x2000,
+                                     workload="w1", to_hpa=0x7000800), "not aligned")):
+            with pytest.raises(ScenarioError, match=why) as ei:
+                check.run_inject(ctx, bad)
+            assert ei.value.field == "steps.8.inject" and ei.value.file == str(tmp_path / "s.yaml")
 
 
 def test_a_moved_frame_is_a_wrong_frame_finding(tmp_path: Path) -> None:
