@@ -59,6 +59,15 @@
 
 static uint64_t memsize;
 
+/*
+ * The L2 runs l2_x86.c's 32-bit code with paging off (below 4 GiB; every slot lies
+ * below the 3 GiB lowmem limit here anyway).
+ */
+uint64_t x86_long_mode_reach(void)
+{
+	return 0;
+}
+
 void hv_open(void)
 {
 	if (modfind("vmm") < 0)
@@ -124,7 +133,7 @@ static void init_vcpu(struct vm *vm, const struct config *cfg)
 	set_reg(vm, VM_REG_GUEST_CR0, CR0_PE_ET, "cr0");
 	set_reg(vm, VM_REG_GUEST_RFLAGS, RFLAGS_RSVD, "rflags");
 	set_reg(vm, VM_REG_GUEST_RSP, 0, "rsp");
-	set_reg(vm, VM_REG_GUEST_RIP, cfg->code_gpa, "rip");
+	set_reg(vm, VM_REG_GUEST_RIP, l2_x86_entry(cfg), "rip");
 	if (vm_activate_cpu(vm->vcpu))
 		die("vm %d: vm_activate_cpu: %s", vm->index, strerror(errno));
 }

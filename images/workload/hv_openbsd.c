@@ -56,6 +56,17 @@
 
 static int vmm_fd = -1;
 
+/*
+ * The L2 runs l2_x86.c's 32-bit code with paging off, so touches lie below 4 GiB.  vmm
+ * takes a long-mode initial state too (vmd boots 64-bit kernels from
+ * vcpu_init_flat64: CR0.PG, CR4.PAE, EFER.LME|LMA), which would let l2_x86.c's long-mode
+ * path reach higher GPAs here; that is not verified on OpenBSD yet.
+ */
+uint64_t x86_long_mode_reach(void)
+{
+	return 0;
+}
+
 void hv_open(void)
 {
 	vmm_fd = open("/dev/vmm", O_RDWR | O_CLOEXEC);
@@ -150,7 +161,7 @@ void hv_create_vm(struct vm *vm, const struct config *cfg)
 	memset(&vrp, 0, sizeof(vrp));
 	vrp.vrp_vm_id = vm->vm_id;
 	vrp.vrp_vcpu_id = vm->vcpu_id;
-	init_state(&vrp.vrp_init_state, cfg->code_gpa);
+	init_state(&vrp.vrp_init_state, l2_x86_entry(cfg));
 	if (ioctl(vmm_fd, VMM_IOC_RESETCPU, &vrp) < 0)
 		die("vm %d: VMM_IOC_RESETCPU: %s", vm->index, strerror(errno));
 	vm->exit = calloc(1, sizeof(struct vm_exit));

@@ -248,6 +248,20 @@ static void check_config(void)
 	}
 }
 
+/* Touches and the guest's own pages below the reach the hypervisor gives the guest. */
+static void check_reach(void)
+{
+	uint64_t limit = arch_touch_limit(&cfg);
+
+	for (int i = 0; i < cfg.ntouches; i++)
+		if (cfg.touches[i].gpa >= limit)
+			die("touch 0x%llx is beyond 0x%llx, which the guest cannot reach",
+			    (unsigned long long)cfg.touches[i].gpa, (unsigned long long)limit);
+	if (cfg.code_gpa + cfg.code_len > limit)
+		die("code at 0x%llx is out of the guest's reach",
+		    (unsigned long long)cfg.code_gpa);
+}
+
 static int page_is_touched(uint64_t page)
 {
 	for (int i = 0; i < cfg.ntouches; i++)
@@ -410,10 +424,11 @@ static void hold(void)
 int main(int argc, char **argv)
 {
 	parse_args(argc, argv);
-	check_config();
+	check_config();         /* before the hypervisor is open: the architectural reach */
 	hv_check_config(&cfg);
 	place_code();
 	hv_open();
+	check_reach();          /* the reach the hypervisor gives the guest */
 	for (int c = 0; c < cfg.cycles; c++) {
 		run_all(c);
 		for (int v = 0; v < cfg.vms; v++)

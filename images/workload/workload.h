@@ -26,7 +26,7 @@
 #define MAX_TOUCHES 4096
 #define MAX_VMS     64
 #define MAX_EXITS   256
-#define MAX_CODE    (64 * 1024)
+#define MAX_CODE    (2 * 1024 * 1024)   /* guest code (x86 long mode: and its page tables) */
 
 /* Each slot page holds its own GPA as a little-endian u64 at this offset. */
 #define TAG_OFFSET  0xff8
@@ -54,8 +54,8 @@ struct config {
 	struct slot slots[MAX_SLOTS];
 	struct touch touches[MAX_TOUCHES];
 	int have_code;
-	uint64_t code_gpa;      /* first page of the guest code */
-	size_t code_len;        /* bytes of generated code */
+	uint64_t code_gpa;      /* first of the guest's own pages: its code, then (x86) its tables */
+	size_t code_len;        /* bytes of those pages */
 	uint8_t code[MAX_CODE];
 };
 
@@ -106,9 +106,18 @@ void hv_destroy_vm(struct vm *vm, const struct config *cfg);
 const char *hv_vm_name(const struct vm *vm);  /* the VM's name where the VMM names it, or NULL */
 
 /* the guest code: l2_x86.c or arch_arm64.c */
-uint64_t arch_touch_limit(const struct config *cfg);   /* touches and code below this GPA */
+/* touches and code below this GPA; before the hypervisor is open, the architectural bound */
+uint64_t arch_touch_limit(const struct config *cfg);
 size_t arch_gen_code(const struct config *cfg, uint64_t code_gpa, uint8_t *buf, size_t cap);
 void arch_prepare_memory(const struct vm *vm, const struct config *cfg);
+
+/* x86: how the backend's vCPU starts (arch_x86.c on KVM, hv_openbsd.c, hv_freebsd.c):
+ * 0 in 32-bit protected mode with paging off (GPAs below 4 GiB); else in long mode with
+ * l2_x86.c's page tables, and this is the first GPA the guest cannot reach (before the
+ * hypervisor is open: 2^52, what a PTE frame holds) */
+uint64_t x86_long_mode_reach(void);
+uint64_t l2_x86_entry(const struct config *cfg);       /* the vCPU's first RIP */
+uint64_t l2_x86_cr3(const struct config *cfg);         /* long mode: the guest's PML4 */
 
 #ifdef SLAT_KVM
 /* arch_<arch>.c: a KVM vCPU */
