@@ -64,15 +64,16 @@ def test_smoke_mappings_agree_with_guest_pagemap(tmp_path: Path) -> None:
     assert json.loads((run / "findings.json").read_text()) == []
     (vm,) = slat["vms"]
     assert vm["format"] == "npt"
-    leaves = {m["gpa"]: m for m in vm["mappings"]}
+    leaves = {int(m["gpa"], 16): m for m in vm["mappings"]}
     oracle = pagemap_oracle(run / "workload-w1.out")
     pages = touched(scenario)
     assert pages and all(p in oracle for p in pages)
     for gpa in pages:                                  # every touched page, exactly
-        assert leaves[gpa]["hpa"] == oracle[gpa], hex(gpa)
-        assert leaves[gpa]["size"] == 4096 and leaves[gpa]["r"]
-    for m in vm["mappings"]:                           # and nothing maps elsewhere
-        assert oracle.get(m["gpa"]) == m["hpa"], m
+        assert int(leaves[gpa]["hpa"], 16) == oracle[gpa], hex(gpa)
+        assert leaves[gpa]["size"] == "0x1000" and leaves[gpa]["r"]
+    for gpa, m in leaves.items():                      # and nothing maps elsewhere
+        assert oracle.get(gpa) == int(m["hpa"], 16), m
+    assert vm["discovery"]["pid"] == vm["discovery"]["tid"]    # one thread: the same id
     # QEMU's own log saw VMRUN with the VMCB whose nCR3 the harness walked
     vmruns = {int(a, 16) for a in re.findall(r"vmrun! ([0-9a-fx]+)",
                                              (run / "qemu.log").read_text())}
@@ -96,10 +97,42 @@ def test_each_injection_fails_with_its_finding(tmp_path: Path) -> None:
         found = json.loads((run / "findings.json").read_text())
         hits = [f for f in found if f["kind"] == finding and int(f["gpa"], 16) == 0x81000]
         assert hits, (kind, found)
+        assert all(f["step"].startswith("step ") for f in found)
         log = (run / "injections.log").read_text()
         assert f"{kind.replace('-', '_')} gpa=0x81000" in log
         result = json.loads((run / "result.json").read_text())
         assert (result["verdict"], result["outcome"]) == ("fail", "xfailed")
+
+
+HUGE = 2 << 20
+
+
+def test_huge_leaves_agree_with_guest_pagemap(tmp_path: Path) -> None:
+    """Every leaf of kvm-npt-huge against the pagemap: 2 MiB leaves exactly where the
+    workload's pages form an aligned contiguous 2 MiB run, never in the dirty-logged slot
+    nor in the 1 MiB tail."""
+    scenario = LINUX / "kvm-npt-huge.yaml"
+    res = slatcheck("run", str(scenario), "--artifacts", str(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = tmp_path / "kvm-npt-huge"
+    vm = json.loads((run / "slat.json").read_text())["checks"][0]["vms"][0]
+    oracle = pagemap_oracle(run / "workload-w1.out")
+    doc = yaml.safe_load(scenario.read_text())
+    slots = next(st["workload"]["slots"] for st in doc["steps"] if "workload" in st)
+    logged = [(s["gpa"], s["gpa"] + HUGE) for s in slots if "log" in s.get("flags", [])]
+    sizes = {}
+    for m in vm["mappings"]:
+        gpa, hpa, size = int(m["gpa"], 16), int(m["hpa"], 16), int(m["size"], 16)
+        for off in range(0, size, 4096):               # every page of the leaf, exactly
+            assert oracle[gpa + off] == hpa + off, hex(gpa + off)
+        sizes[gpa] = size
+    for block in (0x40000000, 0x40200000, 0x40400000, 0x80000000, 0x140000000):
+        run_ = [oracle.get(block + off) for off in range(0, HUGE, 4096)]
+        assert run_[0] is not None and run_[0] % HUGE == 0, hex(block)   # a THP backs it
+        assert sizes.get(block) == HUGE, hex(block)
+    for gpa, size in sizes.items():
+        if any(a <= gpa < b for a, b in logged) or 0x80200000 <= gpa < 0x80300000:
+            assert size == 4096, hex(gpa)
 
 
 def _pids_mentioning(text: str) -> list[int]:
