@@ -12,8 +12,10 @@ judged by the scenario's model and diffed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+from harness import oracles
 from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
 from harness.errors import InfraError
@@ -26,7 +28,9 @@ from harness.scenario.spec import CheckStep, InjectStep, StepSpec
 from harness.target import l1_memories, settle_in_kernel
 from harness.workload import VMReport
 
-__all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc"]
+__all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc",
+           "judge", "frame_facts", "WhileHalted", "match_vms", "vm_json", "record_findings",
+           "restore_injections"]
 
 # workload slot flag -> MemRange flag
 SLOT_FLAGS = {"ro": "readonly", "log": "dirty_log", "huge": "huge"}
@@ -47,8 +51,11 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
     return ctx.kernel
 
 
-def observe(ctx: RunContext) -> list[ObservedVM]:
-    """Halt L1, find its live VMs and walk their roots, resume L1."""
+WhileHalted = Callable[[KernelView, list[ObservedVM]], None]
+
+
+def observe(ctx: RunContext, while_halted: WhileHalted | None = None) -> list[ObservedVM]:
+    """Halt L1, find its live VMs and walk their roots (then *while_halted*), resume L1."""
     kernel = kernel_facts(ctx)
     hv, arch = ctx.hypervisor, ctx.hypervisor.arch_record
     target = ctx.target()
@@ -57,7 +64,10 @@ def observe(ctx: RunContext) -> list[ObservedVM]:
         view = KernelView(target=target, arch=arch, mem=l1_memories(target, ctx.ram()),
                           symbols=kernel.symbols, types=kernel.types, facts=kernel.facts,
                           fault_log=ctx.require_machine().fault_log)
-        return hv.observe(view)
+        vms = hv.observe(view)
+        if while_halted is not None:
+            while_halted(view, vms)
+        return vms
 
 
 def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport) -> VMDesc:
@@ -69,13 +79,15 @@ def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport) -> VMDesc:
     ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
                             prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
                             flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
-                   for s in vm.slots)
-    touched = [Access(t.gpa, t.access) for t in run.spec.touch]
-    touched += [Access(g, "x") for g in vm.code_pages]
+                   for s in vm.slots + vm.removed)
+    # after a race the vCPUs touched what they could: nothing is required to be mapped
+    touched = [] if vm.raced else [Access(t.gpa, t.access) for t in run.spec.touch]
+    touched += [] if vm.raced else [Access(g, "x") for g in vm.code_pages]
     query = BackingQuery(pid=vm.pid, slots=tuple((s.gpa, s.size, s.hva) for s in vm.slots),
                          reported=vm.pagemap)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
-                  touched=tuple(touched), options=dict(ctx.hypervisor.model_options))
+                  touched=tuple(touched), removed=tuple(s.gpa for s in vm.removed),
+                  options=dict(ctx.hypervisor.model_options))
 
 
 def _hvas(vm: VMReport) -> frozenset[int]:
@@ -115,28 +127,55 @@ def _leftover(ob: ObservedVM) -> Finding:
                    detail="the workload destroyed this VM but the kernel still lists it")
 
 
+def frame_facts(ctx: RunContext) -> tuple[WhileHalted, list[oracles.FrameFacts]]:
+    """A *while_halted* that reads frame references, and where it puts them."""
+    got: list[oracles.FrameFacts] = []
+
+    def read(view: KernelView, vms: list[ObservedVM]) -> None:
+        got.append(oracles.gather(view, vms, ctx.hypervisor.frames))
+    return read, got
+
+
+def judge(ctx: RunContext, ob: ObservedVM, run: WorkloadRun, vm: VMReport,
+          facts: oracles.FrameFacts) -> tuple[VMDesc, list[Finding]]:
+    """The model's findings for one observed VM, and the oracles' (harness.oracles)."""
+    desc = vm_desc(ctx, run, vm)
+    found = coalesce(diff(ob.walk, ctx.model.expect(desc)))
+    found += oracles.freed_frames(desc.name, ob, facts)
+    found += coalesce(oracles.absent_backing(desc.name, ob, vm.absent))
+    found += ctx.tables.findings(desc.name, ob, desc)
+    return desc, found
+
+
 def run_check(ctx: RunContext, step: CheckStep) -> None:
     """Extract, model, diff; record slat state and findings; undo injections."""
     t0 = time.monotonic()
     before = ctx.phases.get("prepare", 0.0)
-    observed = observe(ctx)
+    read_frames, facts = frame_facts(ctx)
+    observed = observe(ctx, read_frames)
     ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
     t1 = time.monotonic()
-    record: dict[str, Any] = {"step": step.label, "vms": []}
+    record: dict[str, Any] = {"step": step.label, "vms": [],
+                              "frames": facts[0].unavailable or "read" if facts else ""}
+    failed = False
     try:
         pairs, leftovers = _match(ctx, observed, step)
+        ctx.tables.settle(oracles.vm_key(vm) for _, _, vm in pairs)
         for ob, run, vm in pairs:
-            desc = vm_desc(ctx, run, vm)
-            found = coalesce(diff(ob.walk, ctx.model.expect(desc)))
+            desc, found = judge(ctx, ob, run, vm, facts[0])
+            ctx.tables.seen(oracles.vm_key(vm), desc.name, ob, desc)
             _record(ctx, step, found)
+            failed = failed or bool(found)
             record["vms"].append(_vm_json(ob, desc.name, found))
         for ob in leftovers:
             _record(ctx, step, [_leftover(ob)])
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
+        failed = failed or bool(leftovers)
     finally:
         ctx.checks.append(record)
         ctx.add_phase("diff", time.monotonic() - t1)
-        _restore(ctx)
+        if not (failed and ctx.keep_failure):
+            _restore(ctx)
 
 
 def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:
@@ -203,3 +242,10 @@ def slat_json(ctx: RunContext) -> dict[str, Any]:
     """The extracted state: the last check's VMs at top level, every check below."""
     last: list[Any] = next((c["vms"] for c in reversed(ctx.checks) if c["vms"]), [])
     return {"scenario": ctx.scenario.name, "vms": last, "checks": ctx.checks}
+
+
+# the glue a check during a release (harness.midcheck) shares
+match_vms = _match
+vm_json = _vm_json
+record_findings = _record
+restore_injections = _restore

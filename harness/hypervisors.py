@@ -22,9 +22,11 @@ from harness.arch import ARCHES, Arch
 from harness.console import Console
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
+from harness.guests.linux_frames import ARM64_FRAMES, X86_FRAMES
 from harness.observe import KernelView, ObservedVM
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
+from harness.oracles import FrameRefs
 from harness.registry import Registry
 
 __all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts"]
@@ -51,6 +53,7 @@ class Hypervisor:
     facts: Callable[[Console], Mapping[str, int]] = no_facts  # read while L1 runs
     fault_log: bool = False          # wants the emulator's nested-paging event log
     model_options: Mapping[str, Any] = field(default_factory=dict)  # VMDesc.options
+    frames: FrameRefs | None = None  # the L1 kernel's references to frames (freed_frame)
 
     @property
     def arch_record(self) -> Arch:
@@ -64,9 +67,9 @@ HYPERVISORS.add("linux-kvm-svm", Hypervisor(
     description="Linux KVM on AMD SVM with nested paging (NPT), TDP MMU: vm_list -> "
                 "vcpu_svm.vmcb01 / arch.mmu->root.hpa, cross-checked with the VMCB's nCR3 "
                 "and QEMU's vmrun! log",
-    observe=observe_svm.observe, symbols=discovery_svm.NEEDED_SYMBOLS,
+    observe=observe_svm.observe, symbols=discovery_svm.NEEDED_SYMBOLS + X86_FRAMES.symbols,
     type_modules=discovery_svm.BTF_MODULES, facts=observe_svm.facts, fault_log=True,
-    model_options={"format": "npt"}))
+    model_options={"format": "npt"}, frames=X86_FRAMES))
 HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
     name="linux-kvm-arm64", guest_os="linux", arch="aarch64", format="stage2",
     models=("kvm-arm64",),
@@ -74,7 +77,7 @@ HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
                 "(kvm_s2_mmu) -> pgt (kvm_pgtable), cross-pointer, the VM's VTCR, "
                 "VTTBR_EL2/VTCR_EL2",
     observe=observe_arm64.observe, symbols=discovery_arm64.NEEDED_SYMBOLS,
-    type_modules=discovery_arm64.BTF_MODULES))
+    type_modules=discovery_arm64.BTF_MODULES, frames=ARM64_FRAMES))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str | None:
