@@ -80,9 +80,10 @@ def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport) -> VMDesc:
                             prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
                             flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
                    for s in vm.slots + vm.removed)
-    # after a race the vCPUs touched what they could: nothing is required to be mapped
-    touched = [] if vm.raced else [Access(t.gpa, t.access) for t in run.spec.touch]
-    touched += [] if vm.raced else [Access(g, "x") for g in vm.code_pages]
+    touched = [Access(t.gpa, t.access) for t in run.spec.touch]
+    if vm.raced:        # what a race left: executed pages may be executable, no more
+        touched = [a for a in touched if a.access == "x"]
+    touched += [Access(g, "x") for g in vm.code_pages]
     query = BackingQuery(pid=vm.pid, slots=tuple((s.gpa, s.size, s.hva) for s in vm.slots),
                          reported=vm.pagemap)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
@@ -140,11 +141,20 @@ def judge(ctx: RunContext, ob: ObservedVM, run: WorkloadRun, vm: VMReport,
           facts: oracles.FrameFacts) -> tuple[VMDesc, list[Finding]]:
     """The model's findings for one observed VM, and the oracles' (harness.oracles)."""
     desc = vm_desc(ctx, run, vm)
-    found = coalesce(diff(ob.walk, ctx.model.expect(desc)))
+    expectation = ctx.model.expect(desc)
+    if vm.raced:        # a race or a teardown may have zapped any page: none is required
+        expectation.required = []
+    found = coalesce(diff(ob.walk, expectation))
     found += oracles.freed_frames(desc.name, ob, facts)
     found += coalesce(oracles.absent_backing(desc.name, ob, vm.absent))
     found += ctx.tables.findings(desc.name, ob, desc)
     return desc, found
+
+
+def _counts(facts: list[oracles.FrameFacts]) -> dict[str, int]:
+    """How many frame references were read, and their range (slat.json)."""
+    counts = list(facts[0].refcounts.values()) if facts else []
+    return {"frames": len(counts), "min": min(counts), "max": max(counts)} if counts else {}
 
 
 def run_check(ctx: RunContext, step: CheckStep) -> None:
@@ -156,7 +166,8 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
     ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
     t1 = time.monotonic()
     record: dict[str, Any] = {"step": step.label, "vms": [],
-                              "frames": facts[0].unavailable or "read" if facts else ""}
+                              "frames": facts[0].unavailable or "read" if facts else "",
+                              "refcounts": _counts(facts)}
     failed = False
     try:
         pairs, leftovers = _match(ctx, observed, step)

@@ -46,8 +46,8 @@ def _symbol(ctx: RunContext, name: str) -> int:
     guest = ctx.guest
     if guest.symbols is None:
         raise InfraError(f"the {guest.name} guest has no symbol source: {guest.missing}")
-    where = ctx.run_dir / "breakpoints"
-    where.mkdir(exist_ok=True)
+    where = ctx.run_dir / "breakpoints" / name
+    where.mkdir(parents=True, exist_ok=True)
     return int(guest.symbols(ctx.console(), ctx.require_image(), [name], where)[name])
 
 

@@ -31,6 +31,8 @@ def wilson(failures: int, n: int, z: float = Z95) -> tuple[float, float]:
     """
     if n <= 0:
         return 0.0, 1.0
+    if failures <= 0:                       # exactly 0 at the bottom, not rounding noise
+        return 0.0, z * z / (n + z * z)
     p = failures / n
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
@@ -39,7 +41,9 @@ def wilson(failures: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.2g}"
+    """A percentage with two significant digits, never in exponent form."""
+    p = 100 * x
+    return "0" if p == 0 else f"{p:.0f}" if p >= 10 else f"{p:.2g}" if p >= 0.01 else f"{p:.4f}"
 
 
 @dataclass(frozen=True)
