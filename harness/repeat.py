@@ -32,8 +32,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.artifacts import make_run_dir, write_json
 from harness.check import kernel_facts, restore_injections
 from harness.context import Progress, RunContext, Services, StepTimeout, default_services
@@ -48,7 +46,7 @@ from harness.runner import record_ending, run_steps, write_artifacts
 from harness.scenario.spec import BootStep, CheckStep, InjectStep, Scenario
 from harness.scenario.yamlsource import read_yaml
 from harness.steps import HANDLERS, guest_shell_wait, prepare_image, read_report, release_command
-from harness.vary import Drawn, apply, draw, new_seed, reproducer, seeds
+from harness.vary import Drawn, apply, draw, dump_scenario, new_seed, reproducer, seeds
 
 __all__ = ["RepeatPlan", "Iteration", "Engine", "run_repeated", "write_reproducer"]
 
@@ -300,7 +298,7 @@ def write_reproducer(sc: Scenario, it: Iteration, path: Path) -> Path:
             f"{it.result.verdict}, {len(it.result.findings)} finding(s)")
     out = reproducer(doc, it.drawn, note)
     out["name"] = f"{sc.name}-repro"[:64]
-    path.write_text(f"# {note}\n" + yaml.safe_dump(out, sort_keys=False))
+    path.write_text(f"# {note}\n" + dump_scenario(out))
     return path
 
 

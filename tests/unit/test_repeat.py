@@ -208,7 +208,7 @@ def test_shrink_reduces_while_the_failure_stays(tmp_path: Path) -> None:
     doc = yaml.safe_load(small.out.read_text())
     wl = next(s["workload"] for s in doc["steps"] if "workload" in s)
     assert wl["vms"] == 1
-    assert [t["gpa"] for t in wl["touch"]] == [0x2000]       # the injected page must stay
+    assert [int(str(t["gpa"]), 0) for t in wl["touch"]] == [0x2000]   # the injected page stays
     assert load_scenario(small.out).seed == yaml.safe_load(repro.read_text())["seed"]
     record = json.loads((small.run_dir / "shrink.json").read_text())
     assert record["kept"] == small.kept and any(t["result"] == "invalid"
