@@ -19,7 +19,8 @@
  *   mprotect     mprotect(PROT_READ) on the backing
  *
  * The vCPUs go on for --race-after microseconds, are kicked out (immediate_exit and
- * SIGUSR1) and joined.  A vCPU ends on its own when KVM_RUN fails (EFAULT once its
+ * SIGUSR1) and joined; then each that still can runs the guest code once more (so that
+ * none holds a root KVM invalidated while it sat out).  A vCPU ends on its own when KVM_RUN fails (EFAULT once its
  * memory is gone, ENOTTY on /dev/null) or exits in a way the guest code never does.
  * Then the report: a "race" event (what happened when, in microseconds since the
  * vCPUs started), and the VM's state after it: "restate", its slots ("slot_gone"
@@ -168,6 +169,7 @@ struct racer {
 	long rounds;
 	int ended;
 	char why[32];
+	char settled[32];           /* how its run after the race ended */
 };
 
 static void kick(int sig)
@@ -270,6 +272,41 @@ static void stop_all(struct racer *rs, int n, volatile int *stop)
 		pthread_join(rs[k].tid, NULL);
 }
 
+/*
+ * After the race every vCPU that still can runs the guest code once more, so that each
+ * has entered the guest since the action: a vCPU that sat out the end of the race would
+ * still hold a root KVM invalidated meanwhile (x86 reloads its root on guest entry).
+ */
+static void settle_vcpu(struct racer *r)
+{
+	long budget = 4L * r->cfg->ntouches + 64;
+	const char *how = "budget";
+
+	if (*r->closed) {
+		snprintf(r->settled, sizeof(r->settled), "closed");
+		return;
+	}
+	r->view->run->immediate_exit = 0;
+	arch_vcpu_init(r->view, r->cfg);
+	while (budget-- > 0) {
+		if (ioctl(r->view->vcpufd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			how = errno_word(errno);
+			break;
+		}
+		if (!known_exit(r->view->run)) {
+			how = "exit";
+			break;
+		}
+		if (arch_handle_exit(r->view, r->cfg)) {
+			how = "done";
+			break;
+		}
+	}
+	snprintf(r->settled, sizeof(r->settled), "%s", how);
+}
+
 /* ---- the racer's actions -------------------------------------------------- */
 
 static int set_region(const struct vm *vm, const struct config *cfg, uint64_t gpa,
@@ -336,14 +373,14 @@ static int act(struct vm *vm, const struct config *cfg, struct racer *rs, int n,
 static void report_race(const struct vm *vm, const struct config *cfg, struct racer *rs, int n,
 			uint64_t delay, uint64_t at, uint64_t took, uint64_t end, int err)
 {
-	char vcpus[MAX_VCPUS * 80];
+	char vcpus[MAX_VCPUS * 120];
 	size_t len = 0;
 
 	for (int k = 0; k < n; k++)
 		len += (size_t)snprintf(vcpus + len, sizeof(vcpus) - len,
-					"%s{\"rounds\":%ld,\"end\":\"%s\",\"at_us\":%llu}",
-					k ? "," : "", rs[k].rounds, rs[k].why,
-					(unsigned long long)rs[k].end_us);
+					"%s{\"rounds\":%ld,\"end\":\"%s\",\"at_us\":%llu,"
+					"\"settled\":\"%s\"}", k ? "," : "", rs[k].rounds, rs[k].why,
+					(unsigned long long)rs[k].end_us, rs[k].settled);
 	emit("{\"event\":\"race\",\"vm\":%d,\"cycle\":%d,\"mode\":\"%s\",\"slot\":%d,"
 	     "\"delay_us\":%llu,\"at_us\":%llu,\"took_us\":%llu,\"end_us\":%llu,\"errno\":%d,"
 	     "\"vcpus\":[%s]}", vm->index, vm->cycle, race_modes[cfg->race.mode],
@@ -454,7 +491,7 @@ void race_vm(struct vm *vm, const struct config *cfg)
 	stop_all(rs, n, &stop);
 	end = now_us() - t0;
 	for (int k = 0; k < n; k++)
-		rs[k].view->run->immediate_exit = 0;
+		settle_vcpu(&rs[k]);
 	report_race(vm, cfg, rs, n, delay, at, took, end, err);
 	for (int k = 0; k < n; k++)
 		free(rs[k].view);
