@@ -166,10 +166,9 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
 
 
 def _drawn(sc: Scenario, seed: int | None) -> Scenario:
-    """The concrete scenario of a single run: its values drawn from its seed."""
-    from harness.vary import apply, draw, new_seed
-    chosen = seed if seed is not None else sc.seed if sc.seed is not None else new_seed()
-    return apply(sc, draw(sc, chosen))
+    """A single run draws from ``--seed`` if given (else the scenario's, else a new one)."""
+    from dataclasses import replace
+    return sc if seed is None else replace(sc, seed=seed)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

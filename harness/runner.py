@@ -48,6 +48,13 @@ def _context(sc: Scenario, run_dir: Path, stack: ExitStack, t0: float,
     return ctx
 
 
+def _drawn(sc: Scenario) -> Scenario:
+    """The run's concrete scenario: its values drawn from its seed (a new one if it names
+    none; harness.vary), recorded as the property ``seed``."""
+    from harness.vary import apply, draw, new_seed
+    return apply(sc, draw(sc, sc.seed if sc.seed is not None else new_seed()))
+
+
 def _step_limit(ctx: RunContext, step: Step) -> float:
     """The step's own time limit (boot: ``timeouts.boot``), within the scenario's."""
     t = ctx.scenario.timeouts
@@ -150,6 +157,7 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
     """
     t0 = time.monotonic()
     sweep_stale()                       # scratch directories of runs that were killed
+    sc = _drawn(sc)
     res = ScenarioResult(name=sc.name, path=sc.path, expect=sc.expect,
                          provenance=host_provenance())
     try:

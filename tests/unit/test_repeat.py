@@ -233,3 +233,16 @@ def test_cli_repeat_options_and_their_errors(tmp_path: Path, capsys: Any) -> Non
     assert summary["scenarios"][0]["repeat"]["iterations"] == 2
     assert cli.main(["run", str(path), "--repeat", "0"]) == 2
     assert cli.main(["run", str(path), "--seed", "-1"]) == 2
+
+
+def test_duration_bounds_the_iterations_and_until_fail_may_never_fail(tmp_path: Path) -> None:
+    world = FakeWorld(touched=TOUCHED)
+    sc = load_scenario(scenario(tmp_path))
+    res = run_repeated(sc, tmp_path / "a", RepeatPlan(duration=0.0, seed=1), quiet,
+                       world.services(tmp_path))
+    assert res.repeat is not None and res.repeat["rate"]["iterations"] == 0
+    assert res.verdict == "pass" and world.machines == []     # nothing to do: no boot
+    res = run_repeated(sc, tmp_path / "b", RepeatPlan(until_fail=True, count=3, seed=1), quiet,
+                       world.services(tmp_path))
+    assert res.verdict == "pass" and res.repeat is not None
+    assert res.repeat["rate"]["iterations"] == 3 and res.repeat["rate"]["first_failure"] is None
