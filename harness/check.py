@@ -30,7 +30,7 @@ from harness.workload import VMReport
 
 __all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc",
            "judge", "frame_facts", "WhileHalted", "match_vms", "vm_json", "record_findings",
-           "restore_injections"]
+           "restore_injections", "frame_counts"]
 
 # workload slot flag -> MemRange flag
 SLOT_FLAGS = {"ro": "readonly", "log": "dirty_log", "huge": "huge"}
@@ -151,7 +151,7 @@ def judge(ctx: RunContext, ob: ObservedVM, run: WorkloadRun, vm: VMReport,
     return desc, found
 
 
-def _counts(facts: list[oracles.FrameFacts]) -> dict[str, int]:
+def frame_counts(facts: list[oracles.FrameFacts]) -> dict[str, int]:
     """How many frame references were read, and their range (slat.json)."""
     counts = list(facts[0].refcounts.values()) if facts else []
     return {"frames": len(counts), "min": min(counts), "max": max(counts)} if counts else {}
@@ -167,7 +167,7 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
     t1 = time.monotonic()
     record: dict[str, Any] = {"step": step.label, "vms": [],
                               "frames": facts[0].unavailable or "read" if facts else "",
-                              "refcounts": _counts(facts)}
+                              "refcounts": frame_counts(facts)}
     failed = False
     try:
         pairs, leftovers = _match(ctx, observed, step)
@@ -177,7 +177,8 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
             ctx.tables.seen(oracles.vm_key(vm), desc.name, ob, desc)
             _record(ctx, step, found)
             failed = failed or bool(found)
-            record["vms"].append(_vm_json(ob, desc.name, found))
+            record["vms"].append(_vm_json(ob, desc.name, found) |
+                                 ({"race": vm.race} if vm.race else {}))
         for ob in leftovers:
             _record(ctx, step, [_leftover(ob)])
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))

@@ -90,13 +90,17 @@ def keep(engine: Engine, it: Iteration, say: Callable[[str], None] = _say,
         return
     it_dir = it.result.artifacts
     scenario = it.reproducer or engine.sc.path
-    core = save_core(ctx, machine, it_dir / CORE_DIR, scenario)
     arch = ctx.hypervisor.arch_record
     info: dict[str, Any] = {
         "iteration": it.index, "seed": it.seed, "run_dir": str(engine.run_dir),
-        "socket": str(machine.debug_socket()), "core": str(core / "l1.core"),
+        "socket": str(machine.debug_socket()), "core": None,
         "attach": attach_command(arch.gdb, arch.gdb_architecture, machine.debug_socket()),
         "emulator_pid": getattr(machine, "pid", None), "since": time.time()}
+    try:
+        info["core"] = str(save_core(ctx, machine, it_dir / CORE_DIR, scenario) / "l1.core")
+    except Exception as e:      # noqa: BLE001 - the machine is kept even without a core
+        info["core_error"] = f"{type(e).__name__}: {e}"
+        say(f"could not save the core: {info['core_error']}")
     write_json(engine.run_dir / "keep.json", info)
     say(_instructions(info))
     info["ended"] = wait(machine, engine.plan.keep_for)

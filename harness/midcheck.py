@@ -26,7 +26,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from harness.check import frame_facts, judge, kernel_facts, observe, record_findings, vm_json
+from harness.check import (
+    frame_counts,
+    frame_facts,
+    judge,
+    kernel_facts,
+    observe,
+    record_findings,
+    vm_json,
+)
 from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError
 from harness.findings import Finding
@@ -119,6 +127,7 @@ def _judge_all(ctx: RunContext, step: CheckStep, run: WorkloadRun,
     observed = observe(ctx, read_frames)
     pairs, gone, leftovers = pair_mid(ctx, observed, run, released, step.label)
     record["gone"] = [f"{run.id}/vm{vm.index}" for vm in gone]
+    record["refcounts"] = frame_counts(facts)
     for ob, owner, vm in pairs:
         seen = _half_destroyed(ctx, owner, vm) if owner is run else vm
         desc, found = judge(ctx, ob, owner, seen, facts[0])
