@@ -12,7 +12,8 @@ judged by the scenario's model and diffed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from harness import oracles
@@ -23,13 +24,15 @@ from harness.findings import Finding
 from harness.guests.record import BackingQuery
 from harness.inject import corrupt
 from harness.models.base import Access, MemRange, VMDesc
+from harness.models.bhyve import vm_setup_memory
+from harness.models.vmd_memmap import create_memory_map, cross_check
 from harness.observe import KernelView, ObservedVM
 from harness.scenario.spec import CheckStep, InjectStep, StepSpec
 from harness.target import l1_memories, settle_in_kernel
 from harness.workload import VMReport
 
 __all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc",
-           "judge", "frame_facts", "WhileHalted", "match_vms", "vm_json", "record_findings",
+           "halted_view", "judge", "match_vms", "vm_json", "record_findings",
            "restore_injections", "frame_counts"]
 
 # workload slot flag -> MemRange flag
@@ -44,55 +47,118 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
             raise InfraError(f"the {guest.name} guest cannot be observed: {guest.missing}")
         t = time.monotonic()
         console, image = ctx.console(), ctx.require_image()
+        names = tuple(dict.fromkeys((*hv.symbols, *guest.backing_symbols)))
         ctx.kernel = KernelFacts(
-            symbols=guest.symbols(console, image, hv.symbols, ctx.run_dir),
+            symbols=guest.symbols(console, image, names, ctx.run_dir),
             types=guest.types(image, hv.type_modules), facts=hv.facts(console))
         ctx.add_phase("prepare", time.monotonic() - t)
     return ctx.kernel
 
 
-WhileHalted = Callable[[KernelView, list[ObservedVM]], None]
-
-
-def observe(ctx: RunContext, while_halted: WhileHalted | None = None) -> list[ObservedVM]:
-    """Halt L1, find its live VMs and walk their roots (then *while_halted*), resume L1."""
+@contextmanager
+def halted_view(ctx: RunContext) -> Iterator[KernelView]:
+    """L1 halted in the kernel for the block, as observers and backing sources see it."""
     kernel = kernel_facts(ctx)
-    hv, arch = ctx.hypervisor, ctx.hypervisor.arch_record
+    arch = ctx.hypervisor.arch_record
     target = ctx.target()
     with target.halted():
         settle_in_kernel(target, arch.mode_registers, arch.in_kernel)
-        view = KernelView(target=target, arch=arch, mem=l1_memories(target, ctx.ram()),
-                          symbols=kernel.symbols, types=kernel.types, facts=kernel.facts,
-                          fault_log=ctx.require_machine().fault_log)
-        vms = hv.observe(view)
-        if while_halted is not None:
-            while_halted(view, vms)
-        return vms
+        yield KernelView(target=target, arch=arch, mem=l1_memories(target, ctx.ram()),
+                         symbols=kernel.symbols, types=kernel.types, facts=kernel.facts,
+                         fault_log=ctx.require_machine().fault_log)
 
 
-def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport) -> VMDesc:
-    """The model's input from what the workload reported and the scenario touched."""
+def observe(ctx: RunContext) -> list[ObservedVM]:
+    """Halt L1, find its live VMs and walk their roots, resume L1."""
+    with halted_view(ctx) as view:
+        return ctx.hypervisor.observe(view)
+
+
+def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport, ob: ObservedVM | None = None,
+            view: KernelView | None = None) -> VMDesc:
+    """The model's input from what the workload reported and the scenario touched.
+
+    A VM reported without slots (a vmd or bhyvectl VM: the command names its size, not
+    its ranges) is described by that driver's memory map for the size, with each
+    range's address from the kernel's own ranges (*ob*); the two must agree
+    (:func:`memmap_findings`).
+    *view* is the halted L1, for backing sources that walk the VMM process's tables.
+    """
     backing = ctx.guest.backing
     if backing is None:
         raise InfraError(f"the {ctx.guest.name} guest has no backing source: "
                          f"{ctx.guest.missing}")
-    ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
-                            prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
-                            flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
-                   for s in vm.slots + vm.removed)
+    if vm.slots:
+        ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
+                                prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
+                                flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
+                       for s in vm.slots + vm.removed)
+    else:
+        ranges = _named_ranges(run.spec.driver, vm, ob)
     touched = [Access(t.gpa, t.access) for t in run.spec.touch]
     if vm.raced:        # what a race left: executed pages may be executable, no more
         touched = [a for a in touched if a.access == "x"]
     touched += [Access(g, "x") for g in vm.code_pages]
-    query = BackingQuery(pid=vm.pid, slots=tuple((s.gpa, s.size, s.hva) for s in vm.slots),
-                         reported=vm.pagemap)
+    query = BackingQuery(pid=vm.pid, slots=tuple((r.gpa, r.size, r.hva or 0) for r in ranges
+                                                 if r.kind != "mmio"),
+                         reported=vm.pagemap, l1=view)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
                   touched=tuple(touched), removed=tuple(s.gpa for s in vm.removed),
-                  options=dict(ctx.hypervisor.model_options))
+                  options={**ctx.hypervisor.model_options,
+                           **(ob.model_options if ob is not None else {})})
 
 
-def _hvas(vm: VMReport) -> frozenset[int]:
-    return frozenset(s.hva for s in vm.slots)
+def _live_ranges(ob: ObservedVM | None) -> list[MemRange]:
+    """The kernel's ranges of an observed VM (its ``slots`` with ``kind``)."""
+    if ob is None:
+        return []
+    return [MemRange(int(s["gpa"]), int(s["size"]), kind=str(s.get("kind", "ram")),
+                     hva=int(s["hva"]), name=f"vm_memranges[{s.get('id', i)}]")
+            for i, s in enumerate(ob.slots)]
+
+
+# the memory map a VM reported by name and size must have, by the driver that made it:
+# vmd's create_memory_map(), libvmmapi's vm_setup_memory() (bhyvectl --set-mem)
+MEMORY_MAPS: dict[str, Callable[[int], list[MemRange]]] = {
+    "vmd": create_memory_map, "bhyvectl": vm_setup_memory}
+MEMORY_MAP_NAMES = {"vmd": ("vmd's create_memory_map()", "vmctl -m {:#x}"),
+                    "bhyvectl": ("libvmmapi's vm_setup_memory()", "bhyvectl --set-mem {:#x}")}
+
+
+def _named_ranges(driver: str, vm: VMReport, ob: ObservedVM | None) -> tuple[MemRange, ...]:
+    """The driver's memory map for the VM's size, each range at the kernel's address."""
+    hvas = {r.gpa: r.hva for r in _live_ranges(ob)}
+    return tuple(MemRange(p.gpa, p.size, kind=p.kind, hva=hvas.get(p.gpa), name=p.name)
+                 for p in MEMORY_MAPS.get(driver, create_memory_map)(vm.memory))
+
+
+def memmap_findings(name: str, vm: VMReport, ob: ObservedVM, driver: str = "vmd"
+                    ) -> list[Finding]:
+    """A VM reported by size (vmd, bhyvectl): the kernel's ranges against the memory map
+    its VMM lays out for that size."""
+    if vm.slots:
+        return []
+    layout = MEMORY_MAPS.get(driver, create_memory_map)
+    expected, source = MEMORY_MAP_NAMES.get(driver, MEMORY_MAP_NAMES["vmd"])
+    return [Finding("memmap", name, None, expected=expected, observed=diff,
+                    detail=source.format(vm.memory))
+            for diff in cross_check(layout(vm.memory), _live_ranges(ob))]
+
+
+def _key(vm: VMReport) -> tuple[str, frozenset[int] | str]:
+    """How a reported VM is recognised: by its name when the workload names it (vmd,
+    bhyve: the kernel does not know where the VMM process maps the memory), else by
+    its slot addresses."""
+    if vm.name or not vm.slots:
+        return ("name", vm.name)
+    return ("hva", frozenset(s.hva for s in vm.slots))
+
+
+def _keys(ob: ObservedVM) -> list[tuple[str, frozenset[int] | str]]:
+    keys: list[tuple[str, frozenset[int] | str]] = [("hva", ob.slot_hvas)]
+    if ob.discovery.get("vm_name"):
+        keys.append(("name", str(ob.discovery["vm_name"])))
+    return keys
 
 
 Pair = tuple[ObservedVM, WorkloadRun, VMReport]
@@ -100,19 +166,26 @@ Pair = tuple[ObservedVM, WorkloadRun, VMReport]
 
 def _match(ctx: RunContext, observed: list[ObservedVM], step: StepSpec
            ) -> tuple[list[Pair], list[ObservedVM]]:
-    """Pair observed VMs with held ones by their memslot host addresses.
+    """Pair observed VMs with held ones by their memslot host addresses (or, for VMs
+    reported without slots, by name).
 
     Returns the pairs and the *leftovers*: live VMs that match a VM whose
     workload already tore it down (a finding, not a harness failure).  A live
     VM that matches nothing the workloads reported, or a held VM discovery did
     not find, is an infrastructure error: the check could not judge it.
     """
-    held = {_hvas(vm): (run, vm) for run in ctx.workloads.values() for vm in run.held_vms()}
-    gone = {_hvas(vm) for run in ctx.workloads.values() for vm in run.gone_vms()}
-    pairs = [(ob, *held[ob.slot_hvas]) for ob in observed if ob.slot_hvas in held]
-    leftovers = [ob for ob in observed if ob.slot_hvas not in held and ob.slot_hvas in gone]
-    strangers = [ob.name for ob in observed
-                 if ob.slot_hvas not in held and ob.slot_hvas not in gone]
+    held = {_key(vm): (run, vm) for run in ctx.workloads.values() for vm in run.held_vms()}
+    gone = {_key(vm) for run in ctx.workloads.values() for vm in run.gone_vms()}
+    pairs: list[Pair] = []
+    leftovers, strangers = [], []
+    for ob in observed:
+        hit = next((k for k in _keys(ob) if k in held), None)
+        if hit is not None:
+            pairs.append((ob, *held[hit]))
+        elif any(k in gone for k in _keys(ob)):
+            leftovers.append(ob)
+        else:
+            strangers.append(ob.name)
     if strangers:
         raise InfraError(f"{step.label}: live VM(s) {strangers} match no VM a workload "
                          "reported (memslot addresses differ)")
@@ -128,52 +201,51 @@ def _leftover(ob: ObservedVM) -> Finding:
                    detail="the workload destroyed this VM but the kernel still lists it")
 
 
-def frame_facts(ctx: RunContext) -> tuple[WhileHalted, list[oracles.FrameFacts]]:
-    """A *while_halted* that reads frame references, and where it puts them."""
-    got: list[oracles.FrameFacts] = []
-
-    def read(view: KernelView, vms: list[ObservedVM]) -> None:
-        got.append(oracles.gather(view, vms, ctx.hypervisor.frames))
-    return read, got
-
-
-def judge(ctx: RunContext, ob: ObservedVM, run: WorkloadRun, vm: VMReport,
-          facts: oracles.FrameFacts) -> tuple[VMDesc, list[Finding]]:
-    """The model's findings for one observed VM, and the oracles' (harness.oracles)."""
-    desc = vm_desc(ctx, run, vm)
-    expectation = ctx.model.expect(desc)
-    if vm.raced:        # a race or a teardown may have zapped any page: none is required
-        expectation.required = []
-    found = coalesce(diff(ob.walk, expectation))
-    found += oracles.freed_frames(desc.name, ob, facts)
-    found += coalesce(oracles.absent_backing(desc.name, ob, vm.absent))
-    found += ctx.tables.findings(desc.name, ob, desc)
-    return desc, found
-
-
-def frame_counts(facts: list[oracles.FrameFacts]) -> dict[str, int]:
+def frame_counts(facts: oracles.FrameFacts | None) -> dict[str, int]:
     """How many frame references were read, and their range (slat.json)."""
-    counts = list(facts[0].refcounts.values()) if facts else []
+    counts = list(facts.refcounts.values()) if facts is not None else []
     return {"frames": len(counts), "min": min(counts), "max": max(counts)} if counts else {}
 
 
+def judge(ctx: RunContext, ob: ObservedVM, desc: VMDesc, vm: VMReport, run: WorkloadRun,
+          facts: oracles.FrameFacts) -> list[Finding]:
+    """The model's findings for one observed VM, and the oracles' (harness.oracles)."""
+    expectation = ctx.model.expect(desc)
+    if vm.raced:        # a race or a teardown may have zapped any page: none is required
+        expectation.required = []
+    found = memmap_findings(desc.name, vm, ob, run.spec.driver)
+    found += coalesce(diff(ob.walk, expectation))
+    found += oracles.freed_frames(desc.name, ob, facts)
+    found += coalesce(oracles.absent_backing(desc.name, ob, vm.absent))
+    return found + ctx.tables.findings(desc.name, ob, desc)
+
+
 def run_check(ctx: RunContext, step: CheckStep) -> None:
-    """Extract, model, diff; record slat state and findings; undo injections."""
+    """Extract, model, diff; record slat state and findings; undo injections.
+
+    L1 stays halted from discovery until every VM's backing and the frame references
+    (harness.oracles) are read; the diff runs after.  A failing check of a run that keeps
+    its failure (``ctx.keep_failure``) leaves its injections in place.
+    """
     t0 = time.monotonic()
     before = ctx.phases.get("prepare", 0.0)
-    read_frames, facts = frame_facts(ctx)
-    observed = observe(ctx, read_frames)
-    ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
-    t1 = time.monotonic()
-    record: dict[str, Any] = {"step": step.label, "vms": [],
-                              "frames": facts[0].unavailable or "read" if facts else "",
-                              "refcounts": frame_counts(facts)}
+    record: dict[str, Any] = {"step": step.label, "vms": []}
+    t1: float | None = None
     failed = False
     try:
-        pairs, leftovers = _match(ctx, observed, step)
-        ctx.tables.settle(oracles.vm_key(vm) for _, _, vm in pairs)
-        for ob, run, vm in pairs:
-            desc, found = judge(ctx, ob, run, vm, facts[0])
+        with halted_view(ctx) as view:
+            observed = ctx.hypervisor.observe(view)
+            facts = oracles.gather(view, observed, ctx.hypervisor.frames)
+            ctx.add_phase("extract",
+                          time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
+            t1 = time.monotonic()
+            pairs, leftovers = _match(ctx, observed, step)
+            descs = [(ob, vm_desc(ctx, run, vm, ob, view), vm, run) for ob, run, vm in pairs]
+        record["frames"] = facts.unavailable or "read"
+        record["refcounts"] = frame_counts(facts)
+        ctx.tables.settle(oracles.vm_key(vm) for _, _, vm, _ in descs)
+        for ob, desc, vm, run in descs:
+            found = judge(ctx, ob, desc, vm, run, facts)
             ctx.tables.seen(oracles.vm_key(vm), desc.name, ob, desc)
             _record(ctx, step, found)
             failed = failed or bool(found)
@@ -184,10 +256,11 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
         failed = failed or bool(leftovers)
     finally:
-        ctx.checks.append(record)
-        ctx.add_phase("diff", time.monotonic() - t1)
-        if not (failed and ctx.keep_failure):
-            _restore(ctx)
+        if t1 is not None:            # discovery ran: record the check, undo injections
+            ctx.checks.append(record)
+            ctx.add_phase("diff", time.monotonic() - t1)
+            if not (failed and ctx.keep_failure):
+                _restore(ctx)
 
 
 def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:

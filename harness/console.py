@@ -90,6 +90,9 @@ class ConsoleProfile:
     name: str = ""                  # the OS, for messages
     reports: tuple[str, ...] = ()   # regexes that start a kernel report (sanitizers, lock
     #                                 checkers); with panic and warning: kernel_report findings
+    # on a panic: drive the kernel debugger (ddb) and return its transcript, saved as
+    # debugger.txt beside console.log (None: the excerpt is all there is)
+    debugger: Callable[[Console], str] | None = None
 
 
 # Anchor at a line start or after a printk timestamp, so that a command line
@@ -244,6 +247,7 @@ class Console:
         self.guest = profile
         self.timeout = timeout
         self.new_tag = new_tag
+        self.log_path = Path(log_path)
         self._logfile = open(log_path, "a", encoding="utf-8", newline="")
         self.log = _Log(self._logfile)
         patterns = self.guest.panic + (() if ignore_warnings else self.guest.warning)
@@ -344,7 +348,33 @@ class Console:
             except (pexpect.EOF, OSError):
                 break
         lines = excerpt.replace("\r", "").splitlines()[:EXCERPT_LINES]
-        raise GuestPanic(self.guest.name or "guest", pattern, "\n".join(lines))
+        text = "\n".join(lines)
+        if self.guest.debugger is not None:
+            text += self._debugger_transcript(self.guest.debugger)
+        raise GuestPanic(self.guest.name or "guest", pattern, text)
+
+    def _debugger_transcript(self, debugger: Callable[[Console], str]) -> str:
+        """Run the profile's debugger collection; save it; a note for the excerpt."""
+        # forget the text the excerpt took: pexpect searches its unconsumed `_before`
+        # again on the next expect, and a prompt in it would shift every answer by one
+        self._child.buffer = ""
+        self._child._before = self._child.buffer_type()
+        try:
+            transcript = debugger(self)
+        except (ConsoleError, OSError) as exc:
+            transcript = f"[debugger collection failed: {exc}]\n"
+        path = self.log_path.with_name("debugger.txt")
+        try:
+            path.write_text(transcript)
+        except OSError:
+            return f"\n--- kernel debugger ---\n{transcript}"
+        return f"\n--- kernel debugger: {len(transcript.splitlines())} lines in {path.name}"
+
+    def expect_quiet(self, pattern: re.Pattern[str], timeout: float) -> str:
+        """Wait for *pattern* without watching for panics (the kernel debugger's prompt
+        is one); the text before it.  ConsoleTimeout / ConsoleError as :meth:`expect`."""
+        self._expect_raw([pattern], timeout)
+        return str(self._child.before)
 
     # -- shell ------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ FINDING_KINDS: dict[str, str] = {
     "stale_table": "a table page of a destroyed VM is still reachable from a live root",
     "kernel_report": "the L1 kernel reported a problem on its console (a sanitizer, a lock "
                      "checker, a WARNING or BUG)",
+    "memmap": "the kernel's memory ranges of a VM differ from what its VMM asked for",
 }
 
 

@@ -160,10 +160,10 @@ class GdbSession:
             self._ctl = None
             if ctl is not None:
                 _reap(ctl.gdb_process)
-            if not self._log.closed:
-                self._log.close()
             if self._scratch is not None:
                 shutil.rmtree(self._scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):   # a full disk cannot take the last lines
+                self._log.close()
 
     def _restore_mode(self) -> None:
         """Leave the stub in virtual mode, as QEMU starts it."""
@@ -175,8 +175,11 @@ class GdbSession:
     def _note(self, direction: str, payload: object) -> None:
         """One line of gdb.log: time, direction, record."""
         stamp = f"{time.monotonic() - self._t0:10.4f}"
-        self._log.write(f"{stamp} {direction} {json.dumps(payload, default=str)}\n")
-        self._log.flush()
+        try:
+            self._log.write(f"{stamp} {direction} {json.dumps(payload, default=str)}\n")
+            self._log.flush()
+        except OSError as e:
+            raise GdbError(f"cannot write gdb.log: {e.strerror or e}") from None
 
     def mi(self, cmd: str, timeout: float | None = None,
            expect_result: bool = True) -> list[dict[str, Any]]:

@@ -26,13 +26,14 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from harness import oracles
 from harness.check import (
     frame_counts,
-    frame_facts,
+    halted_view,
     judge,
     kernel_facts,
-    observe,
     record_findings,
+    vm_desc,
     vm_json,
 )
 from harness.context import RunContext, WorkloadRun
@@ -123,14 +124,17 @@ def _halt(ctx: RunContext, step: CheckStep, at: MidPoint, sent: float,
 
 def _judge_all(ctx: RunContext, step: CheckStep, run: WorkloadRun,
                released: tuple[VMReport, ...], record: dict[str, Any]) -> None:
-    read_frames, facts = frame_facts(ctx)
-    observed = observe(ctx, read_frames)
-    pairs, gone, leftovers = pair_mid(ctx, observed, run, released, step.label)
+    with halted_view(ctx) as view:
+        observed = ctx.hypervisor.observe(view)
+        facts = oracles.gather(view, observed, ctx.hypervisor.frames)
+        pairs, gone, leftovers = pair_mid(ctx, observed, run, released, step.label)
+        seen = [(ob, owner, _half_destroyed(ctx, owner, vm) if owner is run else vm)
+                for ob, owner, vm in pairs]
+        descs = [(ob, owner, vm, vm_desc(ctx, owner, vm, ob, view)) for ob, owner, vm in seen]
     record["gone"] = [f"{run.id}/vm{vm.index}" for vm in gone]
     record["refcounts"] = frame_counts(facts)
-    for ob, owner, vm in pairs:
-        seen = _half_destroyed(ctx, owner, vm) if owner is run else vm
-        desc, found = judge(ctx, ob, owner, seen, facts[0])
+    for ob, owner, vm, desc in descs:
+        found = judge(ctx, ob, desc, vm, owner, facts)
         record_findings(ctx, step, found)
         record["vms"].append(vm_json(ob, desc.name, found) |
                              {"state": "intact" if owner is run else "held"})
@@ -156,6 +160,9 @@ def run_mid_check(ctx: RunContext, step: CheckStep) -> None:
     run = ctx.workloads[step.during]
     if not run.holding:
         raise InfraError(f"{step.label}: workload {run.id} is not holding")
+    if run.spec.driver != "slat-workload":
+        raise InfraError(f"{step.label}: a check during the release of a {run.spec.driver} "
+                         "VM is not supported (its release is a command, not the workload's)")
     at = step.at or MidPoint(delay=0.0)
     kernel_facts(ctx)               # over the console, before L1 may stop mid-command
     addr = None

@@ -43,9 +43,9 @@ from harness.provenance import flatten, host_provenance
 from harness.rates import Rate
 from harness.result import ScenarioResult
 from harness.runner import record_ending, run_steps, write_artifacts
-from harness.scenario.spec import BootStep, CheckStep, InjectStep, Scenario
+from harness.scenario.spec import BootStep, CheckStep, InjectStep, ReleaseStep, Scenario
 from harness.scenario.yamlsource import read_yaml
-from harness.steps import HANDLERS, guest_shell_wait, prepare_image, read_report, release_command
+from harness.steps import HANDLERS, guest_shell_wait, prepare_image, read_report
 from harness.vary import Drawn, apply, draw, dump_scenario, new_seed, reproducer, seeds
 
 __all__ = ["RepeatPlan", "Iteration", "Engine", "run_repeated", "write_reproducer"]
@@ -179,17 +179,18 @@ def _console_text(boot: _Boot, start: int, end: int) -> str:
 
 
 def _drain(ctx: RunContext) -> None:
-    """Put injections back and let every workload still alive run to its end, so the next
-    iteration starts with no VM; raises if the guest does not cooperate."""
+    """Put injections back and release every workload still holding (as ``release``
+    steps would) until it ends, so the next iteration starts with no VM; raises if the
+    guest does not cooperate."""
     restore_injections(ctx)
-    console = ctx.console()
     for run in ctx.workloads.values():
-        if run.exited:
-            continue
-        for _ in range(max(run.holds_left, 1)):
-            console.run(release_command(run), timeout=30)
-        guest_shell_wait(console, f"grep -q '\"event\":\"exit_status\"' {run.out}", 60)
-        read_report(ctx, run)
+        while run.holding:
+            HANDLERS[ReleaseStep](ctx, ReleaseStep(index=0, line=0, name="drain",
+                                                   workload=run.id))
+        if not run.exited and run.spec.driver == "slat-workload":
+            guest_shell_wait(ctx.console(),
+                             f"grep -q '\"event\":\"exit_status\"' {run.out}", 60)
+            read_report(ctx, run)
 
 
 def _kernel_reports(boot: _Boot, it: Iteration, ctx: RunContext) -> None:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from harness import freebsd_bhyvectl as bhyvectl
+from harness import openbsd_vmd as vmd
 from harness.artifacts import write_json
 from harness.check import run_check, run_inject
 from harness.console import Console
@@ -73,8 +75,13 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
     # no echo ever after); wait for init's line first, then probe for the shell
     if image.ready:
         console.expect(re.escape(image.ready), timeout=boot_timeout)
-    console.wait_for_shell(timeout=boot_timeout)
+    if ctx.guest.login is not None:         # a getty (the BSDs): log in first
+        ctx.guest.login(console, image, boot_timeout)
+    else:
+        console.wait_for_shell(timeout=boot_timeout)
     ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+    for key, value in ctx.hypervisor.prepare(console).items():
+        ctx.properties[f"hypervisor.{key}"] = value
 
 
 def prepare_image(ctx: RunContext) -> Image:
@@ -162,6 +169,12 @@ def step_workload(ctx: RunContext, step: WorkloadStep) -> None:
     console = ctx.console()
     run = WorkloadRun(spec=step, out=f"/tmp/slat-{step.id}.out",
                       fifo=f"/tmp/slat-{step.id}.fifo", holds_left=step.holds)
+    if step.driver == "vmd":
+        _start_vmd(ctx, step, run)
+        return
+    if step.driver == "bhyvectl":
+        _start_bhyvectl(ctx, step, run)
+        return
     out, fifo = shlex.quote(run.out), shlex.quote(run.fifo)
     argv = shlex.join(workload_argv(step))
     console.run(f"rm -f {fifo} {out}; mkfifo {fifo}", timeout=30)
@@ -197,12 +210,84 @@ def release_command(run: WorkloadRun) -> str:
     return f"echo go 1<>{shlex.quote(run.fifo)}"
 
 
+def _start_vmd(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
+    """``driver: vmd``: start the tiny VM and report it as the one held VM."""
+    console = ctx.console()
+    memory = step.slots[0].size
+    console.run(vmd.start_command(step.id, memory), timeout=ctx.step_timeout(step))
+    ctx.workloads[step.id] = run
+    vm_id, pid = vmd.wait_running(
+        lambda cmd: console.run(cmd, timeout=60, check=False).output, step.id,
+        ctx.step_timeout(step))
+    run.pid = pid
+    lines = vmd.report_lines(step.id, vm_id, pid, memory)
+    if not step.holds:                    # hold: none: stop it at once
+        console.run(vmd.stop_command(step.id), timeout=ctx.step_timeout(step))
+        lines += vmd.destroyed_lines()
+        run.status = 0
+    _vmd_report(ctx, run, lines)
+
+
+def _start_bhyvectl(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
+    """``driver: bhyvectl``: create the VM with its memory and report it as the held VM."""
+    console = ctx.console()
+    memory = step.slots[0].size
+    console.run(bhyvectl.destroy_command(step.id) + " 2>/dev/null; true", timeout=60)
+    console.run(bhyvectl.create_command(step.id, memory), timeout=ctx.step_timeout(step))
+    ctx.workloads[step.id] = run
+    run.pid = 0
+    lines = bhyvectl.report_lines(step.id, memory)
+    if not step.holds:                    # hold: none: destroy it at once
+        console.run(bhyvectl.destroy_command(step.id), timeout=ctx.step_timeout(step))
+        lines += bhyvectl.destroyed_lines()
+        run.status = 0
+    _vmd_report(ctx, run, lines)
+
+
+def _release_bhyvectl(ctx: RunContext, step: ReleaseStep, run: WorkloadRun) -> None:
+    """``bhyvectl --destroy``; the VM's device node must be gone."""
+    console = ctx.console()
+    console.run(bhyvectl.destroy_command(run.id), timeout=ctx.step_timeout(step))
+    if console.run(bhyvectl.exists_command(run.id), timeout=60, check=False).status == 0:
+        raise InfraError(f"{step.label}: /dev/vmm/{bhyvectl.vm_name(run.id)} is still there "
+                         "after bhyvectl --destroy")
+    text = (ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()
+    run.holds_left -= 1
+    run.status = 0
+    _vmd_report(ctx, run, [*text, *bhyvectl.destroyed_lines()])
+
+
+def _vmd_report(ctx: RunContext, run: WorkloadRun, lines: list[str]) -> None:
+    (ctx.run_dir / f"workload-{run.id}.out").write_text("\n".join(lines) + "\n")
+    run.report = parse_report(lines)
+
+
+def _release_vmd(ctx: RunContext, step: ReleaseStep, run: WorkloadRun) -> None:
+    """``vmctl stop -f -w``; the VM must be gone from ``vmctl status``."""
+    console = ctx.console()
+    console.run(vmd.stop_command(run.id), timeout=ctx.step_timeout(step))
+    left = console.run(vmd.status_command(run.id), timeout=60, check=False).output
+    if vmd.parse_status(left, vmd.vm_name(run.id)) is not None:
+        raise InfraError(f"{step.label}: vmd still lists {vmd.vm_name(run.id)} after "
+                         f"vmctl stop -f -w:\n{left}")
+    text = (ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()
+    run.holds_left -= 1
+    run.status = 0
+    _vmd_report(ctx, run, [*text, *vmd.destroyed_lines()])
+
+
 @handles(ReleaseStep)
 def step_release(ctx: RunContext, step: ReleaseStep) -> None:
     """Let held workloads go on: to their next cycle's hold, or to their end."""
     console = ctx.console()
     runs = [ctx.workloads[step.workload]] if step.workload else \
         [r for r in ctx.workloads.values() if r.holding]
+    for run in [r for r in runs if r.spec.driver in ("vmd", "bhyvectl")]:
+        if not run.holding:
+            raise InfraError(f"{step.label}: {run.spec.driver} VM of workload {run.id} is "
+                             "not held")
+        (_release_vmd if run.spec.driver == "vmd" else _release_bhyvectl)(ctx, step, run)
+    runs = [r for r in runs if r.spec.driver not in ("vmd", "bhyvectl")]
     for run in runs:
         if not run.holding:
             raise InfraError(f"{step.label}: workload {run.id} is not holding "

@@ -128,6 +128,8 @@ class VMReport:
     code_pages: tuple[int, ...]         # GPA pages holding the guest code
     exits: tuple[ExitReport, ...]
     destroyed: bool = False
+    name: str = ""                      # the VM's name, when the VMM names it (vmd)
+    memory: int = 0                     # the memory size asked for, when no slots (vmd)
     removed: tuple[SlotReport, ...] = ()  # slots a race deleted, or moved away from
     race: dict[str, Any] | None = None    # the race event: what happened when
 
@@ -218,6 +220,8 @@ class _VMBuilder:
     index: int
     cycle: int
     pid: int
+    name: str = ""
+    memory: int = 0
     slots: dict[int, SlotReport] = field(default_factory=dict)
     pagemap: dict[int, int] = field(default_factory=dict)
     absent: list[int] = field(default_factory=list)
@@ -269,8 +273,8 @@ class _VMBuilder:
         return VMReport(self.index, self.cycle, self.pid,
                         tuple(self.slots[k] for k in sorted(self.slots)), dict(self.pagemap),
                         tuple(self.absent), tuple(self.code), tuple(self.exits),
-                        self.destroyed, tuple(self.removed[k] for k in sorted(self.removed)),
-                        self.race)
+                        self.destroyed, self.name, self.memory,
+                        tuple(self.removed[k] for k in sorted(self.removed)), self.race)
 
 
 def _group(events: list[dict[str, Any]]) -> list[dict[int, _VMBuilder]]:
@@ -281,7 +285,9 @@ def _group(events: list[dict[str, Any]]) -> list[dict[int, _VMBuilder]]:
             cycle = ev.get("cycle", 0)
             while len(cycles) <= cycle:
                 cycles.append({})
-            cycles[cycle][ev["vm"]] = _VMBuilder(ev["vm"], cycle, ev["pid"])
+            cycles[cycle][ev["vm"]] = _VMBuilder(ev["vm"], cycle, ev["pid"],
+                                                 str(ev.get("name", "")),
+                                                 int(ev.get("memory", 0)))
         elif "vm" in ev:
             owner = next((c[ev["vm"]] for c in reversed(cycles) if ev["vm"] in c), None)
             if owner is None:

@@ -42,7 +42,8 @@ from harness.discovery.vmcb import NCR3_ADDR_MASK, VMCB_CONTROL
 from harness.errors import InfraError, MemoryReadError
 from harness.mem import PAGE_SIZE, PhysMem, read_u64
 
-__all__ = ["discover", "LiveVM", "VCpu", "VmMemRange", "DirectMapMem", "NEEDED_SYMBOLS",
+__all__ = ["discover", "LiveVM", "VCpu", "VmMemRange", "DirectMapMem", "DirectMapOrVirt",
+           "NEEDED_SYMBOLS",
            "PMAP_DIRECT_BASE", "PMAP_DIRECT_END", "KERNBASE", "VMM_MODE_EPT", "VMM_MODE_RVI",
            "VMM_MAX_MEM_RANGES", "DESIGN_NEW", "DESIGN_OLD"]
 
@@ -88,6 +89,22 @@ class DirectMapMem:
         if size and end - pa != size - 1:
             raise MemoryReadError(addr, size, "read crosses out of the direct map")
         return self.pmem.read(pa, size)
+
+
+class DirectMapOrVirt:
+    """Kernel virtual reads: the direct map through physical memory, anything else
+    (``km_alloc``'d pool pages, the kernel image) through *virt*, the halted CPU's own
+    translation (a live target's virtual reads)."""
+
+    def __init__(self, pmem: PhysMem, virt: PhysMem) -> None:
+        self.pmem = pmem
+        self.virt = virt
+
+    def read(self, addr: int, size: int) -> bytes:
+        """*size* bytes at kernel virtual *addr*."""
+        if PMAP_DIRECT_BASE <= addr and addr + size <= PMAP_DIRECT_END:
+            return self.pmem.read(addr - PMAP_DIRECT_BASE, size)
+        return self.virt.read(addr, size)
 
 
 @dataclass(frozen=True)

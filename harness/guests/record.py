@@ -14,8 +14,9 @@ from harness.models.base import Backing
 if TYPE_CHECKING:
     from harness.console import Console
     from harness.images import Image
+    from harness.observe import KernelView
 
-__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery"]
+__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery", "Login"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class BackingQuery:
     slots: tuple[tuple[int, int, int], ...]    # (gpa, size, hva) of each memory range
     reported: Mapping[int, int] = field(default_factory=dict)  # GPA page -> frame, as the
     #                                          VMM process read it (Linux: its pagemap)
+    l1: KernelView | None = None               # the halted L1 (memories, symbols, types),
+    #                                          for sources that walk the process's own tables
 
 # (console, image, symbol names, artifact directory) -> {name: address}, read while L1 runs
 SymbolSource = Callable[["Console", "Image", Sequence[str], Path], Mapping[str, int]]
@@ -33,6 +36,8 @@ SymbolSource = Callable[["Console", "Image", Sequence[str], Path], Mapping[str, 
 TypeSource = Callable[["Image", Sequence[str]], KernelTypes]
 # a VM's VMM process and ranges -> the L1 pages backing its memory (independent of SLAT)
 BackingSource = Callable[[BackingQuery], Backing]
+# (console, image, seconds) -> a shell: log in on a getty (None: the console is a shell)
+Login = Callable[["Console", "Image", float], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class GuestOS:
     types: TypeSource | None = None      # where kernel types come from
     backing: BackingSource | None = None  # independent truth about backing frames
     missing: str = ""                  # why it cannot be observed yet (when a source is None)
+    login: Login | None = None         # how a shell is reached after boot (BSD getty)
+    backing_symbols: tuple[str, ...] = ()  # kernel symbols the backing source reads
 
     @property
     def observable(self) -> bool:

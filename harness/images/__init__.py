@@ -8,7 +8,7 @@ True
 from __future__ import annotations
 
 from harness.images.build import BUILDER_VERSION, Image, cache_root, image_hash
-from harness.images.builders import IMAGE_BUILDERS, ImageBuilder, build_image
+from harness.images.builders import IMAGE_BUILDERS, IMPORT_CHECKS, ImageBuilder, build_image
 from harness.images.recipe import (
     IMAGES,
     ImageFacts,
@@ -22,6 +22,7 @@ __all__ = [
     "BUILDER_VERSION",
     "IMAGES",
     "IMAGE_BUILDERS",
+    "IMPORT_CHECKS",
     "ImageBuilder",
     "Image",
     "ImageFacts",

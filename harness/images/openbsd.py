@@ -39,7 +39,7 @@ __all__ = ["RELEASE", "ARCH", "BASE_KEYS", "DEFAULT_MIRROR", "MIRROR_ENV", "Rele
            "install_conf", "InstallAnswers", "DISKLABEL_TEMPLATE", "qemu_netboot_args",
            "HTTP_GUEST_ADDR", "firstboot_commands", "pack_transfer_disk",
            "unpack_transfer_disk", "TRANSFER_DEV", "WORKLOAD_DIR", "WORKLOAD_SOURCES",
-           "WORKLOAD_FILES"]
+           "WORKLOAD_FILES", "RESPONSE_URL", "index_txt", "KERNEL_OUT", "KARL_OFF"]
 
 RELEASE = "7.9"                     # the pinned release: edit this line for a newer one
 ARCH = "amd64"
@@ -58,7 +58,12 @@ BASE_KEYS: dict[str, str] = {
 SETS = ("bsd", "bsd.mp", "bsd.rd", "base{v}.tgz", "comp{v}.tgz", "man{v}.tgz")
 # install.sub install_http(): pxeboot is "auto_install" so autoinstall starts by itself
 BOOT_CONF = "set tty com0\nboot /bsd.rd\n"
-HTTP_GUEST_ADDR = "10.0.2.2"        # slirp's host address = the DHCP next-server
+# The guest reaches the loopback HTTP server through a guestfwd rule on this address of the
+# user network: QEMU refuses a rule on the host alias 10.0.2.2 ("Conflicting/invalid
+# host:port in guest forwarding rule"), so the DHCP next-server's default response file
+# URL fails and the driver answers "Response file location?" with RESPONSE_URL.
+HTTP_GUEST_ADDR = "10.0.2.100"
+RESPONSE_URL = f"http://{HTTP_GUEST_ADDR}/install.conf"
 TRANSFER_DEV = "/dev/rsd1c"         # the second virtio disk, whole ('c' partition), raw
 WORKLOAD_DIR = "/root/slat-workload"
 # images/workload/ files the guest compiles: the shared main.c and x86 guest code, and the
@@ -197,14 +202,22 @@ def qemu_netboot_args(tftp_dir: str, http_port: int, *, relay: list[str] | None 
     return ["-netdev", netdev, "-device", f"{model},netdev=net0", "-boot", "order=nc"]
 
 
+# KARL (etc/rc, libexec/reorder_kernel) relinks /bsd in the background at every boot, so
+# the next boot runs another kernel.  The first boot waits for that relink, then turns it
+# off: from then on /bsd is the kernel every boot of the image runs, and its copy is what
+# symbols and types are read from (a run checks it against /bsd.booted).
+KARL_OFF = "printf '#!/bin/sh\\nexit 0\\n' >/usr/libexec/reorder_kernel"
+KERNEL_OUT = "bsd"                  # name of the kernel in the transfer disk's tar
+
+
 def firstboot_commands(cc_flags: str = "-O2 -Wall -pthread",
                        sources: tuple[str, ...] = WORKLOAD_SOURCES) -> list[str]:
     """Shell commands run as root on the installed system's first boot, in order.
 
     Enable and start vmd, unpack the workload sources from the transfer disk,
-    build them with the guest's own cc, then write ``/bsd.booted`` (the kernel
-    that is running: KARL relinks ``/bsd`` at every boot, ``etc/rc``) back to
-    the transfer disk.
+    build them with the guest's own cc, wait for KARL's relink of ``/bsd`` and
+    turn KARL off (:data:`KARL_OFF`), then write ``/bsd`` (the kernel every
+    later boot runs, as ``/bsd.booted``: ``etc/rc``) back to the transfer disk.
     """
     d = WORKLOAD_DIR
     return [
@@ -213,10 +226,25 @@ def firstboot_commands(cc_flags: str = "-O2 -Wall -pthread",
         f"mkdir -p {d} && tar -xf {TRANSFER_DEV} -C {d}",
         f"cd {d} && cc {cc_flags} -DSLAT_OPENBSD -o /usr/local/bin/slat-workload "
         + " ".join(sources),
-        "sha256 /bsd.booted",
-        f"tar -cf {TRANSFER_DEV} /bsd.booted",
+        "while pgrep -qf reorder_kernel; do sleep 1; done",
+        KARL_OFF,
+        "sha256 /bsd",
+        f"cd / && tar -cf {TRANSFER_DEV} {KERNEL_OUT}",
         "sync",
     ]
+
+
+def index_txt(files: dict[str, int]) -> str:
+    """The ``index.txt`` of a sets directory: one ``ls -l``-like line per file.
+
+    The installer takes the last word of each line as a file name
+    (``install.sub``; ``syspatch`` reads the mirror's the same way).
+
+    >>> index_txt({"bsd.rd": 4848172}).split()[-1]
+    'bsd.rd'
+    """
+    return "".join(f"-rw-r--r--  1 1000  1000  {size:>10} Jan  1 00:00 {name}\n"
+                   for name, size in sorted(files.items()))
 
 
 def pack_transfer_disk(files: dict[str, bytes], size: int) -> bytes:

@@ -57,6 +57,7 @@ class FakeGuest:
     rules: Sequence[Rule]
     ready: str = "slatcheck-init: ready"
     typed: list[str] = field(default_factory=list)   # every command the harness ran
+    untyped: list[str] = field(default_factory=list)  # lines sent without markers
 
     def answer(self, cmd: str) -> tuple[str, int]:
         """Output and status of *cmd* by the first matching rule."""
@@ -78,8 +79,17 @@ class FakeGuest:
             return (f"@@B{m.group(1)}@@\r\n{out.replace(chr(10), chr(13) + chr(10))}"
                     f"\r\n@@E{m.group(3)}@@ {status}\r\n")
         if line.strip():
-            out, _ = self.answer(line.strip())
-            return out.replace("\n", "\r\n")
+            return self.bare(line.strip()).replace("\n", "\r\n")
+        return ""
+
+    def bare(self, cmd: str) -> str:
+        """A command typed without markers (a release sent while L1 may stop): the first
+        matching rule runs, its output is printed; recorded in :attr:`untyped`."""
+        self.untyped.append(cmd)
+        for rule in self.rules:
+            m = re.search(rule.pattern, cmd)
+            if m:
+                return (rule.answer(m) if rule.answer else (rule.output, rule.status))[0]
         return ""
 
 

@@ -241,7 +241,9 @@ class QemuMachine:
             if boot.initrd is not None:
                 args += ["-initrd", str(boot.initrd)]
             return args + (["-append", boot.append] if boot.append else [])
-        args = ["-drive", f"file={self._sock('overlay.qcow2')},format=qcow2,if=virtio"]
+        disk = (f"file={boot.disk},format={boot.format}" if boot.writable
+                else f"file={self._sock('overlay.qcow2')},format=qcow2")
+        args = ["-drive", f"{disk},if=virtio"]
         if boot.cdrom is not None:
             args += ["-drive", f"file={boot.cdrom},format=raw,media=cdrom,readonly=on"]
         return args + list(boot.network)
@@ -281,7 +283,7 @@ class QemuMachine:
         if len(str(self.console_path)) > UNIX_PATH_MAX:
             raise InfraError(f"socket path too long for AF_UNIX: {self.console_path}; "
                              "set TMPDIR to a shorter directory")
-        if isinstance(self.config.boot, DiskBoot):
+        if isinstance(self.config.boot, DiskBoot) and not self.config.boot.writable:
             self._make_overlay(self.config.boot)
 
     def _make_overlay(self, boot: DiskBoot) -> None:

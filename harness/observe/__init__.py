@@ -45,5 +45,8 @@ class ObservedVM:
     params: Any                     # the walk parameters used
     walk: WalkResult
     slot_hvas: frozenset[int] = frozenset()   # userspace addresses of its memslots
-    slots: list[dict[str, int]] = field(default_factory=list)
+    slots: list[dict[str, Any]] = field(default_factory=list)   # id, gpa, size, hva[, kind]
     discovery: dict[str, Any] = field(default_factory=dict)   # cross-checks, pid, ...
+    # what this VM's model needs that only discovery knows (a vkernel's master PDE and
+    # memory image): merged into VMDesc.options over the hypervisor's model_options
+    model_options: dict[str, Any] = field(default_factory=dict)

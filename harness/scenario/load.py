@@ -163,7 +163,8 @@ def _workload(raw: Doc, common: dict[str, Any], n: int) -> WorkloadStep:
     slots = tuple(SlotSpec(parse_addr(s["gpa"]), parse_size(s["size"]),
                            tuple(s.get("flags", ()))) for s in raw["slots"])
     return WorkloadStep(
-        **common, id=raw.get("id", f"w{n}"), vms=raw.get("vms", 1),
+        **common, id=raw.get("id", f"w{n}"), driver=raw.get("driver", "slat-workload"),
+        vms=raw.get("vms", 1),
         threads=raw.get("threads", False), cycles=raw.get("cycles", 1),
         hold=_hold(raw.get("hold", True)), ipa_bits=raw.get("ipa_bits"), slots=slots,
         touch=tuple(TouchSpec(parse_addr(t["gpa"]), t["access"]) for t in raw.get("touch", ())),

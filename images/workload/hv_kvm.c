@@ -172,3 +172,9 @@ void hv_report_memory(const struct vm *vm, const struct config *cfg)
 	for (int i = 0; i < cfg->nslots; i++)
 		kvm_report_pagemap(vm->index, i, cfg->slots[i].gpa, vm->hva[i], cfg->slots[i].size);
 }
+
+const char *hv_vm_name(const struct vm *vm)
+{
+	(void)vm;               /* KVM VMs have no names */
+	return NULL;
+}

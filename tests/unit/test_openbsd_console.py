@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.guests_openbsd_data import (
+from harness.openbsd_console import (
     DDB_NOTICE,
     DDB_PROMPT,
     LOGIN_PROMPT,

@@ -63,10 +63,10 @@ def test_install_conf_answers_the_questions_the_driver_expects() -> None:
     for name, question in questions.items():
         assert by_name[name].regex.search(question)
         assert any(question.lower().startswith(k.lower()) for k in keys), name
-    assert "URL to autopartitioning template for disklabel = http://10.0.2.2/disklabel" \
+    assert "URL to autopartitioning template for disklabel = http://10.0.2.100/disklabel" \
         in conf
     assert "Server directory = pub/OpenBSD/7.9/amd64" in conf
-    assert "HTTP Server = http://10.0.2.2\n" in conf          # http://: no https attempt
+    assert "HTTP Server = http://10.0.2.100\n" in conf          # http://: no https attempt
     assert ob.DISKLABEL_TEMPLATE.splitlines()[0].split("\t")[0] == "/"
 
 
@@ -76,7 +76,7 @@ def test_qemu_netboot_args() -> None:
     assert args[0] == "-netdev" and args[2:] == ["-device", "e1000,netdev=net0", "-boot",
                                                  "order=nc"]
     assert "tftp=/tmp/a,,b," in netdev and "bootfile=auto_install" in netdev
-    assert netdev.endswith("guestfwd=tcp:10.0.2.2:80-cmd:python3 -m harness.images.tcprelay "
+    assert netdev.endswith("guestfwd=tcp:10.0.2.100:80-cmd:python3 -m harness.images.tcprelay "
                            "127.0.0.1 8123")
 
 
@@ -100,7 +100,10 @@ def test_firstboot_commands() -> None:
     build = next(c for c in cmds if " cc " in c)
     assert "hv_openbsd.c" in build and "main.c" in build
     assert cmds.index(build) > cmds.index(next(c for c in cmds if "tar -xf" in c))
-    assert cmds[-2:] == [f"tar -cf {ob.TRANSFER_DEV} /bsd.booted", "sync"]
+    assert cmds[-2:] == [f"cd / && tar -cf {ob.TRANSFER_DEV} bsd", "sync"]
+    # KARL is waited for, then turned off, before the kernel is copied out
+    karl = cmds.index(ob.KARL_OFF)
+    assert "reorder_kernel" in cmds[karl - 1] and karl < cmds.index("sha256 /bsd")
 
 
 def test_transfer_disk_round_trip(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from harness.images.openbsd_install import (
 )
 
 FAKE = Path(__file__).parent / "fake_installer.py"
-URL = "http://10.0.2.2/install.conf"
+URL = "http://10.0.2.100/install.conf"
 
 
 def run(scenario: str, step_timeout: float = 10) -> tuple[object, pexpect.spawn]:

@@ -17,8 +17,9 @@ The strings are the kernel's own (openbsd/src, 2025 revisions):
 On a panic the harness collects ``show panic``, ``trace``, ``ps``,
 ``show registers`` and then each other CPU's trace through ``machine ddbcpu
 <n>`` (``ddb/db_command.c``'s ``machine`` table, amd64 ``db_machine_command_table``:
-``ddbcpu``); ``boot reboot`` / ``boot poweroff`` leave ddb.  The lead folds these
-into the OpenBSD GuestOS record.
+``ddbcpu``); ``boot reboot`` / ``boot poweroff`` leave ddb.  The OpenBSD console
+profile (:data:`CONSOLE`) with its ddb collection lives here, where both the guest record
+and the image builder take it.
 
 >>> match_panic("ok\\npanic: kernel diagnostic assertion \\"p != NULL\\" failed\\n").name
 'kassert'
@@ -30,6 +31,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from harness.console import LINE_START, Console, ConsoleProfile
+from harness.ddb import collect, format_transcript
 
 __all__ = ["PanicPattern", "PANIC_PATTERNS", "DDB_PROMPT", "LOGIN_PROMPT", "PASSWORD_PROMPT",
            "PanicMatch", "match_panic", "ddb_cpu", "ddb_collect_commands", "DDB_LEAVE",
@@ -126,3 +130,34 @@ def ddb_collect_commands(ncpus: int, current: int = 0) -> list[str]:
     if others:
         cmds.append(f"machine ddbcpu {current}")
     return cmds
+
+
+CPU_ATTACH = re.compile(r"(?m)^cpu(\d+) at mainbus0")
+
+
+def cpu_count(boot_log: str) -> int:
+    """How many CPUs attached, from the dmesg on the console (at least 1).
+
+    >>> cpu_count("cpu0 at mainbus0: apid 0\\ncpu1 at mainbus0: apid 1\\n")
+    2
+    """
+    return max([int(n) + 1 for n in CPU_ATTACH.findall(boot_log)] or [1])
+
+
+def openbsd_ddb(console: Console) -> str:
+    """In ddb after a panic: every CPU's view; the transcript."""
+    try:
+        log = console.log_path.read_text(errors="replace")
+    except OSError:
+        log = ""
+    ncpus = cpu_count(log)
+    current = ddb_cpu(log) or 0
+    commands = ddb_collect_commands(ncpus, current if current < ncpus else 0)
+    return format_transcript(collect(console, commands, DDB_PROMPT))
+
+
+CONSOLE = ConsoleProfile(
+    name="openbsd", prompt=r"[#$] $",
+    panic=(LINE_START + r"panic: ", r"ddb(?:\{\d+\})?> ", LINE_START + r"uvm_fault\(",
+           LINE_START + r"kernel: page fault trap, code="),
+    debugger=openbsd_ddb)
