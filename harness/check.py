@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from harness import oracles
 from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
 from harness.errors import InfraError, ScenarioError
@@ -34,7 +35,8 @@ from harness.target import l1_memories, settle_in_kernel
 from harness.workload import VMReport
 
 __all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc",
-           "halted_view"]
+           "halted_view", "judge", "match_vms", "vm_json", "record_findings",
+           "restore_injections", "frame_counts"]
 
 # workload slot flag -> MemRange flag
 SLOT_FLAGS = {"ro": "readonly", "log": "dirty_log", "huge": "huge"}
@@ -93,16 +95,18 @@ def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport, ob: ObservedVM | No
         ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
                                 prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
                                 flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
-                       for s in vm.slots)
+                       for s in vm.slots + vm.removed)
     else:
         ranges = _named_ranges(run.spec.driver, vm, ob)
     touched = [Access(t.gpa, t.access) for t in run.spec.touch]
+    if vm.raced:        # what a race left: executed pages may be executable, no more
+        touched = [a for a in touched if a.access == "x"]
     touched += [Access(g, "x") for g in vm.code_pages]
     query = BackingQuery(pid=vm.pid, slots=tuple((r.gpa, r.size, r.hva or 0) for r in ranges
                                                  if r.kind != "mmio"),
                          reported=vm.pagemap, l1=view)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
-                  touched=tuple(touched),
+                  touched=tuple(touched), removed=tuple(s.gpa for s in vm.removed),
                   options={**ctx.hypervisor.model_options,
                            **(ob.model_options if ob is not None else {})})
 
@@ -200,37 +204,66 @@ def _leftover(ob: ObservedVM) -> Finding:
                    detail="the workload destroyed this VM but the kernel still lists it")
 
 
+def frame_counts(facts: oracles.FrameFacts | None) -> dict[str, int]:
+    """How many frame references were read, and their range (slat.json)."""
+    counts = list(facts.refcounts.values()) if facts is not None else []
+    return {"frames": len(counts), "min": min(counts), "max": max(counts)} if counts else {}
+
+
+def judge(ctx: RunContext, ob: ObservedVM, desc: VMDesc, vm: VMReport, run: WorkloadRun,
+          facts: oracles.FrameFacts) -> list[Finding]:
+    """The model's findings for one observed VM, and the oracles' (harness.oracles)."""
+    expectation = ctx.model.expect(desc)
+    if vm.raced:        # a race or a teardown may have zapped any page: none is required
+        expectation.required = []
+    found = memmap_findings(desc.name, vm, ob, run.spec.driver)
+    found += coalesce(diff(ob.walk, expectation))
+    found += oracles.freed_frames(desc.name, ob, facts)
+    found += coalesce(oracles.absent_backing(desc.name, ob, vm.absent))
+    return found + ctx.tables.findings(desc.name, ob, desc)
+
+
 def run_check(ctx: RunContext, step: CheckStep) -> None:
     """Extract, model, diff; record slat state and findings; undo injections.
 
-    L1 stays halted from discovery until every VM's backing is read (a backing
-    source may walk the VMM process's page tables); the diff runs after.
+    L1 stays halted from discovery until every VM's backing and the frame references
+    (harness.oracles) are read; the diff runs after.  A failing check of a run that keeps
+    its failure (``ctx.keep_failure``) leaves its injections in place.
     """
     t0 = time.monotonic()
     before = ctx.phases.get("prepare", 0.0)
     record: dict[str, Any] = {"step": step.label, "vms": []}
     t1: float | None = None
+    failed = False
     try:
         with halted_view(ctx) as view:
             observed = ctx.hypervisor.observe(view)
+            facts = oracles.gather(view, observed, ctx.hypervisor.frames)
             ctx.add_phase("extract",
                           time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
             t1 = time.monotonic()
             pairs, leftovers = _match(ctx, observed, step)
             descs = [(ob, vm_desc(ctx, run, vm, ob, view), vm, run) for ob, run, vm in pairs]
+        record["frames"] = facts.unavailable or "read"
+        record["refcounts"] = frame_counts(facts)
+        ctx.tables.settle(oracles.vm_key(vm) for _, _, vm, _ in descs)
         for ob, desc, vm, run in descs:
-            found = memmap_findings(desc.name, vm, ob, run.spec.driver)
-            found += coalesce(diff(ob.walk, ctx.model.expect(desc)))
+            found = judge(ctx, ob, desc, vm, run, facts)
+            ctx.tables.seen(oracles.vm_key(vm), desc.name, ob, desc)
             _record(ctx, step, found)
-            record["vms"].append(_vm_json(ob, desc.name, found, _process_id(step, ob, vm)))
+            failed = failed or bool(found)
+            record["vms"].append(_vm_json(ob, desc.name, found, _process_id(step, ob, vm)) |
+                                 ({"race": vm.race} if vm.race else {}))
         for ob in leftovers:
             _record(ctx, step, [_leftover(ob)])
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
+        failed = failed or bool(leftovers)
     finally:
         if t1 is not None:            # discovery ran: record the check, undo injections
             ctx.checks.append(record)
             ctx.add_phase("diff", time.monotonic() - t1)
-            _restore(ctx)
+            if not (failed and ctx.keep_failure):
+                _restore(ctx)
 
 
 def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:
@@ -372,3 +405,10 @@ def slat_json(ctx: RunContext) -> dict[str, Any]:
     """The extracted state: the last check's VMs at top level, every check below."""
     last: list[Any] = next((c["vms"] for c in reversed(ctx.checks) if c["vms"]), [])
     return {"scenario": ctx.scenario.name, "vms": last, "checks": ctx.checks}
+
+
+# the glue a check during a release (harness.midcheck) shares
+match_vms = _match
+vm_json = _vm_json
+record_findings = _record
+restore_injections = _restore

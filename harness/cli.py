@@ -1,4 +1,5 @@
-"""Command line: ``slatcheck run|validate|images|formats|models|hypervisors|guests``.
+"""Command line: ``slatcheck run|validate|replay|shrink|images|formats|models|hypervisors|
+guests``.
 
 Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
 as it expects (a negative scenario that fails with its expected findings
@@ -15,12 +16,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from harness.context import Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
 from harness.result import ScenarioResult
 from harness.scenario import Scenario
+
+if TYPE_CHECKING:
+    from harness.repeat import RepeatPlan
 
 __all__ = ["main"]
 
@@ -43,11 +48,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                      help="also write reporter NAME's output to PATH (see `slatcheck "
                           "reporters`); may repeat")
+    _repeat_args(run)
     noise = run.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true",
                        help="also print image-build progress and each step's detail")
     noise.add_argument("-q", "--quiet", action="store_true",
                        help="print only the summary table")
+    rep = sub.add_parser("replay", help="check a kept failure's saved core again, offline")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    shr = sub.add_parser("shrink", help="reduce a failing scenario while it still fails")
+    shr.add_argument("file", type=Path, metavar="FILE")
+    shr.add_argument("--tries", type=int, default=3,
+                     help="runs of each candidate before it counts as passing (3)")
+    shr.add_argument("--budget", type=int, default=60, help="candidates to run at most (60)")
+    shr.add_argument("--out", type=Path, help="where the smallest goes (FILE.min.yaml)")
+    shr.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     val = sub.add_parser("validate", help="validate scenario files without booting anything")
     val.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     img = sub.add_parser("images", help="list or build guest images")
@@ -73,6 +88,38 @@ def _parser() -> argparse.ArgumentParser:
                        ("reporters", "report formats")):
         sub.add_parser(name, help=f"list {what}")
     return p
+
+
+def _repeat_args(run: argparse.ArgumentParser) -> None:
+    """The options of a repeated run (harness.repeat)."""
+    g = run.add_argument_group("repetition inside one boot")
+    g.add_argument("--repeat", type=int, metavar="N", help="run the steps after boot N times")
+    g.add_argument("--until-fail", action="store_true",
+                   help="until an iteration fails (bounded by --repeat / --duration if given)")
+    g.add_argument("--duration", type=float, metavar="T", help="start iterations for T seconds")
+    g.add_argument("--reboot-every", type=int, metavar="K", help="boot anew every K iterations")
+    g.add_argument("--seed", type=int, metavar="S",
+                   help="the (first iteration's) seed: replays that run exactly")
+    g.add_argument("--keep-on-failure", action="store_true",
+                   help="keep L1 stopped at the first failure for gdb, with an ELF core")
+    g.add_argument("--keep-for", type=float, metavar="T",
+                   help="keep it T seconds (default: until Ctrl-C)")
+
+
+def _plan(args: argparse.Namespace) -> RepeatPlan:
+    from harness.repeat import RepeatPlan
+    for name in ("repeat", "reboot_every"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ScenarioError(f"--{name.replace('_', '-')} wants a positive number, not {v}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise ScenarioError(f"--seed wants 0 <= S < 2**63, not {args.seed}")
+    plan = RepeatPlan(count=args.repeat, until_fail=args.until_fail, duration=args.duration,
+                      reboot_every=args.reboot_every, seed=args.seed,
+                      keep_on_failure=args.keep_on_failure, keep_for=args.keep_for)
+    if plan.keep_on_failure and not plan.repeats:
+        plan = RepeatPlan(**{**vars(plan), "count": 1})
+    return plan
 
 
 class _Stop:
@@ -111,17 +158,24 @@ def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
+    from harness.repeat import run_repeated
     from harness.reporters import summary_table
     from harness.runner import run_scenario
 
     reports = _reports(args)
+    plan = _plan(args)
     scenarios: list[Scenario] = _load_all(args.scenarios)   # all valid before any boot
     results: list[ScenarioResult] = []
     progress = _progress(args)
     try:
         for sc in scenarios:
             progress(f"[{sc.name}] running {sc.path}")
-            res = run_scenario(sc, args.artifacts, progress=progress, services=services)
+            if plan.repeats:
+                res = run_repeated(sc, args.artifacts, plan, progress=progress,
+                                   services=services)
+            else:
+                res = run_scenario(_drawn(sc, args.seed), args.artifacts, progress=progress,
+                                   services=services)
             results.append(res)
             if not args.quiet:
                 print(res.summary(max_findings=10 if args.verbose else 5), flush=True)
@@ -132,6 +186,37 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
         if results:
             print(summary_table(results), flush=True)
     return max([r.status for r in results] + [3 if failed else 0])
+
+
+def _drawn(sc: Scenario, seed: int | None) -> Scenario:
+    """A single run draws from ``--seed`` if given (else the scenario's, else a new one)."""
+    from dataclasses import replace
+    return sc if seed is None else replace(sc, seed=seed)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from harness.replay import replay
+    res = replay(args.run_dir, progress=lambda line: print(line, flush=True))
+    print(res.summary(), flush=True)
+    return res.status
+
+
+def _cmd_shrink(args: argparse.Namespace, services: Services | None = None) -> int:
+    from harness.shrink import shrink
+    res = shrink(args.file, args.artifacts, tries=args.tries, budget=args.budget,
+                 out=args.out, progress=lambda line: print(line, flush=True),
+                 services=services)
+    if not res.reproduced:
+        print(f"{args.file}: did not fail in {args.tries} run(s): nothing to shrink "
+              f"(runs in {res.run_dir})")
+        return 1
+    print(f"{args.file}: fails as {res.signature[0] if res.signature else ''} "
+          f"{sorted(res.signature[1]) if res.signature else ''}; kept {len(res.kept)} of "
+          f"{len(res.tried)} reduction(s):")
+    for what in res.kept:
+        print(f"  - {what}")
+    print(f"smallest: {res.out}")
+    return 0
 
 
 def _write_reports(results: list[ScenarioResult],
@@ -250,6 +335,10 @@ def main(argv: list[str] | None = None, services: Services | None = None) -> int
     try:
         if args.cmd == "run":
             return _cmd_run(args, services)
+        if args.cmd == "shrink":
+            return _cmd_shrink(args, services)
+        if args.cmd == "replay":
+            return _cmd_replay(args)
         return COMMANDS.get(args.cmd, _cmd_list)(args)
     except ScenarioError as e:
         print(f"slatcheck: {e}", file=sys.stderr)

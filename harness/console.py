@@ -88,6 +88,8 @@ class ConsoleProfile:
     warning: tuple[str, ...] = ()   # regexes that are panics unless warnings are ignored
     kernel_line: str | None = None  # regex of a kernel log line (removed from outputs)
     name: str = ""                  # the OS, for messages
+    reports: tuple[str, ...] = ()   # regexes that start a kernel report (sanitizers, lock
+    #                                 checkers); with panic and warning: kernel_report findings
     # on a panic: drive the kernel debugger (ddb) and return its transcript, saved as
     # debugger.txt beside console.log (None: the excerpt is all there is)
     debugger: Callable[[Console], str] | None = None

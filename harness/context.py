@@ -25,6 +25,7 @@ from harness.images import Image
 from harness.ktypes import KernelTypes
 from harness.machines.base import Machine, MachineFactory
 from harness.models.base import Model
+from harness.oracles import TableHistory
 from harness.registry import Registry
 from harness.scenario.spec import Scenario, StepSpec, WorkloadStep
 from harness.target import Target
@@ -95,8 +96,10 @@ class WorkloadRun:
             and self.report.holds > self.spec.holds - self.holds_left
 
     def held_vms(self) -> tuple[VMReport, ...]:
-        """The VMs it holds now (the last cycle reported), or none."""
-        return self.report.vms if self.holding and self.report is not None else ()
+        """The VMs it holds now (the last cycle reported, but not those its race closed)."""
+        if not self.holding or self.report is None:
+            return ()
+        return tuple(v for v in self.report.vms if not v.destroyed)
 
     def gone_vms(self) -> tuple[VMReport, ...]:
         """Every VM it created and destroyed (or let go) so far."""
@@ -150,6 +153,9 @@ class RunContext:
     phases: dict[str, float] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
     finding_step: str = ""         # label of the first step that reported findings
+    seed: int = 0                  # what this run drew its values from (harness.vary)
+    keep_failure: bool = False     # a failing check leaves its injections in place
+    tables: TableHistory = field(default_factory=TableHistory)  # entries of VMs seen live
     _console: Console | None = None
     _target: Target | None = None
     _ram: list[tuple[int, int]] | None = None
@@ -184,6 +190,13 @@ class RunContext:
             self._target = self.stack.enter_context(
                 self.require_machine().open_target(self.run_dir))
         return self._target
+
+    def carry_over(self, later: RunContext) -> None:
+        """Keep what *later* (an iteration run in this context's boot) attached or read
+        once per boot: the debug target, the RAM ranges, the kernel facts."""
+        self.kernel = later.kernel
+        self._target = later._target
+        self._ram = later._ram
 
     def ram(self) -> list[tuple[int, int]]:
         """The L1's RAM ranges, asked once."""

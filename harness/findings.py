@@ -24,6 +24,10 @@ FINDING_KINDS: dict[str, str] = {
     "leftover": "an entry or table page remains after teardown or range removal",
     "stale": "a host PTE with no valid guest page-table path (missed invalidation)",
     "panic": "the guest kernel panicked or oopsed",
+    "freed_frame": "a leaf of a live VM maps a frame the L1 kernel holds no reference to",
+    "stale_table": "a table page of a destroyed VM is still reachable from a live root",
+    "kernel_report": "the L1 kernel reported a problem on its console (a sanitizer, a lock "
+                     "checker, a WARNING or BUG)",
     "memmap": "the kernel's memory ranges of a VM differ from what its VMM asked for",
 }
 

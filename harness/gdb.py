@@ -270,6 +270,45 @@ class GdbSession:
             self.mi("-exec-continue")
             self.running = True
 
+    def wait_stop(self, timeout: float) -> dict[str, Any]:
+        """While L1 runs: wait for it to stop on its own (a breakpoint); the ``*stopped``
+        record's payload.  :class:`~harness.target.BreakpointTimeout` after *timeout*."""
+        from harness.target import BreakpointTimeout
+        ctl = self._require()
+        self.cont()
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self._read(ctl, 0.05):
+                if rec.get("type") == "notify" and rec.get("message") == "stopped":
+                    return dict(rec.get("payload") or {})
+            if not _alive(ctl):
+                raise GdbError("gdb exited while waiting for a breakpoint")
+            if time.monotonic() > deadline:
+                raise BreakpointTimeout(f"L1 did not stop at a breakpoint within {timeout:g} s")
+
+    def break_insert(self, addr: int) -> int:
+        """A breakpoint at kernel virtual *addr* (the stub's ``Z0``); its gdb number."""
+        with self.halted():
+            recs = self.mi(f"-break-insert *{addr:#x}")
+        bkpt = (recs[-1].get("payload") or {}).get("bkpt") or {}
+        if "number" not in bkpt:
+            raise GdbError(f"gdb: -break-insert *{addr:#x} gave no breakpoint: {recs[-1]}")
+        return int(bkpt["number"])
+
+    def break_delete(self, number: int) -> None:
+        """Remove breakpoint *number*."""
+        with self.halted():
+            self.mi(f"-break-delete {number}")
+
+    def leave_stopped(self) -> None:
+        """Stop L1 and end gdb without detaching, so that L1 stays stopped and another
+        debugger can attach to the stub (gdb's own exit would detach, or kill QEMU)."""
+        ctl = self._require()
+        self.interrupt()
+        self._restore_mode()
+        self._ctl = None
+        _kill(ctl.gdb_process)
+
     @contextlib.contextmanager
     def halted(self) -> Iterator[None]:
         """Stop all CPUs for the block, then continue; if stopped on entry, stay stopped."""
@@ -415,6 +454,14 @@ def _alive(ctl: MiController) -> bool:
     return proc is not None and proc.poll() is None
 
 
+def _kill(proc: Any) -> None:
+    """SIGKILL gdb (it says nothing more to the stub) and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)
+
+
 def _reap(proc: Any) -> None:
     """End gdb: wait briefly for ``-gdb-exit``, then SIGTERM, then SIGKILL."""
     if proc is None:
@@ -442,6 +489,7 @@ class GdbTarget:
         self.session = session
         self._ram_ranges = ram_ranges
         self._translate = translate
+        self._breakpoints: dict[int, int] = {}     # address -> gdb breakpoint number
 
     def halted(self) -> contextlib.AbstractContextManager[None]:
         """All L1 CPUs stopped for the block."""
@@ -476,3 +524,29 @@ class GdbTarget:
         self.session.cont()
         time.sleep(0.002)
         self.session.interrupt()
+
+    # -- harness.target.Breakpoints and Leavable ---------------------------------------
+
+    def set_breakpoint(self, addr: int) -> None:
+        """A breakpoint at kernel virtual *addr* (gdb sends ``Z0`` when L1 runs)."""
+        if addr not in self._breakpoints:
+            self._breakpoints[addr] = self.session.break_insert(addr)
+
+    def clear_breakpoint(self, addr: int) -> None:
+        """Remove the breakpoint at *addr*, if set."""
+        number = self._breakpoints.pop(addr, None)
+        if number is not None:
+            self.session.break_delete(number)
+
+    def wait_stop(self, timeout: float) -> int:
+        """Run until a breakpoint stops L1; its PC."""
+        self.session.wait_stop(timeout)
+        return self.session.register("pc")
+
+    def resume(self) -> None:
+        """Let L1 run."""
+        self.session.cont()
+
+    def leave_stopped(self) -> None:
+        """End gdb with L1 stopped (see :meth:`GdbSession.leave_stopped`)."""
+        self.session.leave_stopped()

@@ -24,6 +24,7 @@ from harness.discovery import freebsd_bhyve as discovery_bhyve
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
 from harness.discovery import openbsd_vmm as discovery_openbsd
+from harness.guests.linux_frames import ARM64_FRAMES, X86_FRAMES
 from harness.images.dragonfly import PROC_SYMBOLS as DRAGONFLY_PROC_SYMBOLS
 from harness.observe import KernelView, ObservedVM
 from harness.observe import dragonfly_vkernel as observe_vkernel
@@ -31,6 +32,7 @@ from harness.observe import freebsd_bhyve as observe_bhyve
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
 from harness.observe import openbsd_vmm as observe_openbsd
+from harness.oracles import FrameRefs
 from harness.registry import Registry
 
 __all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts", "no_prepare"]
@@ -69,6 +71,7 @@ class Hypervisor:
     # GPA bits the workload's L2 reaches under this hypervisor's backend, when fewer than
     # the architecture's (Arch.l2_address_bits); None: the architecture's
     l2_address_bits: int | None = None
+    frames: FrameRefs | None = None  # the L1 kernel's references to frames (freed_frame)
 
     @property
     def arch_record(self) -> Arch:
@@ -82,9 +85,9 @@ HYPERVISORS.add("linux-kvm-svm", Hypervisor(
     description="Linux KVM on AMD SVM with nested paging (NPT), TDP MMU: vm_list -> "
                 "vcpu_svm.vmcb01 / arch.mmu->root.hpa, cross-checked with the VMCB's nCR3 "
                 "and QEMU's vmrun! log",
-    observe=observe_svm.observe, symbols=discovery_svm.NEEDED_SYMBOLS,
+    observe=observe_svm.observe, symbols=discovery_svm.NEEDED_SYMBOLS + X86_FRAMES.symbols,
     type_modules=discovery_svm.BTF_MODULES, facts=observe_svm.facts, fault_log=True,
-    model_options={"format": "npt"}))
+    model_options={"format": "npt"}, frames=X86_FRAMES))
 HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
     name="linux-kvm-arm64", guest_os="linux", arch="aarch64", format="stage2",
     models=("kvm-arm64",),
@@ -92,7 +95,7 @@ HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
                 "(kvm_s2_mmu) -> pgt (kvm_pgtable), cross-pointer, the VM's VTCR, "
                 "VTTBR_EL2/VTCR_EL2",
     observe=observe_arm64.observe, symbols=discovery_arm64.NEEDED_SYMBOLS,
-    type_modules=discovery_arm64.BTF_MODULES))
+    type_modules=discovery_arm64.BTF_MODULES, frames=ARM64_FRAMES))
 
 HYPERVISORS.add("openbsd-vmm-rvi", Hypervisor(
     name="openbsd-vmm-rvi", guest_os="openbsd", arch="x86_64", format="npt",

@@ -44,6 +44,7 @@ def summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
                        "outcome": r.outcome, "duration": round(r.duration, 3),
                        "failed_step": r.failed_step, "findings": len(r.findings),
                        "artifacts": str(r.artifacts) if r.artifacts else None}
+                      | ({"repeat": r.repeat["rate"]} if r.repeat else {})
                       for r in results],
     }
 
@@ -59,7 +60,8 @@ def summary_table(results: Sequence[ScenarioResult]) -> str:
     width = max([len(r.name) for r in results] + [8])
     rows = [f"{'scenario':<{width}}  {'verdict':<14} {'outcome':<8} {'time':>8}"]
     for r in results:
-        rows.append(f"{r.name:<{width}}  {r.verdict:<14} {r.outcome:<8} {r.duration:7.1f}s")
+        rows.append(f"{r.name:<{width}}  {r.verdict:<14} {r.outcome:<8} {r.duration:7.1f}s"
+                    + (f"  {r.repeat['text']}" if r.repeat else ""))
     counts = Counter(r.outcome for r in results)
     rows.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                 + f"; {sum(r.duration for r in results):.1f} s in all")

@@ -30,6 +30,7 @@ class ScenarioResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     expect: Expect = field(default_factory=Expect)
     stop: bool = False                 # Ctrl-C or SIGTERM came: run nothing after this
+    repeat: dict[str, Any] | None = None   # a repeated run: rate, seeds, first failure
 
     @property
     def exit_status(self) -> int:
@@ -78,6 +79,8 @@ class ScenarioResult:
             lines.append(f"  - {f.summary()}")
         if len(self.findings) > max_findings:
             lines.append(f"  ... {len(self.findings) - max_findings} more in findings.json")
+        if self.repeat is not None:
+            lines.append(f"  {self.repeat['text']}")
         if self.artifacts:
             lines.append(f"  artifacts: {self.artifacts}")
         return "\n".join(lines)
@@ -90,7 +93,8 @@ class ScenarioResult:
                 "duration": round(self.duration, 3),
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
                 "findings": len(self.findings), "provenance": self.provenance,
-                "properties": self.properties}
+                "properties": self.properties} | ({"repeat": self.repeat} if self.repeat
+                                                  else {})
 
 
 def matches_expectation(res: ScenarioResult) -> tuple[bool, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -37,11 +38,21 @@ def quiet(line: str) -> None:
 def _context(sc: Scenario, run_dir: Path, stack: ExitStack, t0: float,
              progress: Progress, services: Services) -> RunContext:
     """The run context with the scenario's guest, hypervisor and model records."""
-    return RunContext(scenario=sc, run_dir=run_dir, stack=stack,
-                      guest=services.guests[sc.guest.os],
-                      hypervisor=services.hypervisors[sc.hypervisor],
-                      model=services.models[sc.model], deadline=t0 + sc.timeouts.scenario,
-                      services=services, progress=progress)
+    ctx = RunContext(scenario=sc, run_dir=run_dir, stack=stack,
+                     guest=services.guests[sc.guest.os],
+                     hypervisor=services.hypervisors[sc.hypervisor],
+                     model=services.models[sc.model], deadline=t0 + sc.timeouts.scenario,
+                     services=services, progress=progress, seed=sc.seed or 0)
+    if sc.seed is not None:
+        ctx.properties["seed"] = str(sc.seed)
+    return ctx
+
+
+def _drawn(sc: Scenario) -> Scenario:
+    """The run's concrete scenario: its values drawn from its seed (a new one if it names
+    none; harness.vary), recorded as the property ``seed``."""
+    from harness.vary import apply, draw, new_seed
+    return apply(sc, draw(sc, sc.seed if sc.seed is not None else new_seed()))
 
 
 def _step_limit(ctx: RunContext, step: Step) -> float:
@@ -54,12 +65,16 @@ def _step_limit(ctx: RunContext, step: Step) -> float:
     return min(own, left)
 
 
-def _run_steps(ctx: RunContext, res: ScenarioResult) -> None:
-    """Every step in order under its deadline, one progress line each; then the verdict."""
-    for step in ctx.scenario.steps:
+def _run_steps(ctx: RunContext, res: ScenarioResult, steps: Sequence[Step] | None = None,
+               stop_at_finding: bool = False) -> None:
+    """Every step (of *steps*, default all) in order under its deadline, one progress line
+    each; then the verdict.  *stop_at_finding*: no step after the first with findings."""
+    for step in ctx.scenario.steps if steps is None else steps:
         res.failed_step = step.label
         if isinstance(step, BootStep):
             prepare_image(ctx)          # before the boot clock: a first build takes minutes
+        if step.delay:
+            time.sleep(step.delay)      # L1 runs on meanwhile (vary.delay)
         ts = time.monotonic()
         limit = _step_limit(ctx, step)
         late = StepTimeout(f"{step.label} ran past its timeout ({limit:g} s)")
@@ -68,6 +83,8 @@ def _run_steps(ctx: RunContext, res: ScenarioResult) -> None:
         took = time.monotonic() - ts
         ctx.add_phase(step.kind, took)
         ctx.progress(f"{step.label}: {took:.1f} s")
+        if stop_at_finding and ctx.findings:
+            break
     res.failed_step = ""
     res.verdict = "fail" if ctx.findings else "pass"
     if ctx.findings:
@@ -140,6 +157,7 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
     """
     t0 = time.monotonic()
     sweep_stale()                       # scratch directories of runs that were killed
+    sc = _drawn(sc)
     res = ScenarioResult(name=sc.name, path=sc.path, expect=sc.expect,
                          provenance=host_provenance())
     try:
@@ -176,3 +194,10 @@ def _clean_up(stack: ExitStack, res: ScenarioResult, ctx: RunContext) -> None:
         if res.verdict == "pass":
             res.verdict = "error"
         _write_traceback(ctx, e)
+
+
+# what a repeated run (harness.repeat) does per iteration, as the runner does per run
+run_steps = _run_steps
+record_ending = _ended
+write_artifacts = _finish
+clean_up = _clean_up

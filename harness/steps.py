@@ -34,7 +34,8 @@ from harness.scenario.spec import (
 )
 from harness.workload import parse_report, workload_argv
 
-__all__ = ["HANDLERS", "guest_shell_wait", "prepare_image"]
+__all__ = ["HANDLERS", "guest_shell_wait", "prepare_image", "release_command", "wait_released",
+           "read_report"]
 
 S = TypeVar("S", bound=StepSpec)
 Handler = Callable[[RunContext, Any], None]
@@ -203,6 +204,12 @@ def _tail(ctx: RunContext, run: WorkloadRun) -> str:
     return "\n".join((ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()[-15:])
 
 
+def release_command(run: WorkloadRun) -> str:
+    """The guest command that releases a holding workload (the FIFO opened read-write:
+    never blocks, even if the workload is gone)."""
+    return f"echo go 1<>{shlex.quote(run.fifo)}"
+
+
 def _start_vmd(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
     """``driver: vmd``: start the tiny VM and report it as the one held VM."""
     console = ctx.console()
@@ -285,9 +292,15 @@ def step_release(ctx: RunContext, step: ReleaseStep) -> None:
         if not run.holding:
             raise InfraError(f"{step.label}: workload {run.id} is not holding "
                              f"(exit status {run.status}):\n{_tail(ctx, run)}")
-        # opened read-write: never blocks, even if the workload is gone
-        console.run(f"echo go 1<>{shlex.quote(run.fifo)}", timeout=30)
+        console.run(release_command(run), timeout=30)
         run.holds_left -= 1
+    wait_released(ctx, runs, step)
+
+
+def wait_released(ctx: RunContext, runs: list[WorkloadRun], step: StepSpec) -> None:
+    """Wait until each released workload holds again (next cycle, or its race's end)
+    or exits, and read its report."""
+    console = ctx.console()
     for run in runs:
         released = run.spec.holds - run.holds_left
         cond = _exited(run) if not run.holds_left else \
@@ -303,11 +316,23 @@ def step_release(ctx: RunContext, step: ReleaseStep) -> None:
 
 @handles(CheckStep)
 def step_check(ctx: RunContext, step: CheckStep) -> None:
-    """Extract the nested tables, compare with the model, record findings."""
-    run_check(ctx, step)
+    """Extract the nested tables, compare with the model, record findings (during a
+    release: :mod:`harness.midcheck`)."""
+    if step.during is not None:
+        from harness.midcheck import run_mid_check
+        run_mid_check(ctx, step)
+    else:
+        run_check(ctx, step)
 
 
 @handles(InjectStep)
 def step_inject(ctx: RunContext, step: InjectStep) -> None:
-    """Corrupt one nested leaf through the debug target (restored after the next check)."""
+    """Corrupt one nested leaf through the debug target (restored after the next check);
+    an injection whose drawn chance did not come up (``probability``) does nothing."""
+    if step.probability <= 0.0:
+        ctx.progress(f"{step.label}: did not fire this run (probability)")
+        return
     run_inject(ctx, step)
+
+
+read_report = _read_report   # a check during a release reads reports too

@@ -26,13 +26,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from harness.errors import InfraError, MemoryReadError
+from harness.errors import HarnessTimeout, InfraError, MemoryReadError
 from harness.mem import DictMem, PageCache, PhysMem
 
 __all__ = ["Target", "FakeTarget", "PhysView", "VirtView", "L1Memory", "l1_memories",
-           "settle_in_kernel"]
+           "settle_in_kernel", "Breakpoints", "Leavable", "BreakpointTimeout"]
 
 
 class Target(Protocol):
@@ -68,6 +68,44 @@ class Target(Protocol):
 
     def nudge(self) -> None:
         """Inside :meth:`halted`: let L1 run for a moment, then stop it again."""
+        ...
+
+
+class BreakpointTimeout(HarnessTimeout):
+    """L1 did not stop at a breakpoint in time (it keeps running)."""
+
+
+@runtime_checkable
+class Breakpoints(Protocol):
+    """An optional capability of a Target: stop L1 when a CPU reaches a kernel address
+    (the remote protocol's ``Z0``/``z0``; the emulator's breakpoints, so page tables and
+    memory are left alone)."""
+
+    def set_breakpoint(self, addr: int) -> None:
+        """Stop L1 when a CPU is about to execute kernel virtual *addr*."""
+        ...
+
+    def clear_breakpoint(self, addr: int) -> None:
+        """Remove the breakpoint at *addr* (no error if there is none)."""
+        ...
+
+    def wait_stop(self, timeout: float) -> int:
+        """Let L1 run until it stops at a breakpoint; return where (the PC).  L1 stays
+        stopped.  :class:`BreakpointTimeout` after *timeout* seconds (L1 still runs)."""
+        ...
+
+    def resume(self) -> None:
+        """Let a stopped L1 run again."""
+        ...
+
+
+@runtime_checkable
+class Leavable(Protocol):
+    """An optional capability of a Target: end the debug session with L1 stopped, so that
+    a person's debugger can attach to the same stub (stop and keep)."""
+
+    def leave_stopped(self) -> None:
+        """Stop L1 and end the session without resuming it."""
         ...
 
 
@@ -162,6 +200,10 @@ class FakeTarget:
         self.halts = 0
         self.nudges = 0
         self.running = True
+        self.breakpoints: set[int] = set()
+        self.reaches: list[int] = []       # kernel addresses L1 will execute, in order
+        self.on_stop: Callable[[int], None] | None = None   # the world at a stop
+        self.left = False                  # the session ended with L1 stopped
 
     def nudge(self) -> None:
         """The CPU moves on: the next register values of *after_nudge* apply."""
@@ -213,3 +255,36 @@ class FakeTarget:
     def ram_ranges(self) -> list[tuple[int, int]]:
         """The given RAM ranges."""
         return list(self.ram)
+
+    # -- Breakpoints and Leavable ------------------------------------------------------
+
+    def set_breakpoint(self, addr: int) -> None:
+        """Armed until cleared."""
+        self.breakpoints.add(addr)
+
+    def clear_breakpoint(self, addr: int) -> None:
+        """Disarmed."""
+        self.breakpoints.discard(addr)
+
+    def wait_stop(self, timeout: float) -> int:
+        """L1 runs through :attr:`reaches` until one is a breakpoint; *on_stop* sees it."""
+        self.running = True
+        while self.reaches:
+            pc = self.reaches.pop(0)
+            if pc in self.breakpoints:
+                self.running = False
+                self.halts += 1
+                if self.on_stop is not None:
+                    self.on_stop(pc)
+                return pc
+        raise BreakpointTimeout(f"no breakpoint of {sorted(map(hex, self.breakpoints))} "
+                                f"reached within {timeout:g} s")
+
+    def resume(self) -> None:
+        """Running again."""
+        self.running = True
+
+    def leave_stopped(self) -> None:
+        """Stopped, and no longer ours."""
+        self.running = False
+        self.left = True

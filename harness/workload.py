@@ -62,6 +62,18 @@ def _slot_arg(slot: SlotSpec) -> str:
     return f"{slot.gpa:#x}:{slot.size:#x}" + (":" + "+".join(slot.flags) if slot.flags else "")
 
 
+def _race_args(step: WorkloadStep) -> list[str]:
+    """``--race MODE --race-slot I --race-delay MIN:MAX --race-after US [--race-to GPA]
+    --race-seed S``."""
+    r = step.race
+    assert r is not None
+    args = ["--race", r.mode, "--race-slot", str(r.slot),
+            "--race-delay", f"{r.delay_us.lo}:{r.delay_us.hi}", "--race-after", str(r.after_us)]
+    if r.to is not None:
+        args += ["--race-to", f"{r.to:#x}"]
+    return args + ["--race-seed", str(step.seed or 0)]
+
+
 def workload_argv(step: WorkloadStep) -> list[str]:
     """The argv of ``slat-workload`` for a scenario's (validated) ``workload`` step."""
     argv = [WORKLOAD, "--vms", str(step.vms), "--cycles", str(step.cycles),
@@ -70,6 +82,10 @@ def workload_argv(step: WorkloadStep) -> list[str]:
         argv += ["--ipa-bits", str(step.ipa_bits)]
     if step.threads:
         argv.append("--threads")
+    if step.vcpus != 1:
+        argv += ["--vcpus", str(step.vcpus)]
+    if step.race is not None:
+        argv += _race_args(step)
     for slot in step.slots:
         argv += ["--slot", _slot_arg(slot)]
     for touch in step.touch:
@@ -114,6 +130,13 @@ class VMReport:
     destroyed: bool = False
     name: str = ""                      # the VM's name, when the VMM names it (vmd)
     memory: int = 0                     # the memory size asked for, when no slots (vmd)
+    removed: tuple[SlotReport, ...] = ()  # slots a race deleted, or moved away from
+    race: dict[str, Any] | None = None    # the race event: what happened when
+
+    @property
+    def raced(self) -> bool:
+        """Whether a teardown race changed this VM since it ran its guest code."""
+        return self.race is not None
 
 
 @dataclass(frozen=True)
@@ -205,11 +228,15 @@ class _VMBuilder:
     code: list[int] = field(default_factory=list)
     exits: list[ExitReport] = field(default_factory=list)
     destroyed: bool = False
+    removed: dict[int, SlotReport] = field(default_factory=dict)
+    race: dict[str, Any] | None = None
 
     def add(self, ev: dict[str, Any]) -> None:
         """Fold one event of this VM in."""
         kind = ev["event"]
-        if kind == "slot":
+        if kind in ("race", "restate", "slot_gone"):
+            self._race(ev)
+        elif kind == "slot":
             flags = tuple(f for f in str(ev.get("flags", "")).split("+") if f)
             self.slots[ev["slot"]] = SlotReport(ev["slot"], ev["gpa"], ev["size"],
                                                 ev["hva"], flags)
@@ -229,12 +256,25 @@ class _VMBuilder:
         elif kind == "destroyed":
             self.destroyed = True
 
+    def _race(self, ev: dict[str, Any]) -> None:
+        """A race's events: what happened, then the VM's state after it (``restate``:
+        its slots and pagemap are reported anew; ``slot_gone``: a range it lost)."""
+        kind = ev["event"]
+        if kind == "race":
+            self.race = {k: v for k, v in ev.items() if k not in ("event", "vm")}
+        elif kind == "restate":
+            self.slots, self.pagemap, self.absent = {}, {}, []
+        else:
+            self.removed[ev["slot"]] = SlotReport(ev["slot"], ev["gpa"], ev["size"], ev["hva"],
+                                                  ())
+
     def freeze(self) -> VMReport:
         """The immutable report."""
         return VMReport(self.index, self.cycle, self.pid,
                         tuple(self.slots[k] for k in sorted(self.slots)), dict(self.pagemap),
                         tuple(self.absent), tuple(self.code), tuple(self.exits),
-                        self.destroyed, self.name, self.memory)
+                        self.destroyed, self.name, self.memory,
+                        tuple(self.removed[k] for k in sorted(self.removed)), self.race)
 
 
 def _group(events: list[dict[str, Any]]) -> list[dict[int, _VMBuilder]]:

@@ -30,7 +30,11 @@ CONSOLE = ConsoleProfile(
            LINE_START + r"watchdog: BUG: soft lockup",
            LINE_START + r"rcu: INFO: rcu_sched detected stalls"),
     warning=(LINE_START + r"WARNING: CPU: \d+ PID: \d+",),
-    kernel_line=r"^\[\s*\d+\.\d+\] ")
+    kernel_line=r"^\[\s*\d+\.\d+\] ",
+    # KASAN and KFENCE reports start with "BUG: " (a panic pattern); these are the others
+    reports=(LINE_START + r"WARNING: ", LINE_START + r"UBSAN: ",
+             LINE_START + r"INFO: (?:task .* blocked|rcu_|trying to register non-static key)",
+             LINE_START + r"kernel BUG at ", LINE_START + r"BUG: "))
 
 
 def linux_symbols(console: Console, image: Image, names: Sequence[str],

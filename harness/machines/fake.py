@@ -57,6 +57,7 @@ class FakeGuest:
     rules: Sequence[Rule]
     ready: str = "slatcheck-init: ready"
     typed: list[str] = field(default_factory=list)   # every command the harness ran
+    untyped: list[str] = field(default_factory=list)  # lines sent without markers
 
     def answer(self, cmd: str) -> tuple[str, int]:
         """Output and status of *cmd* by the first matching rule."""
@@ -68,7 +69,8 @@ class FakeGuest:
         return f"sh: {cmd.split()[0] if cmd.split() else cmd}: not found\n", 127
 
     def reply(self, line: str) -> str:
-        """What the guest prints for one typed *line* (probe, framed command, or nothing)."""
+        """What the guest prints for one typed *line* (probe, framed command, or a bare
+        command, which runs too: its output and no markers)."""
         if m := _PROBE.match(line):
             return f"@@R{m.group(1)}@@\r\n"
         if m := _FRAMED.match(line):
@@ -76,6 +78,18 @@ class FakeGuest:
             out = out if out.endswith("\n") or not out else out + "\n"
             return (f"@@B{m.group(1)}@@\r\n{out.replace(chr(10), chr(13) + chr(10))}"
                     f"\r\n@@E{m.group(3)}@@ {status}\r\n")
+        if line.strip():
+            return self.bare(line.strip()).replace("\n", "\r\n")
+        return ""
+
+    def bare(self, cmd: str) -> str:
+        """A command typed without markers (a release sent while L1 may stop): the first
+        matching rule runs, its output is printed; recorded in :attr:`untyped`."""
+        self.untyped.append(cmd)
+        for rule in self.rules:
+            m = re.search(rule.pattern, cmd)
+            if m:
+                return (rule.answer(m) if rule.answer else (rule.output, rule.status))[0]
         return ""
 
 
@@ -159,6 +173,27 @@ class FakeMachine:
     def describe(self) -> dict[str, str]:
         return {"emulator": "fake", "version": "0", "accel": self.config.accel,
                 "cpu": self.config.cpu}
+
+    # -- stop and keep (harness.replay.Keepable) --------------------------------
+
+    def debug_socket(self) -> Path:
+        """Where a debugger would attach (the fake has no stub: nothing listens)."""
+        if self._dir is None:
+            raise InfraError("fake machine not launched")
+        return self._dir / "gdb.sock"
+
+    def dump_core(self, path: Path) -> None:
+        """The target's memory as an ELF core: one segment per run of written pages."""
+        from harness.elfcore import EM_AARCH64, EM_X86_64, write_core
+        mem = self._target.mem
+        runs: list[tuple[int, bytearray]] = []
+        for pfn in sorted(mem.pages):
+            if runs and runs[-1][0] + len(runs[-1][1]) == pfn * 4096:
+                runs[-1][1].extend(mem.pages[pfn])
+            else:
+                runs.append((pfn * 4096, bytearray(mem.pages[pfn])))
+        write_core(path, [(a, bytes(b)) for a, b in runs],
+                   machine=EM_AARCH64 if self.config.arch.name == "aarch64" else EM_X86_64)
 
 
 def fake_machine_factory(guest: FakeGuest,

@@ -405,6 +405,24 @@ class QemuMachine:
             if self.alive():
                 self.qmp_command("cont")
 
+    # -- stop and keep (harness.replay.Keepable) --------------------------------
+
+    def debug_socket(self) -> Path:
+        """The gdbstub's unix socket: a person's gdb attaches here (``target remote``)."""
+        return self.gdb_path
+
+    def dump_core(self, path: Path) -> None:
+        """QMP ``dump-guest-memory``: L1's physical memory as an ELF core (``paging``
+        off: one PT_LOAD per RAM block at its guest-physical address, CPU notes).  A
+        stopped L1 stays stopped; a running one is paused for the dump."""
+        if self._qmp is None or not self.alive():
+            raise InfraError(f"dump-guest-memory: machine {self.name!r} is not running")
+        args = {"paging": False, "protocol": f"file:{Path(path).resolve()}"}
+        try:
+            self._run(self._qmp.execute("dump-guest-memory", args), self.migrate_timeout)
+        except Exception as exc:
+            raise InfraError(f"QMP dump-guest-memory failed: {exc}") from exc
+
     def version(self) -> str:
         """QEMU's version (QMP ``query-version``), asked once."""
         if self._version is None:

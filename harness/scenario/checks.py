@@ -160,19 +160,22 @@ class _StepChecker:
         return f"workload {wid!r} was already released (line {self.released.get(wid, 0)})"
 
     def step_release(self, st: ReleaseStep) -> None:
-        at = self.at(st.index, "release", "workload")
-        if st.workload is not None:
-            if self._workload_ref(st.workload, *at) is None:
+        self._release(st, st.workload, self.at(st.index, "release", "workload"))
+
+    def _release(self, st: ReleaseStep | CheckStep, workload: str | None,
+                 at: tuple[object, ...]) -> None:
+        if workload is not None:
+            if self._workload_ref(workload, *at) is None:
                 return
-            if st.workload not in self.held:
-                self.add(self._not_holding(st.workload), *at)
+            if workload not in self.held:
+                self.add(self._not_holding(workload), *at)
                 return
-            targets = [st.workload]
+            targets = [workload]
         else:
             targets = sorted(self.held)
             if not targets:
                 self.add("nothing to release: no workload holds VMs at this point",
-                         *self.at(st.index, "release"))
+                         *at[:-1])
         for wid in targets:
             self.held[wid].left -= 1
             if self.held[wid].left == 0:
@@ -180,12 +183,22 @@ class _StepChecker:
                 self.released[wid] = st.line
 
     def held_vms(self) -> int:
-        return sum(h.step.vms for h in self.held.values())
+        return sum(h.step.vms_at_hold(h.step.holds - h.left) for h in self.held.values())
 
     def step_check(self, st: CheckStep) -> None:
+        if st.during is not None:
+            if st.vms is not None:
+                self.add("a check during a release cannot name vms: a VM being torn down "
+                         "may be intact or gone", *self.at(st.index, "check", "vms"))
+            self._release(st, st.during, self.at(st.index, "check", "during"))
+            return
+        if st.at is not None:
+            self.add("'at' needs 'during': the workload whose release is observed",
+                     *self.at(st.index, "check", "at"))
         want = self.held_vms()
         if st.vms is not None and st.vms != want:
-            who = ", ".join(f"{w}: {h.step.vms}" for w, h in sorted(self.held.items()))
+            who = ", ".join(f"{w}: {h.step.vms_at_hold(h.step.holds - h.left)}"
+                            for w, h in sorted(self.held.items()))
             self.add(f"check expects {st.vms} live VM(s), but the workloads hold {want} at "
                      f"this point{f' ({who})' if who else ''}",
                      *self.at(st.index, "check", "vms"))
@@ -377,6 +390,8 @@ def _check_expect(sc: Scenario, workloads: dict[str, WorkloadStep], add: Add) ->
 
 def check_scenario(sc: Scenario, add: Add) -> None:
     """Every check on the typed scenario; errors go to *add*."""
+    from harness.scenario.extras import check_extras
     checker = _StepChecker(sc, add)
     checker.run()
     _check_expect(sc, checker.workloads, add)
+    check_extras(sc, add)

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from harness.errors import ScenarioError, ScenarioErrors
+from harness.scenario.extras import parse_midpoint, parse_race, parse_vary
 from harness.scenario.spec import (
     BootStep,
     CheckStep,
@@ -104,7 +105,7 @@ def _schema_error(errs: _Errors, err: jsonschema.ValidationError) -> None:
     at = tuple(err.absolute_path)
     if at and at[0] == "steps" and len(at) == 2 and err.validator == "oneOf":
         keys = list(err.instance) if isinstance(err.instance, dict) else []
-        unknown = [k for k in keys if k not in STEP_KINDS + ("name", "timeout")]
+        unknown = [k for k in keys if k not in STEP_KINDS + ("name", "timeout", "delay")]
         extra = f"; unknown key {unknown[0]!r}{_hint(str(unknown[0]), list(STEP_KINDS))}" \
             if unknown else ""
         errs.add(f"a step needs exactly one of: {', '.join(STEP_KINDS)}{extra}", *at)
@@ -169,20 +170,22 @@ def _hold(value: object) -> str:
 
 
 def _workload(raw: Doc, common: dict[str, Any], n: int) -> WorkloadStep:
+    slots = tuple(SlotSpec(parse_addr(s["gpa"]), parse_size(s["size"]),
+                           tuple(s.get("flags", ()))) for s in raw["slots"])
     return WorkloadStep(
         **common, id=raw.get("id", f"w{n}"), driver=raw.get("driver", "slat-workload"),
         vms=raw.get("vms", 1),
         threads=raw.get("threads", False), cycles=raw.get("cycles", 1),
-        hold=_hold(raw.get("hold", True)), ipa_bits=raw.get("ipa_bits"),
-        slots=tuple(SlotSpec(parse_addr(s["gpa"]), parse_size(s["size"]),
-                             tuple(s.get("flags", ()))) for s in raw["slots"]),
-        touch=tuple(TouchSpec(parse_addr(t["gpa"]), t["access"]) for t in raw.get("touch", ())))
+        hold=_hold(raw.get("hold", True)), ipa_bits=raw.get("ipa_bits"), slots=slots,
+        touch=tuple(TouchSpec(parse_addr(t["gpa"]), t["access"]) for t in raw.get("touch", ())),
+        vcpus=raw.get("vcpus", 1), race=parse_race(raw.get("race"), slots))
 
 
 def _step(raw: Doc, index: int, lines: Lines, workloads: int) -> Step:
     kind = next(k for k in STEP_KINDS if k in raw)
     common: dict[str, Any] = {"index": index, "line": lines.get(("steps", index), 1),
-                              "name": raw.get("name", ""), "timeout": raw.get("timeout")}
+                              "name": raw.get("name", ""), "timeout": raw.get("timeout"),
+                              "delay": float(raw.get("delay", 0.0))}
     args = raw[kind]
     if kind == "boot":
         return BootStep(**common)
@@ -195,7 +198,8 @@ def _step(raw: Doc, index: int, lines: Lines, workloads: int) -> Step:
     if kind == "workload":
         return _workload(args, common, workloads + 1)
     if kind == "check":
-        return CheckStep(**common, vms=args.get("vms"))
+        return CheckStep(**common, vms=args.get("vms"), during=args.get("during"),
+                         at=parse_midpoint(args.get("at")))
     if kind == "inject":
         to = args.get("to", {})
         return InjectStep(**common, corruption=args["kind"], gpa=parse_addr(args["gpa"]),
@@ -203,7 +207,8 @@ def _step(raw: Doc, index: int, lines: Lines, workloads: int) -> Step:
                           permission=args.get("permission", "w"),
                           restore=args.get("restore", True),
                           to_gpa=parse_addr(to["gpa"]) if "gpa" in to else None,
-                          to_hpa=parse_addr(to["hpa"]) if "hpa" in to else None)
+                          to_hpa=parse_addr(to["hpa"]) if "hpa" in to else None,
+                          probability=float(args.get("probability", 1.0)))
     return ReleaseStep(**common, workload=args.get("workload"))
 
 
@@ -237,7 +242,7 @@ def _scenario(path: Path, doc: Doc, lines: Lines, hypervisor: str, model: str) -
         guest=GuestSpec(os=g["os"], image=g["image"], append=g.get("append", "")),
         hypervisor=hypervisor, model=model, steps=tuple(steps), machine=_machine(doc),
         timeouts=Timeouts(**{k: float(v) for k, v in t.items()}), expect=_expect(doc),
-        lines=lines)
+        vary=parse_vary(doc), seed=doc.get("seed"), lines=lines)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -19,11 +19,14 @@ __all__ = [
     "StepSpec", "BootStep", "ShellStep", "WaitStep", "SlotSpec", "TouchSpec", "WorkloadStep",
     "CheckStep", "InjectStep", "ReleaseStep", "Step", "STEP_TYPES", "GuestSpec",
     "MachineSpec", "Timeouts", "ExpectedFinding", "Expect", "Scenario", "HOLD_MODES",
-    "DEFAULT_MEMORY",
+    "DEFAULT_MEMORY", "RaceSpec", "RACE_MODES", "MidPoint", "IntRange", "FloatRange",
+    "VarySpec",
 ]
 
 DEFAULT_MEMORY = 1 << 30          # L1 RAM when the scenario names none
 HOLD_MODES = ("last", "each", "none")
+# teardown races of the workload: what another thread does while the vCPUs touch pages
+RACE_MODES = ("delete_slot", "move_slot", "close_vm", "munmap", "dontneed", "mprotect")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class StepSpec:
     line: int                     # line of the step in the file
     name: str = ""                # label given by the scenario
     timeout: float | None = None  # seconds; None: the scenario's `timeouts.step`
+    delay: float = 0.0            # seconds to let L1 run before the step (vary.delay)
 
     @property
     def label(self) -> str:
@@ -90,6 +94,39 @@ class TouchSpec:
 
 
 @dataclass(frozen=True)
+class IntRange:
+    """An inclusive range of integers a value is drawn from (``lo == hi``: fixed)."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """An inclusive range of seconds a value is drawn from (``lo == hi``: fixed)."""
+
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class RaceSpec:
+    """A teardown race: vCPU threads keep touching pages while another thread acts.
+
+    After the first hold (the VMs intact), each VM's vCPUs run the guest code in a
+    loop; after a delay drawn from *delay_us* the racer thread does *mode* to slot
+    *slot* (``close_vm``: to the whole VM), the vCPUs go on for *after_us*, then the
+    workload reports what happened when, and holds again.
+    """
+
+    mode: str                      # one of RACE_MODES
+    slot: int                      # index of the raced slot in the workload's slots
+    delay_us: IntRange             # microseconds between the vCPUs' start and the action
+    after_us: int = 2000           # microseconds the vCPUs go on after the action
+    to: int | None = None          # move_slot: the slot's new GPA (filled in at load)
+
+
+@dataclass(frozen=True)
 class WorkloadStep(StepSpec):
     """Start the KVM workload in the guest's background."""
 
@@ -103,11 +140,38 @@ class WorkloadStep(StepSpec):
     ipa_bits: int | None = None   # arm64 only
     slots: tuple[SlotSpec, ...] = ()
     touch: tuple[TouchSpec, ...] = ()
+    vcpus: int = 1                # vCPUs per VM
+    race: RaceSpec | None = None  # a teardown race after the (first) hold of each cycle
+    seed: int | None = None       # the race's random delays (set per run from the run's seed)
 
     @property
     def holds(self) -> int:
-        """How many times the workload holds (and must be released)."""
-        return {"last": 1, "each": self.cycles, "none": 0}[self.hold]
+        """How many times the workload holds (and must be released); a race holds twice
+        per held cycle: before the race and after it."""
+        base = {"last": 1, "each": self.cycles, "none": 0}[self.hold]
+        return base * (2 if self.race is not None else 1)
+
+    def vms_at_hold(self, hold: int) -> int:
+        """VMs alive at its *hold*-th hold (0-based): after a ``close_vm`` race, none."""
+        if self.race is not None and self.race.mode == "close_vm" and hold % 2 == 1:
+            return 0
+        return self.vms
+
+
+@dataclass(frozen=True)
+class MidPoint:
+    """When a check during a release halts L1: at a kernel function, or after a delay."""
+
+    symbol: str | None = None     # a breakpoint at this kernel function ...
+    hits: int = 1                 # ... at its hits-th call
+    delay: float | None = None    # or this many seconds after the release was sent
+
+    @property
+    def label(self) -> str:
+        """``kvm_destroy_vm (hit 1)`` or ``0.05 s into the release``."""
+        if self.symbol is not None:
+            return f"{self.symbol} (hit {self.hits})"
+        return f"{self.delay or 0:g} s into the release"
 
 
 @dataclass(frozen=True)
@@ -116,6 +180,8 @@ class CheckStep(StepSpec):
 
     kind: ClassVar[str] = "check"
     vms: int | None = None        # VMs discovery must find; None: every held VM
+    during: str | None = None     # release this workload and check in the middle of it
+    at: MidPoint | None = None    # with during: when L1 is halted
 
 
 @dataclass(frozen=True)
@@ -133,6 +199,7 @@ class InjectStep(StepSpec):
     # physical address (None and None: the leaf's neighbouring frame)
     to_gpa: int | None = None
     to_hpa: int | None = None
+    probability: float = 1.0      # chance that it fires (drawn from the run's seed)
 
 
 @dataclass(frozen=True)
@@ -205,6 +272,23 @@ class Expect:
 
 
 @dataclass(frozen=True)
+class VarySpec:
+    """Ranges the workloads' parameters and the pauses between steps are drawn from.
+
+    Each run (each iteration of a repeated run) draws its values from its own seed
+    (:mod:`harness.vary`); ``None`` leaves the scenario's own value.
+    """
+
+    threads: tuple[bool, ...] | None = None   # choices
+    vms: IntRange | None = None
+    vcpus: IntRange | None = None
+    cycles: IntRange | None = None
+    touch_order: str = "fixed"                # "fixed" or "shuffle"
+    delay: FloatRange | None = None           # seconds before each step after boot
+    workloads: tuple[str, ...] = ()           # the workloads varied (default: all)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A validated scenario."""
 
@@ -218,6 +302,8 @@ class Scenario:
     machine: MachineSpec = MachineSpec()
     timeouts: Timeouts = Timeouts()
     expect: Expect = Expect()
+    vary: VarySpec | None = None  # ranges drawn per run (harness.vary)
+    seed: int | None = None       # fixed seed of every run (a reproducer's)
     lines: dict[tuple[object, ...], int] = field(default_factory=dict, compare=False,
                                                  repr=False)
 

@@ -121,7 +121,7 @@ void hv_destroy_vm(struct vm *vm, const struct config *cfg)
 		munmap(vm->map_base[i], vm->map_len[i]);
 }
 
-static void flush_runs(const struct vm *vm, int slot, uint64_t (*runs)[3], int n)
+static void flush_runs(int vm, int slot, uint64_t (*runs)[3], int n)
 {
 	char line[RUNS_PER_LINE * 64 + 128];
 	size_t len = 0;
@@ -130,18 +130,17 @@ static void flush_runs(const struct vm *vm, int slot, uint64_t (*runs)[3], int n
 		len += (size_t)snprintf(line + len, sizeof(line) - len, "%s[%llu,%lld,%llu]",
 					i ? "," : "", (unsigned long long)runs[i][0],
 					(long long)runs[i][1], (unsigned long long)runs[i][2]);
-	emit("{\"event\":\"pagemap\",\"vm\":%d,\"slot\":%d,\"runs\":[%s]}", vm->index, slot, line);
+	emit("{\"event\":\"pagemap\",\"vm\":%d,\"slot\":%d,\"runs\":[%s]}", vm, slot, line);
 }
 
 /* Runs of consecutive GPA pages with consecutive PFNs; -1 for a page not present. */
-static void report_pagemap(const struct vm *vm, const struct config *cfg, int slot)
+void kvm_report_pagemap(int vm, int slot, uint64_t gpa, const uint8_t *hva, uint64_t size)
 {
-	const struct slot *s = &cfg->slots[slot];
 	uint64_t runs[RUNS_PER_LINE][3];
 	int n = 0;
 
-	for (uint64_t off = 0; off < s->size; off += PAGE_SIZE) {
-		uint64_t entry, va = (uintptr_t)vm->hva[slot] + off;
+	for (uint64_t off = 0; off < size; off += PAGE_SIZE) {
+		uint64_t entry, va = (uintptr_t)hva + off;
 		int64_t pfn;
 
 		if (pread(pagemap_fd, &entry, 8, (off_t)(va / PAGE_SIZE * 8)) != 8)
@@ -160,7 +159,7 @@ static void report_pagemap(const struct vm *vm, const struct config *cfg, int sl
 			flush_runs(vm, slot, runs, n);
 			n = 0;
 		}
-		runs[n][0] = s->gpa + off;
+		runs[n][0] = gpa + off;
 		runs[n][1] = (uint64_t)pfn;
 		runs[n][2] = 1;
 		n++;
@@ -171,7 +170,7 @@ static void report_pagemap(const struct vm *vm, const struct config *cfg, int sl
 void hv_report_memory(const struct vm *vm, const struct config *cfg)
 {
 	for (int i = 0; i < cfg->nslots; i++)
-		report_pagemap(vm, cfg, i);
+		kvm_report_pagemap(vm->index, i, cfg->slots[i].gpa, vm->hva[i], cfg->slots[i].size);
 }
 
 const char *hv_vm_name(const struct vm *vm)

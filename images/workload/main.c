@@ -1,6 +1,8 @@
 /*
  * slat-workload [--vms N] [--threads] [--cycles N] [--no-hold|--hold-last] [--ipa-bits N]
- *               [--code GPA] --slot GPA:SIZE[:FLAGS] ... --touch GPA:ACCESS ...
+ *               [--code GPA] [--vcpus N] [--race MODE --race-slot I --race-delay MIN:MAX
+ *               --race-after US --race-to GPA --race-seed S]
+ *               --slot GPA:SIZE[:FLAGS] ... --touch GPA:ACCESS ...
  *
  * See docs/architecture.md, "The workload", for the report lines.
  */
@@ -180,18 +182,59 @@ static int parse_count(const char *s, const char *what, int max)
 	return (int)v;
 }
 
+static int parse_race_mode(const char *s)
+{
+	if (!race_vm)
+		die("--race: this workload was built without teardown races");
+	for (int m = RACE_DELETE_SLOT; m <= RACE_MPROTECT; m++)
+		if (!strcmp(s, race_modes[m]))
+			return m;
+	die("unknown race mode %s", s);
+}
+
+/* --race-* arguments; 0 if *a* is none of them. */
+static int parse_race_arg(const char *a, const char *v)
+{
+	char *end;
+
+	if (!strcmp(a, "--race"))
+		cfg.race.mode = parse_race_mode(v);
+	else if (!strcmp(a, "--race-slot"))
+		cfg.race.slot = (int)parse_num(v, &end, a);
+	else if (!strcmp(a, "--race-delay")) {
+		cfg.race.delay_min = parse_num(v, &end, a);
+		cfg.race.delay_max = *end == ':' ? parse_num(end + 1, &end, a) : cfg.race.delay_min;
+		if (cfg.race.delay_max < cfg.race.delay_min)
+			die("--race-delay MIN:MAX with MIN above MAX");
+	} else if (!strcmp(a, "--race-after"))
+		cfg.race.after = parse_num(v, &end, a);
+	else if (!strcmp(a, "--race-to"))
+		cfg.race.to = parse_num(v, &end, a);
+	else if (!strcmp(a, "--race-seed"))
+		cfg.race.seed = parse_num(v, &end, a);
+	else
+		return 0;
+	return 1;
+}
+
 static void parse_args(int argc, char **argv)
 {
-	cfg.vms = cfg.cycles = cfg.hold = 1;
+	cfg.vms = cfg.cycles = cfg.hold = cfg.vcpus = 1;
+	cfg.race.after = 2000;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		int takes = !strcmp(a, "--vms") || !strcmp(a, "--cycles") ||
 			!strcmp(a, "--slot") || !strcmp(a, "--touch") ||
-			!strcmp(a, "--ipa-bits") || !strcmp(a, "--code");
+			!strcmp(a, "--ipa-bits") || !strcmp(a, "--code") ||
+			!strcmp(a, "--vcpus") || !strncmp(a, "--race", 6);
 
 		if (takes && !v)
 			die("%s needs a value", a);
-		if (!strcmp(a, "--vms"))
+		if (!strncmp(a, "--race", 6) && parse_race_arg(a, v))
+			;
+		else if (!strcmp(a, "--vcpus"))
+			cfg.vcpus = parse_count(v, a, MAX_VCPUS);
+		else if (!strcmp(a, "--vms"))
 			cfg.vms = parse_count(v, a, MAX_VMS);
 		else if (!strcmp(a, "--cycles"))
 			cfg.cycles = parse_count(v, a, 1000000);
@@ -293,6 +336,25 @@ static int find_code_pages(uint64_t npages, uint64_t *out)
 	return 0;
 }
 
+/* The race needs extra vCPUs support, a raced slot, and must leave the code alone. */
+static void check_race(void)
+{
+	const struct slot *s = &cfg.slots[cfg.race.slot];
+
+	if (cfg.vcpus > 1 && !vcpus_extra)
+		die("--vcpus: this workload was built without more vCPUs per VM");
+	if (!cfg.race.mode)
+		return;
+	if (cfg.race.slot < 0 || cfg.race.slot >= cfg.nslots)
+		die("--race-slot %d: there are %d slots", cfg.race.slot, cfg.nslots);
+	if (cfg.race.mode != RACE_CLOSE_VM && cfg.code_gpa < s->gpa + s->size &&
+	    s->gpa < cfg.code_gpa + cfg.code_len)
+		die("--race-slot %d holds the guest code at 0x%llx: race another slot",
+		    cfg.race.slot, (unsigned long long)cfg.code_gpa);
+	if (cfg.race.mode == RACE_MOVE_SLOT && cfg.race.to % PAGE_SIZE)
+		die("--race-to must be page aligned");
+}
+
 static void place_code(void)
 {
 	uint64_t npages;
@@ -343,6 +405,14 @@ static void *vm_thread(void *arg)
 	hv_create_vm(vm, &cfg);
 	hv_run(vm, &cfg);
 	check_writes(vm);
+	if (cfg.vcpus > 1)
+		vcpus_extra(vm, &cfg);
+	return NULL;
+}
+
+static void *race_thread(void *arg)
+{
+	race_vm(arg, &cfg);
 	return NULL;
 }
 
@@ -391,25 +461,31 @@ static void report_vm(const struct vm *vm)
 
 /* ---- cycles ------------------------------------------------------------- */
 
-static void run_all(int cycle)
+/* fn on every VM: one after the other, or each in its own thread (--threads). */
+static void each_vm(void *(*fn)(void *))
 {
 	pthread_t tids[MAX_VMS];
 
+	for (int v = 0; v < cfg.vms; v++) {
+		if (!cfg.threads) {
+			fn(&vms[v]);
+			continue;
+		}
+		if (pthread_create(&tids[v], NULL, fn, &vms[v]))
+			die("pthread_create failed");
+	}
+	for (int v = 0; cfg.threads && v < cfg.vms; v++)
+		pthread_join(tids[v], NULL);
+}
+
+static void run_all(int cycle)
+{
 	for (int v = 0; v < cfg.vms; v++) {
 		memset(&vms[v], 0, sizeof(vms[v]));
 		vms[v].index = v;
 		vms[v].cycle = cycle;
 	}
-	for (int v = 0; v < cfg.vms; v++) {
-		if (!cfg.threads) {
-			vm_thread(&vms[v]);
-			continue;
-		}
-		if (pthread_create(&tids[v], NULL, vm_thread, &vms[v]))
-			die("pthread_create failed");
-	}
-	for (int v = 0; cfg.threads && v < cfg.vms; v++)
-		pthread_join(tids[v], NULL);
+	each_vm(vm_thread);
 }
 
 static void hold(void)
@@ -427,15 +503,27 @@ int main(int argc, char **argv)
 	check_config();         /* before the hypervisor is open: the architectural reach */
 	hv_check_config(&cfg);
 	place_code();
+	check_race();
 	hv_open();
 	check_reach();          /* the reach the hypervisor gives the guest */
 	for (int c = 0; c < cfg.cycles; c++) {
+		int held = cfg.hold == 1 || (cfg.hold == 2 && c == cfg.cycles - 1);
+
 		run_all(c);
 		for (int v = 0; v < cfg.vms; v++)
 			report_vm(&vms[v]);
-		if (cfg.hold == 1 || (cfg.hold == 2 && c == cfg.cycles - 1))
+		if (held)
 			hold();
+		if (cfg.race.mode) {            /* the race, then (held) the VMs it left */
+			each_vm(race_thread);
+			if (held)
+				hold();
+		}
 		for (int v = 0; v < cfg.vms; v++) {
+			if (race_gone && race_gone(&vms[v]))
+				continue;       /* its race closed it and said so */
+			if (cfg.vcpus > 1)
+				vcpus_drop(&vms[v], &cfg);
 			hv_destroy_vm(&vms[v], &cfg);
 			emit("{\"event\":\"destroyed\",\"vm\":%d}", vms[v].index);
 		}

@@ -27,6 +27,7 @@
 #define MAX_VMS     64
 #define MAX_EXITS   256
 #define MAX_CODE    (2 * 1024 * 1024)   /* guest code (x86 long mode: and its page tables) */
+#define MAX_VCPUS   16
 
 /* Each slot page holds its own GPA as a little-endian u64 at this offset. */
 #define TAG_OFFSET  0xff8
@@ -47,8 +48,25 @@ struct touch {
 	char access;            /* 'r', 'w' or 'x' */
 };
 
+/* A teardown race (race_kvm.c): what the racer thread does while the vCPUs run. */
+enum race_mode {
+	RACE_NONE, RACE_DELETE_SLOT, RACE_MOVE_SLOT, RACE_CLOSE_VM, RACE_MUNMAP,
+	RACE_DONTNEED, RACE_MPROTECT,
+};
+
+struct race {
+	int mode;               /* enum race_mode */
+	int slot;               /* the raced slot */
+	uint64_t delay_min, delay_max;  /* microseconds before the action */
+	uint64_t after;         /* microseconds the vCPUs go on after it */
+	uint64_t to;            /* RACE_MOVE_SLOT: the new GPA */
+	uint64_t seed;          /* the delays are drawn from it */
+};
+
 struct config {
 	int vms, threads, cycles, ipa_bits;
+	int vcpus;              /* per VM; vCPU 0 is struct vm's, the others race_kvm.c's */
+	struct race race;
 	int hold;		/* 0 never, 1 after every cycle, 2 after the last */
 	int nslots, ntouches;
 	struct slot slots[MAX_SLOTS];
@@ -119,7 +137,20 @@ uint64_t x86_long_mode_reach(void);
 uint64_t l2_x86_entry(const struct config *cfg);       /* the vCPU's first RIP */
 uint64_t l2_x86_cr3(const struct config *cfg);         /* long mode: the guest's PML4 */
 
+/*
+ * race_kvm.c (Linux KVM only): more vCPUs per VM and teardown races.  Declared weak:
+ * a workload built without it (OpenBSD, FreeBSD) refuses --vcpus and --race.
+ */
+extern const char *const race_modes[] __attribute__((weak));   /* by enum race_mode */
+void vcpus_extra(struct vm *vm, const struct config *cfg) __attribute__((weak));
+void vcpus_drop(struct vm *vm, const struct config *cfg) __attribute__((weak));
+void race_vm(struct vm *vm, const struct config *cfg) __attribute__((weak));
+int race_gone(const struct vm *vm) __attribute__((weak));   /* destroyed by its race */
+
 #ifdef SLAT_KVM
+/* hv_kvm.c: one slot's pagemap runs, at a GPA of the caller's choosing */
+void kvm_report_pagemap(int vm, int slot, uint64_t gpa, const uint8_t *hva, uint64_t size);
+
 /* arch_<arch>.c: a KVM vCPU */
 extern int kvm_fd;
 unsigned long arch_vm_type(const struct config *cfg);

@@ -31,6 +31,7 @@ from harness.machines.fake import FakeGuest, FakeMachine, Rule
 from harness.mem import DictMem
 from harness.models.base import DictBacking
 from harness.observe import KernelView, ObservedVM
+from harness.oracles import FrameRefs
 from harness.registry import Registry
 from harness.target import FakeTarget
 
@@ -91,6 +92,8 @@ class FakeWorld:
         self.observe_delay = 0.0        # seconds each observe takes (a hung discovery)
         self.kernel_pid: int | None = None   # the VMs' process as the kernel names it
         self.exit_delay = 0.0           # seconds the machine takes to shut down
+        self.refcounts: dict[int, int] = {}   # frame -> the L1 kernel's count (default 1)
+        self.started = 0                # workloads started
 
     def machine(self, config: MachineConfig) -> FakeMachine:
         """A new boot of this world: the workload starts afresh."""
@@ -118,11 +121,17 @@ class FakeWorld:
         self.released = True
         return "", 0
 
+    def start(self, m: re.Match[str]) -> tuple[str, int]:
+        """A workload starts afresh (again, in a repeated run inside one boot)."""
+        self.released = False
+        self.started += 1
+        return "", 0
+
     def rules(self) -> list[Rule]:
         return [Rule(r"^uname -r$", "6.1.0-fake\n"),
                 Rule(r"'address sizes' /proc/cpuinfo", "address sizes\t: 40 bits physical, "
                      "48 bits virtual\n"),
-                Rule(r"^rm -f .*mkfifo"), Rule(r"^\( slat-workload "),
+                Rule(r"^rm -f .*mkfifo"), Rule(r"^\( slat-workload ", answer=self.start),
                 Rule(r"^echo \$!$", "4242\n"), Rule(r"^i=0; while"), Rule(r"^unset exit_ i$"),
                 Rule(r"^cat /tmp/slat-w1\.out$", answer=lambda m: (self.report(), 0)),
                 Rule(r"^echo go 1<>", answer=self.release)]
@@ -149,6 +158,10 @@ class FakeWorld:
 
     leftover = False                   # the VM survives its workload's teardown (a bug)
 
+    def read_refcounts(self, view: KernelView, vms: Any, frames: Any) -> dict[int, int]:
+        """The fake L1 kernel's references: :attr:`refcounts`, else one per frame."""
+        return {f: self.refcounts.get(f, 1) for f in frames}
+
     def services(self, tmp_path: Path) -> Services:
         """Default services with this world's machine, image, guest and hypervisor."""
         base = default_services()
@@ -157,7 +170,8 @@ class FakeWorld:
                       kernel_release="6.1.0-fake")
         guest = replace(GUEST_OSES["linux"], symbols=lambda *a: {}, types=lambda *a: _NoTypes(),
                         backing=lambda query: DictBacking(dict(query.reported)))
-        hv = replace(HYPERVISORS["linux-kvm-svm"], observe=self.observe, fault_log=False)
+        hv = replace(HYPERVISORS["linux-kvm-svm"], observe=self.observe, fault_log=False,
+                     frames=FrameRefs("fake refcounts", self.read_refcounts))
         machines: Registry[Any] = Registry("machine backend")
         machines.add("qemu", self.machine)
         return Services(_one(base.guests, guest), _one(base.hypervisors, hv), base.models,
