@@ -9,8 +9,10 @@ with a bounded wait.  Cleanup runs in ``finally``, whatever the exception.
 
 It boots a kernel and initrd (``-kernel``) or a disk through the firmware, the
 disk behind a throw-away qcow2 overlay in the private directory.  Its debug
-target is gdb on the gdbstub (:class:`harness.gdb.GdbTarget`); RAM ranges and
-address translation come from QMP.  :meth:`QemuMachine.save_state` migrates
+target speaks the remote protocol directly to the gdbstub
+(:class:`harness.rsp.RspTarget`); gdb itself (:class:`harness.gdb.GdbTarget`)
+is one call away for what needs it.  RAM ranges and address translation come
+from QMP.  :meth:`QemuMachine.save_state` migrates
 the machine to a file; a config with ``incoming`` starts from one.
 
 QMP goes through the asynchronous ``qemu.qmp.QMPClient`` driven by a private
@@ -428,9 +430,19 @@ class QemuMachine:
 
     @contextlib.contextmanager
     def open_target(self, log_dir: Path) -> Iterator[Target]:
-        """gdb attached to the gdbstub, as a :class:`~harness.target.Target`."""
+        """The remote protocol spoken directly to the gdbstub (``rsp.log``), as a
+        :class:`~harness.target.Target`; the L1 runs again once attached."""
+        from harness.rsp import RspClient, RspTarget
+        with RspClient(self.gdb_path, log_path=log_dir / "rsp.log") as client:
+            client.cont()
+            yield RspTarget(client, ram_ranges=self.ram_ranges, translate=self.translate)
+
+    @contextlib.contextmanager
+    def open_gdb_target(self, log_dir: Path, resume: bool = True) -> Iterator[Target]:
+        """gdb attached to the gdbstub (``gdb.log``), for what needs a real gdb."""
         from harness.gdb import GdbSession, GdbTarget
-        with GdbSession(self.gdb_path, log_dir / "gdb.log", arch=self.arch) as session:
+        with GdbSession(self.gdb_path, log_dir / "gdb.log", arch=self.arch,
+                        resume=resume) as session:
             yield GdbTarget(session, ram_ranges=self.ram_ranges, translate=self.translate)
 
     def ram_ranges(self) -> list[tuple[int, int]]:
