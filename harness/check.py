@@ -11,7 +11,9 @@ judged by the scenario's model and diffed.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
@@ -36,15 +38,39 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
     """Symbols, types and facts, read once per boot while L1 runs."""
     if ctx.kernel is None:
         guest, hv = ctx.guest, ctx.hypervisor
-        if guest.symbols is None or guest.types is None:
+        source = guest.symbols
+        if source is None or guest.types is None:
             raise InfraError(f"the {guest.name} guest cannot be observed: {guest.missing}")
         t = time.monotonic()
         console, image = ctx.console(), ctx.require_image()
-        ctx.kernel = KernelFacts(
-            symbols=guest.symbols(console, image, hv.symbols, ctx.run_dir),
-            types=guest.types(image, hv.type_modules), facts=hv.facts(console))
+        symbols = _per_boot(ctx, "symbols-" + _digest(hv.symbols),
+                            lambda: dict(source(console, image, hv.symbols, ctx.run_dir)))
+        facts = _per_boot(ctx, "facts-" + hv.name, lambda: dict(hv.facts(console)))
+        ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(image, hv.type_modules),
+                                 facts=facts)
         ctx.add_phase("prepare", time.monotonic() - t)
     return ctx.kernel
+
+
+def _digest(names: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+
+
+def _per_boot(ctx: RunContext, what: str, read: Callable[[], dict[str, int]]
+              ) -> dict[str, int]:
+    """A per-boot fact: kept with the warm state of this very boot (same boot id, so same
+    KASLR and module addresses), else read from the guest and kept there."""
+    warm, boot_id = ctx.warm, ctx.boot_id
+    if warm is not None and boot_id is not None:
+        kept = warm.recall(what, boot_id)
+        if isinstance(kept, dict):
+            (ctx.run_dir / f"{what.split('-')[0]}.kept.json").write_text(
+                f"{{\"boot_id\": \"{boot_id}\", \"from\": \"{warm.dir.name}\"}}\n")
+            return {str(k): int(v) for k, v in kept.items()}
+    value = read()
+    if warm is not None and boot_id is not None:
+        warm.remember(what, boot_id, value)
+    return value
 
 
 def observe(ctx: RunContext) -> list[ObservedVM]:

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="directory for per-scenario artifacts and summary.json "
                           "(default: ./artifacts)")
     run.add_argument("--junit", type=Path, help="write a JUnit XML report here")
+    run.add_argument("--cold", action="store_true",
+                     help="always boot; never start from (or save) a warm machine state")
     run.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                      help="also write reporter NAME's output to PATH (see `slatcheck "
                           "reporters`); may repeat")
@@ -98,7 +100,8 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
     try:
         for sc in scenarios:
             progress(f"[{sc.name}] running {sc.path}")
-            res = run_scenario(sc, args.artifacts, progress=progress, services=services)
+            res = run_scenario(sc, args.artifacts, progress=progress, services=services,
+                               warm=not args.cold)
             results.append(res)
             if not args.quiet:
                 print(res.summary(max_findings=10 if args.verbose else 5), flush=True)

@@ -28,6 +28,7 @@ from harness.models.base import Model
 from harness.registry import Registry
 from harness.scenario.spec import Scenario, StepSpec, WorkloadStep
 from harness.target import Target
+from harness.warm import WarmState
 from harness.workload import VMReport, WorkloadReport
 
 __all__ = ["RunContext", "WorkloadRun", "KernelFacts", "Injection", "StepTimeout", "Progress",
@@ -51,6 +52,7 @@ class Services:
     models: Registry[Model]
     machines: Registry[MachineFactory]
     build_image: ImageBuilder
+    states: Path | None = None     # cache root of saved machine states (None: the user's)
 
 
 def default_services() -> Services:
@@ -150,6 +152,9 @@ class RunContext:
     phases: dict[str, float] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
     finding_step: str = ""         # label of the first step that reported findings
+    warm_starts: bool = True       # start from a saved state when there is one (--cold: no)
+    warm: WarmState | None = None  # the saved state this run's boot belongs to, if any
+    boot_id: str | None = None     # the guest's boot id, when warm starts are in play
     _console: Console | None = None
     _target: Target | None = None
     _ram: list[tuple[int, int]] | None = None

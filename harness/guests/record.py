@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from harness.console import Console
     from harness.images import Image
 
-__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery"]
+__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery",
+           "BootIdSource"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class BackingQuery:
     reported: Mapping[int, int] = field(default_factory=dict)  # GPA page -> frame, as the
     #                                          VMM process read it (Linux: its pagemap)
 
+# console -> an id that differs every boot and survives a state save and restore
+BootIdSource = Callable[["Console"], str]
 # (console, image, symbol names, artifact directory) -> {name: address}, read while L1 runs
 SymbolSource = Callable[["Console", "Image", Sequence[str], Path], Mapping[str, int]]
 # (image, modules whose types go on top of the kernel's) -> the kernel's types
@@ -46,6 +49,7 @@ class GuestOS:
     symbols: SymbolSource | None = None  # where kernel symbols come from
     types: TypeSource | None = None      # where kernel types come from
     backing: BackingSource | None = None  # independent truth about backing frames
+    boot_id: BootIdSource | None = None  # proves a restored state is the saved boot
     missing: str = ""                  # why it cannot be observed yet (when a source is None)
 
     @property

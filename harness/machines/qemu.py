@@ -125,6 +125,21 @@ def parse_ram_ranges(mtree: str) -> list[tuple[int, int]]:
     raise InfraError('no flat view of address space "memory" in info mtree output')
 
 
+_VERSIONS: dict[str, str] = {}
+
+
+def _qemu_version(binary: str) -> str:
+    """The first line of ``<binary> --version``, asked once per process."""
+    if binary not in _VERSIONS:
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                 timeout=30, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        _VERSIONS[binary] = out.splitlines()[0] if out else "unknown"
+    return _VERSIONS[binary]
+
+
 def _die_with_parent() -> None:
     """preexec_fn: have the kernel SIGKILL QEMU when the launching thread dies."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -405,6 +420,22 @@ class QemuMachine:
         finally:
             if self.alive():
                 self.qmp_command("cont")
+
+    def state_key(self) -> dict[str, str]:
+        """What a saved state of this config depends on (the image aside): the binary
+        (path, size, time), its version, the machine options and the boot source.
+        Logging (``-d``) and socket paths are not part of the state."""
+        c, binary = self.config, shutil.which(self.arch.qemu) or self.arch.qemu
+        try:
+            st = os.stat(binary)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "?"
+        return {"emulator": "qemu", "binary": binary, "binary.stamp": stamp,
+                "version": _qemu_version(binary), "arch": self.arch.name,
+                "machine": self.arch.machine, "cpu": c.cpu, "memory": str(c.memory),
+                "smp": str(c.smp), "accel": c.accel, "boot": repr(c.boot),
+                "extra": shlex.join(c.extra_args)}
 
     def version(self) -> str:
         """QEMU's version (QMP ``query-version``), asked once."""

@@ -87,6 +87,7 @@ class FakeWorld:
         self.observe_error: BaseException | None = None       # raised by every observe
         self.observe_errors: list[BaseException | None] = []  # raised one per run, in order
         self.machines: list[FakeMachine] = []
+        self.boot_id = "fake-boot-1"    # what the guest says its boot id is
 
     def machine(self, config: MachineConfig) -> FakeMachine:
         """A new boot of this world: the workload starts afresh."""
@@ -121,7 +122,9 @@ class FakeWorld:
                 Rule(r"^rm -f .*mkfifo"), Rule(r"^\( slat-workload "),
                 Rule(r"^echo \$!$", "4242\n"), Rule(r"^i=0; while"), Rule(r"^unset exit_ i$"),
                 Rule(r"^cat /tmp/slat-w1\.out$", answer=lambda m: (self.report(), 0)),
-                Rule(r"^echo go 1<>", answer=self.release)]
+                Rule(r"^echo go 1<>", answer=self.release),
+                Rule(r"^cat /proc/sys/kernel/random/boot_id$",
+                     answer=lambda m: (self.boot_id + "\n", 0))]
 
     # -- the hypervisor over this world ------------------------------------------------
 
@@ -153,7 +156,7 @@ class FakeWorld:
         machines: Registry[Any] = Registry("machine backend")
         machines.add("qemu", self.machine)
         return Services(_one(base.guests, guest), _one(base.hypervisors, hv), base.models,
-                        machines, lambda name, progress: image)
+                        machines, lambda name, progress: image, states=tmp_path / "cache")
 
 
 class _NoTypes:
