@@ -26,6 +26,7 @@ b'00000000'
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import re
 import socket
@@ -262,38 +263,49 @@ class RspClient:
         left = deadline - time.monotonic()
         if left <= 0:
             raise RspError(f"the gdbstub did not answer within {self.timeout:g} s")
-        sock.settimeout(left)
+        if left < self.timeout - 1.0:   # a wait shorter than usual (a timeout change is
+            sock.settimeout(left)       # a system call: keep the usual one otherwise)
         try:
             chunk = sock.recv(1 << 16)
         except TimeoutError as exc:
             raise RspError(f"the gdbstub did not answer within {self.timeout:g} s") from exc
         except OSError as exc:
             raise RspError(f"lost the gdbstub (recv: {exc})") from exc
+        finally:
+            if sock.gettimeout() != self.timeout:
+                sock.settimeout(self.timeout)
         if not chunk:
             raise RspError("the gdbstub closed the connection (QEMU gone?)")
         self._buf += chunk
 
-    def receive(self, timeout: float | None = None) -> bytes:
-        """The next packet's payload (decoded); acks and noise before ``$`` are skipped."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+    def _next_raw(self, timeout: float | None = None) -> bytes:
+        """The next packet's payload as sent (checksum checked); acks and noise skipped."""
         buf = self._buf
-        while True:
-            start = buf.find(b"$")
-            end = buf.find(b"#", start + 1) if start >= 0 else -1
-            if start >= 0 and end >= 0 and len(buf) >= end + 3:
-                break
-            self._fill(deadline)
+        start = buf.find(b"$")
+        end = buf.find(b"#", start + 1) if start >= 0 else -1
+        if start < 0 or end < 0 or len(buf) < end + 3:
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            while True:
+                self._fill(deadline)
+                start = buf.find(b"$")
+                end = buf.find(b"#", start + 1) if start >= 0 else -1
+                if start >= 0 and end >= 0 and len(buf) >= end + 3:
+                    break
         raw = bytes(buf[start + 1:end])
-        want = buf[end + 1:end + 3]
+        want = bytes(buf[end + 1:end + 3])
         del buf[:end + 3]
-        if b"%02x" % checksum(raw) != bytes(want).lower():
+        if b"%02x" % checksum(raw) != want.lower():
             if self.ack:
                 self.send_raw(b"-")
-                return self.receive(timeout)
-            raise RspError(f"bad checksum {bytes(want)!r} on a reply from the gdbstub")
+                return self._next_raw(timeout)
+            raise RspError(f"bad checksum {want!r} on a reply from the gdbstub")
         if self.ack:
             self.send_raw(b"+")
-        data = decode_payload(raw)
+        return raw
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """The next packet's payload (decoded, logged)."""
+        data = decode_payload(self._next_raw(timeout))
         self._note("<", data)
         return data
 
@@ -378,6 +390,9 @@ class RspClient:
         if addr < 0 or size < 0:
             raise MemoryReadError(addr, size, "negative address or size")
         step = self.max_read
+        if size <= step:                                     # one packet: no bookkeeping
+            self.send_raw(encode_packet(b"m%x,%x" % (addr, size)))
+            return self._memory_reply(addr, size, 0)
         chunks = [(a, min(step, addr + size - a)) for a in range(addr, addr + size, step)]
         out: list[bytes] = []
         sent = 0
@@ -390,12 +405,19 @@ class RspClient:
         for i, (a, n) in enumerate(chunks):
             if sent < len(chunks) and sent - i <= WINDOW // 2:   # keep requests in flight
                 sent += push(WINDOW // 2)
-            reply = self.receive()
-            if len(reply) != 2 * n:
-                self._drain(sent - i - 1)
-                raise MemoryReadError(a, n, f"gdbstub answered {reply[:16]!r}")
-            out.append(bytes.fromhex(reply.decode("ascii")))
+            out.append(self._memory_reply(a, n, sent - i - 1))
         return b"".join(out)
+
+    def _memory_reply(self, addr: int, size: int, in_flight: int) -> bytes:
+        """The reply to one ``m`` request: exactly *size* bytes, or MemoryReadError after
+        the *in_flight* later replies are read (the stream stays in step)."""
+        raw = self._next_raw()
+        if b"}" in raw or b"*" in raw:
+            raw = decode_payload(raw)
+        if len(raw) != 2 * size:
+            self._drain(in_flight)
+            raise MemoryReadError(addr, size, f"gdbstub answered {raw[:16]!r}")
+        return binascii.a2b_hex(raw)
 
     def _drain(self, count: int) -> None:
         """Read the replies still in flight after an error."""
@@ -482,16 +504,22 @@ class RspTarget:
     def read_phys(self, addr: int, size: int) -> bytes:
         """Exactly *size* bytes of L1 physical memory."""
         c = self.client
-        with c.halted():
+        if c.running:
+            with c.halted():
+                return self.read_phys(addr, size)
+        if c.mode != 1:
             c.set_phys(True)
-            return c.read(addr, size)
+        return c.read(addr, size)
 
     def read_virt(self, addr: int, size: int) -> bytes:
         """*size* bytes at L1 virtual *addr* (the current CPU's tables)."""
         c = self.client
-        with c.halted():
+        if c.running:
+            with c.halted():
+                return self.read_virt(addr, size)
+        if c.mode != 0:
             c.set_phys(False)
-            return c.read(addr, size)
+        return c.read(addr, size)
 
     def write_phys(self, addr: int, data: bytes) -> None:
         """Write L1 physical memory."""

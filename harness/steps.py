@@ -210,11 +210,15 @@ def step_wait(ctx: RunContext, step: WaitStep) -> None:
     ctx.console().expect(step.pattern, timeout=ctx.step_timeout(step))
 
 
+POLL = 0.05          # seconds between two tests of a guest condition
+
+
 def guest_shell_wait(console: Console, cond: str, timeout: float) -> None:
-    """Poll a guest shell condition until it holds, in one guest command."""
-    loops = max(1, int(timeout / 0.2))
+    """Poll a guest shell condition until it holds, in one guest command (every 50 ms:
+    a warm scenario is a second long, and each wait would otherwise add up to 0.2 s)."""
+    loops = max(1, int(timeout / POLL))
     cmd = (f"i=0; while ! {{ {cond}; }}; do i=$((i+1)); [ $i -ge {loops} ] && exit_=1 && break; "
-           f"sleep 0.2; done; [ -z \"$exit_\" ]")
+           f"sleep {POLL}; done; [ -z \"$exit_\" ]")
     res = console.run(cmd, timeout=timeout + 30, check=False)
     console.run("unset exit_ i", timeout=30, check=False)
     if res.status != 0:
