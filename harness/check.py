@@ -137,7 +137,7 @@ def _match(ctx: RunContext, observed: list[ObservedVM], step: StepSpec
 
 def _leftover(ob: ObservedVM) -> Finding:
     return Finding("leftover", ob.name, None, expected="no live VM after teardown",
-                   observed=f"on the VM list with {len(ob.walk.mappings)} mapping(s)",
+                   observed=f"on the VM list with {ob.walk.leaf_count} mapping(s)",
                    detail="the workload destroyed this VM but the kernel still lists it")
 
 

@@ -70,6 +70,7 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
         fault_log=ctx.hypervisor.fault_log if m.vmrun_log is None else m.vmrun_log)
     factory = ctx.services.machines[m.emulator]
     boot_timeout = step.timeout or sc.timeouts.boot
+    (ctx.run_dir / "console.log").touch()   # there from the start, even if stopped early
     cold = factory(config)            # not launched yet: it says what a state depends on
     warm = _warm_state(ctx, cold)
     if warm is None or not warm.ready() or not _start_warm(ctx, factory, config, warm,

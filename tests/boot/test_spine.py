@@ -89,7 +89,9 @@ def test_smoke_mappings_agree_with_guest_pagemap(tmp_path: Path) -> None:
 def test_each_injection_fails_with_its_finding(tmp_path: Path) -> None:
     files = [LINUX / f"kvm-npt-inject-{k}.yaml" for k in INJECT]
     res = slatcheck("run", *map(str, files), "--artifacts", str(tmp_path))
-    assert res.returncode == 1, res.stdout + res.stderr
+    # each scenario expects its failure: the run as a whole is as expected (exit 0)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{len(INJECT)} xfailed" in res.stdout
     for kind, finding in INJECT.items():
         run = tmp_path / f"kvm-npt-inject-{kind}"
         found = json.loads((run / "findings.json").read_text())
