@@ -10,6 +10,7 @@ infrastructure error.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -40,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: ./artifacts)")
     run.add_argument("--junit", type=Path, help="write a JUnit XML report here")
     run.add_argument("--cold", action="store_true",
-                     help="always boot; never start from (or save) a warm machine state")
+                     default=bool(os.environ.get("SLATCHECK_COLD")),
+                     help="always boot; never start from (or save) a warm machine state "
+                          "(also SLATCHECK_COLD=1)")
     run.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                      help="also write reporter NAME's output to PATH (see `slatcheck "
                           "reporters`); may repeat")
