@@ -165,6 +165,7 @@ class RspClient:
         self._connect = connect or _unix_connect
         self._sock: socket.socket | None = None
         self._buf = bytearray()
+        self._pos = 0                    # bytes of _buf already consumed
         self._log: IO[str] | None = open(log_path, "a", encoding="utf-8") if log_path else None
         self._t0 = time.monotonic()
         self.ack = True
@@ -263,8 +264,9 @@ class RspClient:
         left = deadline - time.monotonic()
         if left <= 0:
             raise RspError(f"the gdbstub did not answer within {self.timeout:g} s")
-        if left < self.timeout - 1.0:   # a wait shorter than usual (a timeout change is
-            sock.settimeout(left)       # a system call: keep the usual one otherwise)
+        short = left < self.timeout - 1.0      # a timeout change is a system call: only
+        if short:                              # for a wait shorter than the usual one
+            sock.settimeout(left)
         try:
             chunk = sock.recv(1 << 16)
         except TimeoutError as exc:
@@ -272,33 +274,41 @@ class RspClient:
         except OSError as exc:
             raise RspError(f"lost the gdbstub (recv: {exc})") from exc
         finally:
-            if sock.gettimeout() != self.timeout:
+            if short:
                 sock.settimeout(self.timeout)
         if not chunk:
             raise RspError("the gdbstub closed the connection (QEMU gone?)")
+        if self._pos > 1 << 16:                # drop what was read, now and then
+            del self._buf[:self._pos]
+            self._pos = 0
         self._buf += chunk
 
-    def _next_raw(self, timeout: float | None = None) -> bytes:
-        """The next packet's payload as sent (checksum checked); acks and noise skipped."""
+    def _next_raw(self, timeout: float | None = None, verify: bool = True) -> bytes:
+        """The next packet's payload as sent; acks and noise before ``$`` skipped.
+
+        The checksum is checked unless *verify* is False in no-ack mode (memory
+        replies, whose length and hex digits are checked instead: the socket is
+        reliable, which is what no-ack mode relies on).
+        """
         buf = self._buf
-        start = buf.find(b"$")
-        end = buf.find(b"#", start + 1) if start >= 0 else -1
-        if start < 0 or end < 0 or len(buf) < end + 3:
-            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-            while True:
-                self._fill(deadline)
-                start = buf.find(b"$")
-                end = buf.find(b"#", start + 1) if start >= 0 else -1
-                if start >= 0 and end >= 0 and len(buf) >= end + 3:
-                    break
+        deadline: float | None = None
+        while True:
+            start = buf.find(b"$", self._pos)
+            end = buf.find(b"#", start + 1) if start >= 0 else -1
+            if start >= 0 and end >= 0 and len(buf) >= end + 3:
+                break
+            if deadline is None:
+                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            self._fill(deadline)
         raw = bytes(buf[start + 1:end])
-        want = bytes(buf[end + 1:end + 3])
-        del buf[:end + 3]
-        if b"%02x" % checksum(raw) != want.lower():
-            if self.ack:
-                self.send_raw(b"-")
-                return self._next_raw(timeout)
-            raise RspError(f"bad checksum {want!r} on a reply from the gdbstub")
+        self._pos = end + 3
+        if verify or self.ack:
+            want = bytes(buf[end + 1:end + 3])
+            if b"%02x" % checksum(raw) != want.lower():
+                if self.ack:
+                    self.send_raw(b"-")
+                    return self._next_raw(timeout)
+                raise RspError(f"bad checksum {want!r} on a reply from the gdbstub")
         if self.ack:
             self.send_raw(b"+")
         return raw
@@ -411,7 +421,7 @@ class RspClient:
     def _memory_reply(self, addr: int, size: int, in_flight: int) -> bytes:
         """The reply to one ``m`` request: exactly *size* bytes, or MemoryReadError after
         the *in_flight* later replies are read (the stream stays in step)."""
-        raw = self._next_raw()
+        raw = self._next_raw(verify=False)
         if b"}" in raw or b"*" in raw:
             raw = decode_payload(raw)
         if len(raw) != 2 * size:
