@@ -2,8 +2,9 @@
 
 Run:  python benchmarks/bench_reads.py [--size MiB] [--runs N]
 
-Boots one x86 L1 and, with it halted, measures in turn (the gdbstub takes one
-client at a time):
+Boots one x86 L1 and, with it halted, measures (the gdbstub takes one client at
+a time; the harness target, the plain client and pmemsave are timed in turns over
+the same connection and halt, so that the shared machine's load hits them alike):
 
 * the harness target (:class:`harness.rsp.RspTarget`): 8-byte physical reads
   (latency) and a bulk physical read (MB/s);
@@ -45,12 +46,20 @@ SMALL_TARGET_US, BULK_TARGET = 60.0, 0.80
 
 
 class PlainRsp:
-    """The least a remote-protocol client needs: framing, no-ack, sequential ``m``."""
+    """The least a remote-protocol client needs: framing, no-ack, sequential ``m``.
 
-    def __init__(self, path: Path) -> None:
+    Given *sock*, it speaks over a connection another client negotiated (no-ack and
+    physical mode already on), so that both can be timed in turns, under the same load.
+    """
+
+    def __init__(self, path: Path, sock: socket.socket | None = None,
+                 chunk: int = 0) -> None:
+        self.buf = b""
+        if sock is not None:
+            self.s, self.chunk = sock, chunk
+            return
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.s.connect(str(path))
-        self.buf = b""
         size = self.ask(b"qSupported:multiprocess+")
         self.chunk = (int(re.search(rb"PacketSize=([0-9a-f]+)", size).group(1), 16) - 4) // 2  # type: ignore[union-attr]
         self.ask(b"QStartNoAckMode")
@@ -91,6 +100,26 @@ def timed(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
+def in_turns(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median seconds of each function, the functions called in turns (same load)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+SMALL = 500          # 8-byte reads per timed batch
+
+
+def small_batch(read: Callable[[int, int], bytes]) -> None:
+    """SMALL reads of 8 bytes, walking a page."""
+    for i in range(SMALL):
+        read(BASE + 8 * (i % 512), 8)
+
+
 def small_latency(read: Callable[[int, int], bytes], n: int = 2000) -> float:
     """Seconds per 8-byte read, the median of 5 batches of *n*."""
     def batch() -> None:
@@ -125,18 +154,17 @@ def main() -> int:
                 assert dump.read_bytes() == data, f"{who} read other bytes than pmemsave"
             with m.open_target(art) as t, t.halted():
                 same_as_pmemsave(t.read_phys(BASE, size), "the harness target")
-                rows["harness RSP target"] = (
-                    small_latency(t.read_phys),
-                    size / timed(lambda: t.read_phys(BASE, size), runs))
-                rows["QMP pmemsave"] = (float("nan"), size / timed(
-                    lambda: m.pmemsave(BASE, size, dump), runs))
-            plain = PlainRsp(m.gdb_path)
-            try:
+                c = t.client                                   # type: ignore[attr-defined]
+                plain = PlainRsp(m.gdb_path, c._sock, c.max_read)   # same connection
                 same_as_pmemsave(plain.read(BASE, size), "the plain client")
-                rows["plain RSP client"] = (small_latency(plain.read),
-                                            size / timed(lambda: plain.read(BASE, size), runs))
-            finally:
-                plain.close()
+                bulk = in_turns({"harness": lambda: t.read_phys(BASE, size),
+                                 "plain": lambda: plain.read(BASE, size),
+                                 "pmemsave": lambda: m.pmemsave(BASE, size, dump)}, runs)
+                small = in_turns({"harness": lambda: small_batch(t.read_phys),
+                                  "plain": lambda: small_batch(plain.read)}, 5 * runs)
+                rows["harness RSP target"] = (small["harness"] / SMALL, size / bulk["harness"])
+                rows["plain RSP client"] = (small["plain"] / SMALL, size / bulk["plain"])
+                rows["QMP pmemsave"] = (float("nan"), size / bulk["pmemsave"])
             with m.open_gdb_target(art) as g, g.halted():
                 same_as_pmemsave(g.read_phys(BASE, size), "gdb")
                 rows["gdb (GDB/MI)"] = (small_latency(g.read_phys, 200),

@@ -258,19 +258,18 @@ class RspClient:
         except OSError as exc:
             raise RspError(f"lost the gdbstub (send: {exc})") from exc
 
-    def _fill(self, deadline: float) -> None:
-        """Read more bytes from the socket into the buffer."""
-        sock = self._require()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise RspError(f"the gdbstub did not answer within {self.timeout:g} s")
-        short = left < self.timeout - 1.0      # a timeout change is a system call: only
+    def _fill(self, timeout: float) -> None:
+        """Read more bytes from the socket into the buffer, waiting up to *timeout*."""
+        sock = self._sock
+        if sock is None:
+            raise RspError("the gdbstub connection is closed")
+        short = timeout < self.timeout         # a timeout change is a system call: only
         if short:                              # for a wait shorter than the usual one
-            sock.settimeout(left)
+            sock.settimeout(max(timeout, 0.001))
         try:
             chunk = sock.recv(1 << 16)
         except TimeoutError as exc:
-            raise RspError(f"the gdbstub did not answer within {self.timeout:g} s") from exc
+            raise RspError(f"the gdbstub did not answer within {timeout:g} s") from exc
         except OSError as exc:
             raise RspError(f"lost the gdbstub (recv: {exc})") from exc
         finally:
@@ -291,15 +290,13 @@ class RspClient:
         reliable, which is what no-ack mode relies on).
         """
         buf = self._buf
-        deadline: float | None = None
-        while True:
+        wait = self.timeout if timeout is None else timeout
+        while True:                  # each recv waits up to *wait* (the stub answers or dies)
             start = buf.find(b"$", self._pos)
             end = buf.find(b"#", start + 1) if start >= 0 else -1
             if start >= 0 and end >= 0 and len(buf) >= end + 3:
                 break
-            if deadline is None:
-                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-            self._fill(deadline)
+            self._fill(wait)
         raw = bytes(buf[start + 1:end])
         self._pos = end + 3
         if verify or self.ack:
@@ -400,8 +397,12 @@ class RspClient:
         if addr < 0 or size < 0:
             raise MemoryReadError(addr, size, "negative address or size")
         step = self.max_read
-        if size <= step:                                     # one packet: no bookkeeping
-            self.send_raw(encode_packet(b"m%x,%x" % (addr, size)))
+        if size <= step and self._sock is not None:          # one packet: no bookkeeping
+            request = b"m%x,%x" % (addr, size)
+            try:
+                self._sock.sendall(b"$%s#%02x" % (request, sum(request) & 0xFF))
+            except OSError as exc:
+                raise RspError(f"lost the gdbstub (send: {exc})") from exc
             return self._memory_reply(addr, size, 0)
         chunks = [(a, min(step, addr + size - a)) for a in range(addr, addr + size, step)]
         out: list[bytes] = []
