@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
@@ -23,12 +24,14 @@ from harness.findings import Finding
 from harness.guests.record import BackingQuery
 from harness.inject import corrupt
 from harness.models.base import Access, MemRange, VMDesc
+from harness.models.vmd_memmap import create_memory_map, cross_check
 from harness.observe import KernelView, ObservedVM
 from harness.scenario.spec import CheckStep, InjectStep, StepSpec
 from harness.target import l1_memories, settle_in_kernel
 from harness.workload import VMReport
 
-__all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc"]
+__all__ = ["run_check", "run_inject", "slat_json", "kernel_facts", "observe", "vm_desc",
+           "halted_view"]
 
 # workload slot flag -> MemRange flag
 SLOT_FLAGS = {"ro": "readonly", "log": "dirty_log", "huge": "huge"}
@@ -43,8 +46,9 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
             raise InfraError(f"the {guest.name} guest cannot be observed: {guest.missing}")
         t = time.monotonic()
         console, image = ctx.console(), ctx.require_image()
-        symbols = _per_boot(ctx, "symbols-" + _digest(hv.symbols),
-                            lambda: dict(source(console, image, hv.symbols, ctx.run_dir)))
+        names = tuple(dict.fromkeys((*hv.symbols, *guest.backing_symbols)))
+        symbols = _per_boot(ctx, "symbols-" + _digest(names),
+                            lambda: dict(source(console, image, names, ctx.run_dir)))
         facts = _per_boot(ctx, "facts-" + hv.name, lambda: dict(hv.facts(console)))
         ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(image, hv.type_modules),
                                  facts=facts)
@@ -73,39 +77,91 @@ def _per_boot(ctx: RunContext, what: str, read: Callable[[], dict[str, int]]
     return value
 
 
-def observe(ctx: RunContext) -> list[ObservedVM]:
-    """Halt L1, find its live VMs and walk their roots, resume L1."""
+@contextmanager
+def halted_view(ctx: RunContext) -> Iterator[KernelView]:
+    """L1 halted in the kernel for the block, as observers and backing sources see it."""
     kernel = kernel_facts(ctx)
-    hv, arch = ctx.hypervisor, ctx.hypervisor.arch_record
+    arch = ctx.hypervisor.arch_record
     target = ctx.target()
     with target.halted():
         settle_in_kernel(target, arch.mode_registers, arch.in_kernel)
-        view = KernelView(target=target, arch=arch, mem=l1_memories(target, ctx.ram()),
-                          symbols=kernel.symbols, types=kernel.types, facts=kernel.facts,
-                          fault_log=ctx.require_machine().fault_log)
-        return hv.observe(view)
+        yield KernelView(target=target, arch=arch, mem=l1_memories(target, ctx.ram()),
+                         symbols=kernel.symbols, types=kernel.types, facts=kernel.facts,
+                         fault_log=ctx.require_machine().fault_log)
 
 
-def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport) -> VMDesc:
-    """The model's input from what the workload reported and the scenario touched."""
+def observe(ctx: RunContext) -> list[ObservedVM]:
+    """Halt L1, find its live VMs and walk their roots, resume L1."""
+    with halted_view(ctx) as view:
+        return ctx.hypervisor.observe(view)
+
+
+def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport, ob: ObservedVM | None = None,
+            view: KernelView | None = None) -> VMDesc:
+    """The model's input from what the workload reported and the scenario touched.
+
+    A VM reported without slots (a vmd VM: vmctl names its size, not its ranges) is
+    described by vmd's memory map for that size, with each range's address from the
+    kernel's own ``vm_memranges`` (*ob*); the two must agree (:func:`memmap_findings`).
+    *view* is the halted L1, for backing sources that walk the VMM process's tables.
+    """
     backing = ctx.guest.backing
     if backing is None:
         raise InfraError(f"the {ctx.guest.name} guest has no backing source: "
                          f"{ctx.guest.missing}")
-    ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
-                            prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
-                            flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
-                   for s in vm.slots)
+    if vm.slots:
+        ranges = tuple(MemRange(gpa=s.gpa, size=s.size, kind="ram",
+                                prot="rx" if "ro" in s.flags else "rwx", hva=s.hva,
+                                flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
+                       for s in vm.slots)
+    else:
+        ranges = _vmd_ranges(vm, ob)
     touched = [Access(t.gpa, t.access) for t in run.spec.touch]
     touched += [Access(g, "x") for g in vm.code_pages]
-    query = BackingQuery(pid=vm.pid, slots=tuple((s.gpa, s.size, s.hva) for s in vm.slots),
-                         reported=vm.pagemap)
+    query = BackingQuery(pid=vm.pid, slots=tuple((r.gpa, r.size, r.hva or 0) for r in ranges
+                                                 if r.kind != "mmio"),
+                         reported=vm.pagemap, l1=view)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
                   touched=tuple(touched), options=dict(ctx.hypervisor.model_options))
 
 
-def _hvas(vm: VMReport) -> frozenset[int]:
-    return frozenset(s.hva for s in vm.slots)
+def _live_ranges(ob: ObservedVM | None) -> list[MemRange]:
+    """The kernel's ranges of an observed VM (its ``slots`` with ``kind``)."""
+    if ob is None:
+        return []
+    return [MemRange(int(s["gpa"]), int(s["size"]), kind=str(s.get("kind", "ram")),
+                     hva=int(s["hva"]), name=f"vm_memranges[{s.get('id', i)}]")
+            for i, s in enumerate(ob.slots)]
+
+
+def _vmd_ranges(vm: VMReport, ob: ObservedVM | None) -> tuple[MemRange, ...]:
+    """vmd's memory map for the VM's size, each range at the kernel's address."""
+    hvas = {r.gpa: r.hva for r in _live_ranges(ob)}
+    return tuple(MemRange(p.gpa, p.size, kind=p.kind, hva=hvas.get(p.gpa), name=p.name)
+                 for p in create_memory_map(vm.memory))
+
+
+def memmap_findings(name: str, vm: VMReport, ob: ObservedVM) -> list[Finding]:
+    """A vmd VM: the kernel's ranges against vmd's memory map for the size asked."""
+    if vm.slots:
+        return []
+    return [Finding("memmap", name, None, expected="vmd's create_memory_map()",
+                    observed=diff, detail=f"vmctl -m {vm.memory:#x}")
+            for diff in cross_check(create_memory_map(vm.memory), _live_ranges(ob))]
+
+
+def _key(vm: VMReport) -> tuple[str, frozenset[int] | str]:
+    """How a reported VM is recognised: its slot addresses, or (vmd) its name."""
+    if vm.slots:
+        return ("hva", frozenset(s.hva for s in vm.slots))
+    return ("name", vm.name)
+
+
+def _keys(ob: ObservedVM) -> list[tuple[str, frozenset[int] | str]]:
+    keys: list[tuple[str, frozenset[int] | str]] = [("hva", ob.slot_hvas)]
+    if ob.discovery.get("vm_name"):
+        keys.append(("name", str(ob.discovery["vm_name"])))
+    return keys
 
 
 Pair = tuple[ObservedVM, WorkloadRun, VMReport]
@@ -113,19 +169,26 @@ Pair = tuple[ObservedVM, WorkloadRun, VMReport]
 
 def _match(ctx: RunContext, observed: list[ObservedVM], step: StepSpec
            ) -> tuple[list[Pair], list[ObservedVM]]:
-    """Pair observed VMs with held ones by their memslot host addresses.
+    """Pair observed VMs with held ones by their memslot host addresses (or, for VMs
+    reported without slots, by name).
 
     Returns the pairs and the *leftovers*: live VMs that match a VM whose
     workload already tore it down (a finding, not a harness failure).  A live
     VM that matches nothing the workloads reported, or a held VM discovery did
     not find, is an infrastructure error: the check could not judge it.
     """
-    held = {_hvas(vm): (run, vm) for run in ctx.workloads.values() for vm in run.held_vms()}
-    gone = {_hvas(vm) for run in ctx.workloads.values() for vm in run.gone_vms()}
-    pairs = [(ob, *held[ob.slot_hvas]) for ob in observed if ob.slot_hvas in held]
-    leftovers = [ob for ob in observed if ob.slot_hvas not in held and ob.slot_hvas in gone]
-    strangers = [ob.name for ob in observed
-                 if ob.slot_hvas not in held and ob.slot_hvas not in gone]
+    held = {_key(vm): (run, vm) for run in ctx.workloads.values() for vm in run.held_vms()}
+    gone = {_key(vm) for run in ctx.workloads.values() for vm in run.gone_vms()}
+    pairs: list[Pair] = []
+    leftovers, strangers = [], []
+    for ob in observed:
+        hit = next((k for k in _keys(ob) if k in held), None)
+        if hit is not None:
+            pairs.append((ob, *held[hit]))
+        elif any(k in gone for k in _keys(ob)):
+            leftovers.append(ob)
+        else:
+            strangers.append(ob.name)
     if strangers:
         raise InfraError(f"{step.label}: live VM(s) {strangers} match no VM a workload "
                          "reported (memslot addresses differ)")
@@ -142,27 +205,36 @@ def _leftover(ob: ObservedVM) -> Finding:
 
 
 def run_check(ctx: RunContext, step: CheckStep) -> None:
-    """Extract, model, diff; record slat state and findings; undo injections."""
+    """Extract, model, diff; record slat state and findings; undo injections.
+
+    L1 stays halted from discovery until every VM's backing is read (a backing
+    source may walk the VMM process's page tables); the diff runs after.
+    """
     t0 = time.monotonic()
     before = ctx.phases.get("prepare", 0.0)
-    observed = observe(ctx)
-    ctx.add_phase("extract", time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
-    t1 = time.monotonic()
     record: dict[str, Any] = {"step": step.label, "vms": []}
+    t1: float | None = None
     try:
-        pairs, leftovers = _match(ctx, observed, step)
-        for ob, run, vm in pairs:
-            desc = vm_desc(ctx, run, vm)
-            found = coalesce(diff(ob.walk, ctx.model.expect(desc)))
+        with halted_view(ctx) as view:
+            observed = ctx.hypervisor.observe(view)
+            ctx.add_phase("extract",
+                          time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
+            t1 = time.monotonic()
+            pairs, leftovers = _match(ctx, observed, step)
+            descs = [(ob, vm_desc(ctx, run, vm, ob, view), vm) for ob, run, vm in pairs]
+        for ob, desc, vm in descs:
+            found = memmap_findings(desc.name, vm, ob)
+            found += coalesce(diff(ob.walk, ctx.model.expect(desc)))
             _record(ctx, step, found)
             record["vms"].append(_vm_json(ob, desc.name, found))
         for ob in leftovers:
             _record(ctx, step, [_leftover(ob)])
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
     finally:
-        ctx.checks.append(record)
-        ctx.add_phase("diff", time.monotonic() - t1)
-        _restore(ctx)
+        if t1 is not None:            # discovery ran: record the check, undo injections
+            ctx.checks.append(record)
+            ctx.add_phase("diff", time.monotonic() - t1)
+            _restore(ctx)
 
 
 def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:

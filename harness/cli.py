@@ -18,8 +18,9 @@ from pathlib import Path
 from types import FrameType
 
 from harness.context import Services
-from harness.errors import ScenarioError, ScenarioErrors, SlatcheckError
+from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
+from harness.result import ScenarioResult
 from harness.scenario import Scenario
 
 __all__ = ["main"]
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     img_sub.add_parser("list", help="list image recipes")
     build = img_sub.add_parser("build", help="build an image into the cache")
     build.add_argument("name")
+    imp = img_sub.add_parser("import", help="put a disk installed elsewhere into the cache "
+                             "(disk images only: openbsd-amd64)")
+    imp.add_argument("name")
+    imp.add_argument("--disk", type=Path, required=True,
+                     help="the installed disk (any format qemu-img reads)")
+    imp.add_argument("--kernel", type=Path, required=True,
+                     help="the kernel that disk boots (OpenBSD: /bsd with KARL off, the "
+                          "file /bsd.booted is at run time)")
+    imp.add_argument("--root-password", default=None,
+                     help="root's password on the disk (default: the recipe's)")
     for name, what in (("formats", "page-table formats"), ("models", "reference models"),
                        ("hypervisors", "observable hypervisors"), ("guests", "guest OSes"),
                        ("reporters", "report formats")):
@@ -66,8 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+class _Stop:
+    """SIGINT and SIGTERM stop the run once: the first raises KeyboardInterrupt (the run
+    ends with verdict ``interrupted``, its clean-up and reports still happen); later ones
+    are counted and change nothing, so the exit status stays 1."""
+
+    def __init__(self) -> None:
+        self.signals = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            raise KeyboardInterrupt(f"signal {signum} ({signal.Signals(signum).name})")
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
@@ -92,8 +113,7 @@ def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
-    from harness.reporters import REPORTERS, summary_table, write_summary
-    from harness.result import ScenarioResult
+    from harness.reporters import summary_table
     from harness.runner import run_scenario
 
     reports = _reports(args)
@@ -108,15 +128,28 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
             results.append(res)
             if not args.quiet:
                 print(res.summary(max_findings=10 if args.verbose else 5), flush=True)
-            if res.verdict == "interrupted":
+            if res.stop:
                 break
     finally:
-        write_summary(results, args.artifacts / "summary.json")
-        for name, path in reports:
-            REPORTERS[name].write(results, path)
+        failed = _write_reports(results, [("json", args.artifacts / "summary.json"), *reports])
         if results:
             print(summary_table(results), flush=True)
-    return max((r.status for r in results), default=0)
+    return max([r.status for r in results] + [3 if failed else 0])
+
+
+def _write_reports(results: list[ScenarioResult],
+                   reports: list[tuple[str, Path]]) -> list[str]:
+    """Every report that can be written; the ones that cannot are named on stderr."""
+    from harness.reporters import REPORTERS
+    failed = []
+    for name, path in reports:
+        try:
+            REPORTERS[name].write(results, path)
+        except OSError as e:
+            failed.append(str(path))
+            print(f"slatcheck: cannot write the {name} report {path}: {e.strerror or e}",
+                  file=sys.stderr)
+    return failed
 
 
 def _load_all(paths: list[Path]) -> list[Scenario]:
@@ -150,9 +183,31 @@ def _cmd_images(args: argparse.Namespace) -> int:
             f = image_facts(name)
             print(f"{name:24} {f.os} {f.arch} ({f.builder})")
         return 0
-    img = build_image(args.name, progress=lambda s: print(s, flush=True))
+    if args.images_cmd == "import":
+        return _cmd_import(args)
+    try:
+        img = build_image(args.name, progress=lambda s: print(s, flush=True))
+    except SkipScenario as e:              # cannot be built here: not a success
+        print(f"slatcheck: image {args.name} cannot be built here: {e}", file=sys.stderr)
+        return 3
     print(f"{img.name}: {img.dir}")
     print(f"  kernel {img.kernel_release}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    """``images import NAME --disk FILE --kernel FILE``: a disk image installed elsewhere."""
+    from harness.images import IMPORT_CHECKS, image_facts
+    from harness.images.disk_image import import_disk_image, load_disk_recipe
+    facts = image_facts(args.name)
+    if facts.builder not in IMPORT_CHECKS:
+        raise ScenarioError(f"image {args.name} is built by {facts.builder}, which makes no "
+                            f"disk to import (disk images: {', '.join(sorted(IMPORT_CHECKS))})")
+    img = import_disk_image(load_disk_recipe(args.name), args.disk, args.kernel,
+                            check_kernel=IMPORT_CHECKS[facts.builder],
+                            password=args.root_password,
+                            progress=lambda s: print(s, flush=True))
+    print(f"{img.name}: {img.dir}")
     return 0
 
 
@@ -192,7 +247,8 @@ def main(argv: list[str] | None = None, services: Services | None = None) -> int
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return 2 if e.code else 0
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop = _Stop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.cmd == "run":
             return _cmd_run(args, services)
@@ -206,7 +262,22 @@ def main(argv: list[str] | None = None, services: Services | None = None) -> int
     except KeyboardInterrupt:
         print("slatcheck: interrupted", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def entry() -> None:
+    """The ``slatcheck`` program: :func:`main`, then exit with its status.
+
+    Once main has returned, a late Ctrl-C or SIGTERM can no longer change the exit
+    status (the run and its reports are done).
+    """
+    status = main()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -38,6 +38,7 @@ import re
 import secrets
 import socket
 import time
+import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,9 @@ class ConsoleProfile:
     warning: tuple[str, ...] = ()   # regexes that are panics unless warnings are ignored
     kernel_line: str | None = None  # regex of a kernel log line (removed from outputs)
     name: str = ""                  # the OS, for messages
+    # on a panic: drive the kernel debugger (ddb) and return its transcript, saved as
+    # debugger.txt beside console.log (None: the excerpt is all there is)
+    debugger: Callable[[Console], str] | None = None
 
 
 # Anchor at a line start or after a printk timestamp, so that a command line
@@ -155,9 +159,12 @@ class _Log:
         self.size = 0
 
     def write(self, s: str) -> None:
-        """Log and flush at once, so the log survives a crash."""
-        self.sink.write(s)
-        self.sink.flush()
+        """Log and flush at once, so the log survives a crash; a full disk is an error."""
+        try:
+            self.sink.write(s)
+            self.sink.flush()
+        except OSError as e:
+            raise ConsoleError(f"cannot write the console log: {e.strerror or e}") from None
         self.recent.append(s)
         self.size += len(s)
         while self.size > TAIL_CHARS and len(self.recent) > 1:
@@ -194,7 +201,7 @@ class TcpEndpoint:
 
 @dataclass(frozen=True)
 class PtyEndpoint:
-    """A console on a pseudo-terminal the emulator opened."""
+    """A console on a pseudo-terminal the emulator opened (its slave side, put in raw mode)."""
 
     path: Path
 
@@ -206,7 +213,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def open_endpoint(ep: ConsoleEndpoint) -> int:
     """A connected file descriptor for *ep*; OSError if it is not there (yet)."""
     if isinstance(ep, PtyEndpoint):
-        return os.open(ep.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(ep.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        tty.setraw(fd)          # bytes as they come: no line editing, no echo
+        return fd
     if isinstance(ep, TcpEndpoint):
         if ep.host not in LOOPBACK:
             raise ConsoleError(f"console endpoint {ep.host}:{ep.port} is not on loopback")
@@ -236,6 +245,7 @@ class Console:
         self.guest = profile
         self.timeout = timeout
         self.new_tag = new_tag
+        self.log_path = Path(log_path)
         self._logfile = open(log_path, "a", encoding="utf-8", newline="")
         self.log = _Log(self._logfile)
         patterns = self.guest.panic + (() if ignore_warnings else self.guest.warning)
@@ -336,7 +346,33 @@ class Console:
             except (pexpect.EOF, OSError):
                 break
         lines = excerpt.replace("\r", "").splitlines()[:EXCERPT_LINES]
-        raise GuestPanic(self.guest.name or "guest", pattern, "\n".join(lines))
+        text = "\n".join(lines)
+        if self.guest.debugger is not None:
+            text += self._debugger_transcript(self.guest.debugger)
+        raise GuestPanic(self.guest.name or "guest", pattern, text)
+
+    def _debugger_transcript(self, debugger: Callable[[Console], str]) -> str:
+        """Run the profile's debugger collection; save it; a note for the excerpt."""
+        # forget the text the excerpt took: pexpect searches its unconsumed `_before`
+        # again on the next expect, and a prompt in it would shift every answer by one
+        self._child.buffer = ""
+        self._child._before = self._child.buffer_type()
+        try:
+            transcript = debugger(self)
+        except (ConsoleError, OSError) as exc:
+            transcript = f"[debugger collection failed: {exc}]\n"
+        path = self.log_path.with_name("debugger.txt")
+        try:
+            path.write_text(transcript)
+        except OSError:
+            return f"\n--- kernel debugger ---\n{transcript}"
+        return f"\n--- kernel debugger: {len(transcript.splitlines())} lines in {path.name}"
+
+    def expect_quiet(self, pattern: re.Pattern[str], timeout: float) -> str:
+        """Wait for *pattern* without watching for panics (the kernel debugger's prompt
+        is one); the text before it.  ConsoleTimeout / ConsoleError as :meth:`expect`."""
+        self._expect_raw([pattern], timeout)
+        return str(self._child.before)
 
     # -- shell ------------------------------------------------------------------
 

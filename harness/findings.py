@@ -24,6 +24,7 @@ FINDING_KINDS: dict[str, str] = {
     "leftover": "an entry or table page remains after teardown or range removal",
     "stale": "a host PTE with no valid guest page-table path (missed invalidation)",
     "panic": "the guest kernel panicked or oopsed",
+    "memmap": "the kernel's memory ranges of a VM differ from what its VMM asked for",
 }
 
 

@@ -40,7 +40,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +50,7 @@ from pygdbmi.gdbcontroller import GdbController
 
 from harness.arch import ARCHES, Arch
 from harness.errors import InfraError, MemoryReadError
+from harness.scratch import private_dir
 
 __all__ = ["GdbError", "GdbSession", "GdbTarget", "CHUNK", "POLL_SECONDS"]
 
@@ -133,7 +133,7 @@ class GdbSession:
             self._ctl = self._spawn(self.arch.gdb)
         except (OSError, ValueError) as exc:
             raise GdbError(f"cannot start {self.arch.gdb}: {exc}") from exc
-        self._scratch = Path(tempfile.mkdtemp(prefix="slc-gdb-"))
+        self._scratch = private_dir("gdb")
         for cmd in ("-gdb-set mi-async on", "-gdb-set pagination off",
                     "-gdb-set confirm off", "-gdb-set code-cache off",
                     "-gdb-set stack-cache off",
@@ -160,10 +160,10 @@ class GdbSession:
             self._ctl = None
             if ctl is not None:
                 _reap(ctl.gdb_process)
-            if not self._log.closed:
-                self._log.close()
             if self._scratch is not None:
                 shutil.rmtree(self._scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):   # a full disk cannot take the last lines
+                self._log.close()
 
     def _restore_mode(self) -> None:
         """Leave the stub in virtual mode, as QEMU starts it."""
@@ -175,8 +175,11 @@ class GdbSession:
     def _note(self, direction: str, payload: object) -> None:
         """One line of gdb.log: time, direction, record."""
         stamp = f"{time.monotonic() - self._t0:10.4f}"
-        self._log.write(f"{stamp} {direction} {json.dumps(payload, default=str)}\n")
-        self._log.flush()
+        try:
+            self._log.write(f"{stamp} {direction} {json.dumps(payload, default=str)}\n")
+            self._log.flush()
+        except OSError as e:
+            raise GdbError(f"cannot write gdb.log: {e.strerror or e}") from None
 
     def mi(self, cmd: str, timeout: float | None = None,
            expect_result: bool = True) -> list[dict[str, Any]]:

@@ -22,9 +22,11 @@ from harness.arch import ARCHES, Arch
 from harness.console import Console
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
+from harness.discovery import openbsd_vmm as discovery_openbsd
 from harness.observe import KernelView, ObservedVM
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
+from harness.observe import openbsd_vmm as observe_openbsd
 from harness.registry import Registry
 
 __all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts"]
@@ -75,6 +77,15 @@ HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
                 "VTTBR_EL2/VTCR_EL2",
     observe=observe_arm64.observe, symbols=discovery_arm64.NEEDED_SYMBOLS,
     type_modules=discovery_arm64.BTF_MODULES))
+
+HYPERVISORS.add("openbsd-vmm-rvi", Hypervisor(
+    name="openbsd-vmm-rvi", guest_os="openbsd", arch="x86_64", format="npt",
+    models=("openbsd-vmm", "openbsd-vmm-old"),
+    description="OpenBSD vmm(4) on AMD SVM with nested paging (RVI): vmm_softc -> vm_list "
+                "-> vm_pmap (or vm_map->pmap, by CTF member) -> pm_pdirpa, cross-checked "
+                "with each vCPU's VMCB nCR3; only top-level slots covering vm_memranges",
+    observe=observe_openbsd.observe, symbols=discovery_openbsd.NEEDED_SYMBOLS,
+    model_options={"format": "npt"}))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str | None:

@@ -44,5 +44,9 @@ def write_junit(results: list[ScenarioResult], path: Path, name: str = "slatchec
     suite = TestSuite(name, [_case(r) for r in results], properties=props)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_xml_report_string([suite], prettyprint=True))
-    tmp.replace(path)
+    try:
+        tmp.write_text(to_xml_report_string([suite], prettyprint=True))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

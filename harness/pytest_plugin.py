@@ -6,7 +6,9 @@ lies under a directory named ``scenarios`` or is named on the command line.  A
 failure shows the failing step and the first findings, not a traceback.  The
 item passes when the run comes out as the scenario's ``expect`` block says
 (``verdict: pass`` by default), so negative scenarios pass by failing as they
-should; a ``skip`` verdict skips the item with its reason.  Items carry the
+should; a ``skip`` verdict skips the item with its reason.  A run interrupted by
+Ctrl-C or SIGTERM is reported as a failed item (so it appears in the JUnit file,
+also under pytest-xdist) and the session stops after it.  Items carry the
 ``boot`` mark (they boot a real guest).
 
 A conftest may implement the hook ``pytest_slatcheck_services(config)`` to
@@ -108,8 +110,8 @@ class ScenarioItem(pytest.Item):
         for key, val in sorted(res.properties.items()):
             self.user_properties.append((key, val))
         self.user_properties.append(("artifacts", str(res.artifacts)))
-        if res.verdict == "interrupted":
-            raise KeyboardInterrupt
+        if res.stop:                      # Ctrl-C or SIGTERM: this item is reported,
+            self.session.shouldstop = "interrupted by a signal"   # nothing runs after it
         if res.verdict == "skip":
             pytest.skip(res.message)
         ok, why = matches_expectation(res)

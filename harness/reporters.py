@@ -10,14 +10,13 @@ HTML reporters plug in the same way.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.artifacts import write_json
 from harness.junit import write_junit
 from harness.registry import Registry
 from harness.result import ScenarioResult
@@ -50,11 +49,9 @@ def summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
 
 
 def write_summary(results: Sequence[ScenarioResult], path: Path) -> None:
-    """``summary.json``, written atomically."""
+    """``summary.json``, written atomically (nothing left behind if it cannot be)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(summary(results), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, summary(results))
 
 
 def summary_table(results: Sequence[ScenarioResult]) -> str:

@@ -29,6 +29,7 @@ class ScenarioResult:
     properties: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     expect: Expect = field(default_factory=Expect)
+    stop: bool = False                 # Ctrl-C or SIGTERM came: run nothing after this
 
     @property
     def exit_status(self) -> int:

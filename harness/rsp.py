@@ -230,16 +230,21 @@ class RspClient:
             with contextlib.suppress(OSError):
                 sock.close()
         if self._log is not None:
-            self._log.close()
+            with contextlib.suppress(OSError):    # a full disk cannot take the last lines
+                self._log.close()
             self._log = None
 
     # -- packets ----------------------------------------------------------------------
 
     def _note(self, direction: str, data: bytes) -> None:
+        """One line of rsp.log; a log that cannot be written (full disk) is an InfraError."""
         if self._log is not None:
             text = data[:72].decode("latin-1")
-            self._log.write(f"{time.monotonic() - self._t0:10.4f} {direction} {text!r}"
-                            f"{' ...' if len(data) > 72 else ''}\n")
+            try:
+                self._log.write(f"{time.monotonic() - self._t0:10.4f} {direction} {text!r}"
+                                f"{' ...' if len(data) > 72 else ''}\n")
+            except OSError as exc:
+                raise RspError(f"cannot write the remote-protocol log: {exc}") from exc
 
     def _require(self) -> socket.socket:
         if self._sock is None:

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from harness.artifacts import make_run_dir, write_json
 from harness.check import slat_json
-from harness.context import Progress, RunContext, Services, default_services
-from harness.errors import verdict_of
+from harness.context import Progress, RunContext, Services, StepTimeout, default_services
+from harness.deadline import deadline, signals_deferred
+from harness.errors import InfraError, exit_status_of, verdict_of
 from harness.findings import Finding
 from harness.provenance import flatten, host_provenance
 from harness.result import ScenarioResult
-from harness.scenario.spec import Scenario
-from harness.steps import HANDLERS
+from harness.scenario.spec import BootStep, Scenario, Step
+from harness.scratch import sweep_stale
+from harness.steps import HANDLERS, prepare_image
 
 __all__ = ["run_scenario", "quiet"]
 
@@ -42,12 +44,27 @@ def _context(sc: Scenario, run_dir: Path, stack: ExitStack, t0: float,
                       services=services, progress=progress, warm_starts=warm)
 
 
+def _step_limit(ctx: RunContext, step: Step) -> float:
+    """The step's own time limit (boot: ``timeouts.boot``), within the scenario's."""
+    t = ctx.scenario.timeouts
+    own = step.timeout or (t.boot if isinstance(step, BootStep) else t.step)
+    left = ctx.deadline - time.monotonic()
+    if left <= 0:
+        raise StepTimeout(f"scenario timeout ({t.scenario:g} s) reached before {step.label}")
+    return min(own, left)
+
+
 def _run_steps(ctx: RunContext, res: ScenarioResult) -> None:
-    """Every step in order, one progress line each; then the verdict from the findings."""
+    """Every step in order under its deadline, one progress line each; then the verdict."""
     for step in ctx.scenario.steps:
         res.failed_step = step.label
+        if isinstance(step, BootStep):
+            prepare_image(ctx)          # before the boot clock: a first build takes minutes
         ts = time.monotonic()
-        HANDLERS[type(step)](ctx, step)
+        limit = _step_limit(ctx, step)
+        late = StepTimeout(f"{step.label} ran past its timeout ({limit:g} s)")
+        with deadline(limit, lambda late=late: late):   # type: ignore[misc]
+            HANDLERS[type(step)](ctx, step)
         took = time.monotonic() - ts
         ctx.add_phase(step.kind, took)
         ctx.progress(f"{step.label}: {took:.1f} s")
@@ -66,8 +83,15 @@ def _ended(res: ScenarioResult, ctx: RunContext, exc: BaseException) -> None:
     if res.verdict == "panic":
         ctx.findings.append(Finding("panic", "-", None, None, None, detail=str(exc)[:2000]))
     if res.verdict == "error" and not _expected_error(exc):
-        (ctx.run_dir / "traceback.txt").write_text(
-            "".join(traceback.format_exception(exc)))
+        _write_traceback(ctx, exc)
+
+
+def _write_traceback(ctx: RunContext, exc: BaseException) -> None:
+    """``traceback.txt`` for a failure the harness did not expect (if the disk allows)."""
+    try:
+        (ctx.run_dir / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
+    except OSError:
+        pass                            # the result says what happened; the disk is full
 
 
 def _expected_error(exc: BaseException) -> bool:
@@ -77,15 +101,34 @@ def _expected_error(exc: BaseException) -> bool:
 
 
 def _finish(ctx: RunContext, res: ScenarioResult) -> None:
-    """Write every artifact we have, whatever happened."""
+    """Write every artifact we have, whatever happened; a write that fails (a full disk)
+    makes the run an infrastructure error but does not stop the other writes."""
     res.findings = list(ctx.findings)
     res.phases = dict(ctx.phases)
     res.properties.update(ctx.properties)
     res.properties.update(flatten(res.provenance, "provenance."))
     res.artifacts = ctx.run_dir
-    write_json(ctx.run_dir / "slat.json", slat_json(ctx))
-    write_json(ctx.run_dir / "findings.json", [f.to_json() for f in ctx.findings])
-    write_json(ctx.run_dir / "result.json", res.to_json())
+    failed: list[str] = []
+    for name, data in (("slat.json", lambda: slat_json(ctx)),
+                       ("findings.json", lambda: [f.to_json() for f in ctx.findings]),
+                       ("result.json", res.to_json)):
+        if name == "result.json" and failed:
+            _artifacts_failed(res, failed)
+        try:
+            write_json(ctx.run_dir / name, data())
+        except OSError as e:
+            failed.append(f"{name}: {e.strerror or e}")
+    if failed:
+        _artifacts_failed(res, failed)
+
+
+def _artifacts_failed(res: ScenarioResult, failed: list[str]) -> None:
+    """A run whose evidence could not be written is not a pass."""
+    note = "cannot write artifacts: " + "; ".join(dict.fromkeys(failed))
+    if note not in res.message:
+        res.message = f"{res.message}\n{note}".strip()
+    if exit_status_of(res.verdict) < exit_status_of("error"):
+        res.verdict = "error"
 
 
 def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
@@ -99,9 +142,14 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
     and still writes its reports.
     """
     t0 = time.monotonic()
-    run_dir = make_run_dir(artifacts_root, sc.name)
+    sweep_stale()                       # scratch directories of runs that were killed
     res = ScenarioResult(name=sc.name, path=sc.path, expect=sc.expect,
                          provenance=host_provenance())
+    try:
+        run_dir = make_run_dir(artifacts_root, sc.name)
+    except InfraError as e:
+        res.verdict, res.message = "error", str(e)
+        return res
     with ExitStack() as stack:
         ctx = _context(sc, run_dir, stack, t0, lambda line: progress(f"[{sc.name}] {line}"),
                        services or default_services(), warm)
@@ -110,12 +158,24 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
         except BaseException as e:   # the outermost layer: every exit is a verdict
             _ended(res, ctx, e)
         finally:
-            try:
-                stack.close()   # debugger, console, then the machine: reverse order of start
-            finally:
+            with signals_deferred() as came:   # a second Ctrl-C waits for clean-up
+                _clean_up(stack, res, ctx)
                 res.duration = time.monotonic() - t0
                 res.provenance["machine"] = {k.removeprefix("machine."): v for k, v in
                                              ctx.properties.items()
                                              if k.startswith("machine.")}
                 _finish(ctx, res)
+            res.stop = bool(came) or res.verdict == "interrupted"
     return res
+
+
+def _clean_up(stack: ExitStack, res: ScenarioResult, ctx: RunContext) -> None:
+    """Close the debugger, console and machine (reverse order of start); a failure to
+    close is recorded, never raised over the run's own verdict."""
+    try:
+        stack.close()
+    except Exception as e:        # noqa: BLE001 - the outermost layer keeps the evidence
+        res.message = f"{res.message}\nclean-up: {type(e).__name__}: {e}".strip()
+        if res.verdict == "pass":
+            res.verdict = "error"
+        _write_traceback(ctx, e)

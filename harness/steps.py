@@ -15,11 +15,13 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from harness import openbsd_vmd as vmd
 from harness.artifacts import write_json
 from harness.check import run_check, run_inject
 from harness.console import Console
 from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError, SlatcheckError, StepFailed
+from harness.images import Image
 from harness.machines import MachineConfig
 from harness.machines.base import Machine, MachineFactory
 from harness.scenario.spec import (
@@ -35,7 +37,7 @@ from harness.scenario.spec import (
 from harness.warm import WarmState
 from harness.workload import parse_report, workload_argv
 
-__all__ = ["HANDLERS", "guest_shell_wait"]
+__all__ = ["HANDLERS", "guest_shell_wait", "prepare_image"]
 
 S = TypeVar("S", bound=StepSpec)
 Handler = Callable[[RunContext, Any], None]
@@ -58,10 +60,7 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
     """Build (or reuse) the image; start the machine from a saved state of it when there
     is one (a warm start), else boot it and save its state for the next runs."""
     sc = ctx.scenario
-    t = time.monotonic()
-    image = ctx.image = ctx.services.build_image(sc.guest.image, _build_log(ctx))
-    ctx.add_phase("image", time.monotonic() - t)
-    _record_image(ctx)
+    image = prepare_image(ctx)
     arch = ctx.hypervisor.arch_record
     m = sc.machine
     config = MachineConfig(
@@ -112,7 +111,10 @@ def _start_cold(ctx: RunContext, machine: Machine, boot_timeout: float) -> None:
     # no echo ever after); wait for init's line first, then probe for the shell
     if image.ready:
         console.expect(re.escape(image.ready), timeout=boot_timeout)
-    console.wait_for_shell(timeout=boot_timeout)
+    if ctx.guest.login is not None:         # a getty (the BSDs): log in first
+        ctx.guest.login(console, image, boot_timeout)
+    else:
+        console.wait_for_shell(timeout=boot_timeout)
     ctx.properties.setdefault("machine.start", "cold")
 
 
@@ -165,6 +167,16 @@ def _save_warm(ctx: RunContext, warm: WarmState) -> None:
                      f"({took:.1f} s)")
     if warm.boot_id() == boot_id:
         ctx.warm = warm               # per-boot facts of this boot may be kept with it
+
+
+def prepare_image(ctx: RunContext) -> Image:
+    """Build (or reuse) the scenario's image once per run and record its provenance."""
+    if ctx.image is None:
+        t = time.monotonic()
+        ctx.image = ctx.services.build_image(ctx.scenario.guest.image, _build_log(ctx))
+        ctx.add_phase("image", time.monotonic() - t)
+        _record_image(ctx)
+    return ctx.image
 
 
 def _build_log(ctx: RunContext) -> Callable[[str], None]:
@@ -246,6 +258,9 @@ def step_workload(ctx: RunContext, step: WorkloadStep) -> None:
     console = ctx.console()
     run = WorkloadRun(spec=step, out=f"/tmp/slat-{step.id}.out",
                       fifo=f"/tmp/slat-{step.id}.fifo", holds_left=step.holds)
+    if step.driver == "vmd":
+        _start_vmd(ctx, step, run)
+        return
     out, fifo = shlex.quote(run.out), shlex.quote(run.fifo)
     argv = shlex.join(workload_argv(step))
     console.run(f"rm -f {fifo} {out}; mkfifo {fifo}", timeout=30)
@@ -275,12 +290,54 @@ def _tail(ctx: RunContext, run: WorkloadRun) -> str:
     return "\n".join((ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()[-15:])
 
 
+def _start_vmd(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
+    """``driver: vmd``: start the tiny VM and report it as the one held VM."""
+    console = ctx.console()
+    memory = step.slots[0].size
+    console.run(vmd.start_command(step.id, memory), timeout=ctx.step_timeout(step))
+    ctx.workloads[step.id] = run
+    vm_id, pid = vmd.wait_running(
+        lambda cmd: console.run(cmd, timeout=60, check=False).output, step.id,
+        ctx.step_timeout(step))
+    run.pid = pid
+    lines = vmd.report_lines(step.id, vm_id, pid, memory)
+    if not step.holds:                    # hold: none: stop it at once
+        console.run(vmd.stop_command(step.id), timeout=ctx.step_timeout(step))
+        lines += vmd.destroyed_lines()
+        run.status = 0
+    _vmd_report(ctx, run, lines)
+
+
+def _vmd_report(ctx: RunContext, run: WorkloadRun, lines: list[str]) -> None:
+    (ctx.run_dir / f"workload-{run.id}.out").write_text("\n".join(lines) + "\n")
+    run.report = parse_report(lines)
+
+
+def _release_vmd(ctx: RunContext, step: ReleaseStep, run: WorkloadRun) -> None:
+    """``vmctl stop -f -w``; the VM must be gone from ``vmctl status``."""
+    console = ctx.console()
+    console.run(vmd.stop_command(run.id), timeout=ctx.step_timeout(step))
+    left = console.run(vmd.status_command(run.id), timeout=60, check=False).output
+    if vmd.parse_status(left, vmd.vm_name(run.id)) is not None:
+        raise InfraError(f"{step.label}: vmd still lists {vmd.vm_name(run.id)} after "
+                         f"vmctl stop -f -w:\n{left}")
+    text = (ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()
+    run.holds_left -= 1
+    run.status = 0
+    _vmd_report(ctx, run, [*text, *vmd.destroyed_lines()])
+
+
 @handles(ReleaseStep)
 def step_release(ctx: RunContext, step: ReleaseStep) -> None:
     """Let held workloads go on: to their next cycle's hold, or to their end."""
     console = ctx.console()
     runs = [ctx.workloads[step.workload]] if step.workload else \
         [r for r in ctx.workloads.values() if r.holding]
+    for run in [r for r in runs if r.spec.driver == "vmd"]:
+        if not run.holding:
+            raise InfraError(f"{step.label}: vmd VM of workload {run.id} is not held")
+        _release_vmd(ctx, step, run)
+    runs = [r for r in runs if r.spec.driver != "vmd"]
     for run in runs:
         if not run.holding:
             raise InfraError(f"{step.label}: workload {run.id} is not holding "

@@ -112,6 +112,8 @@ class VMReport:
     code_pages: tuple[int, ...]         # GPA pages holding the guest code
     exits: tuple[ExitReport, ...]
     destroyed: bool = False
+    name: str = ""                      # the VM's name, when the VMM names it (vmd)
+    memory: int = 0                     # the memory size asked for, when no slots (vmd)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ class _VMBuilder:
     index: int
     cycle: int
     pid: int
+    name: str = ""
+    memory: int = 0
     slots: dict[int, SlotReport] = field(default_factory=dict)
     pagemap: dict[int, int] = field(default_factory=dict)
     absent: list[int] = field(default_factory=list)
@@ -230,7 +234,7 @@ class _VMBuilder:
         return VMReport(self.index, self.cycle, self.pid,
                         tuple(self.slots[k] for k in sorted(self.slots)), dict(self.pagemap),
                         tuple(self.absent), tuple(self.code), tuple(self.exits),
-                        self.destroyed)
+                        self.destroyed, self.name, self.memory)
 
 
 def _group(events: list[dict[str, Any]]) -> list[dict[int, _VMBuilder]]:
@@ -241,7 +245,9 @@ def _group(events: list[dict[str, Any]]) -> list[dict[int, _VMBuilder]]:
             cycle = ev.get("cycle", 0)
             while len(cycles) <= cycle:
                 cycles.append({})
-            cycles[cycle][ev["vm"]] = _VMBuilder(ev["vm"], cycle, ev["pid"])
+            cycles[cycle][ev["vm"]] = _VMBuilder(ev["vm"], cycle, ev["pid"],
+                                                 str(ev.get("name", "")),
+                                                 int(ev.get("memory", 0)))
         elif "vm" in ev:
             owner = next((c[ev["vm"]] for c in reversed(cycles) if ev["vm"] in c), None)
             if owner is None:

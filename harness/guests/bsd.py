@@ -1,24 +1,19 @@
-"""The BSD L1 guests, as far as they go today: console profiles only.
+"""The BSD L1 guests.  OpenBSD is observable (:mod:`harness.guests.openbsd`, re-exported
+here); FreeBSD and DragonFly are console profiles only.
 
-Their images, symbol and type readers (CTF, DWARF) and backing truth are not
-built yet, so these records are not observable: a scenario naming them fails
-validation (there is no image for them), never boots Linux instead.
+Their images, symbol and type readers and backing truth are not built yet, so
+those records are not observable: a scenario naming them fails validation
+(there is no image for them), never boots Linux instead.
 """
 
 from __future__ import annotations
 
 from harness.console import LINE_START, ConsoleProfile
+from harness.guests.openbsd import OPENBSD
 from harness.guests.record import GuestOS
 
 __all__ = ["OPENBSD", "FREEBSD", "DRAGONFLY"]
 
-OPENBSD = GuestOS(
-    name="openbsd", boot="disk", image_builder="",
-    console=ConsoleProfile(
-        name="openbsd", prompt=r"[#$] $",
-        panic=(LINE_START + r"panic: ", r"ddb(?:\{\d+\})?> ", LINE_START + r"uvm_fault\(",
-               LINE_START + r"kernel: page fault trap, code=")),
-    missing="no OpenBSD image builder, CTF reader or vmm discovery yet")
 FREEBSD = GuestOS(
     name="freebsd", boot="disk", image_builder="",
     console=ConsoleProfile(

@@ -14,8 +14,9 @@ from harness.models.base import Backing
 if TYPE_CHECKING:
     from harness.console import Console
     from harness.images import Image
+    from harness.observe import KernelView
 
-__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery",
+__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery", "Login",
            "BootIdSource"]
 
 
@@ -27,6 +28,8 @@ class BackingQuery:
     slots: tuple[tuple[int, int, int], ...]    # (gpa, size, hva) of each memory range
     reported: Mapping[int, int] = field(default_factory=dict)  # GPA page -> frame, as the
     #                                          VMM process read it (Linux: its pagemap)
+    l1: KernelView | None = None               # the halted L1 (memories, symbols, types),
+    #                                          for sources that walk the process's own tables
 
 # console -> an id that differs every boot and survives a state save and restore
 BootIdSource = Callable[["Console"], str]
@@ -36,6 +39,8 @@ SymbolSource = Callable[["Console", "Image", Sequence[str], Path], Mapping[str, 
 TypeSource = Callable[["Image", Sequence[str]], KernelTypes]
 # a VM's VMM process and ranges -> the L1 pages backing its memory (independent of SLAT)
 BackingSource = Callable[[BackingQuery], Backing]
+# (console, image, seconds) -> a shell: log in on a getty (None: the console is a shell)
+Login = Callable[["Console", "Image", float], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class GuestOS:
     backing: BackingSource | None = None  # independent truth about backing frames
     boot_id: BootIdSource | None = None  # proves a restored state is the saved boot
     missing: str = ""                  # why it cannot be observed yet (when a source is None)
+    login: Login | None = None         # how a shell is reached after boot (BSD getty)
+    backing_symbols: tuple[str, ...] = ()  # kernel symbols the backing source reads
 
     @property
     def observable(self) -> bool:

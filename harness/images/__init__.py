@@ -7,7 +7,8 @@ True
 
 from __future__ import annotations
 
-from harness.images.build import BUILDER_VERSION, Image, build_image, cache_root, image_hash
+from harness.images.build import BUILDER_VERSION, Image, cache_root, image_hash
+from harness.images.builders import IMAGE_BUILDERS, IMPORT_CHECKS, ImageBuilder, build_image
 from harness.images.recipe import (
     IMAGES,
     ImageFacts,
@@ -20,6 +21,9 @@ from harness.images.recipe import (
 __all__ = [
     "BUILDER_VERSION",
     "IMAGES",
+    "IMAGE_BUILDERS",
+    "IMPORT_CHECKS",
+    "ImageBuilder",
     "Image",
     "ImageFacts",
     "image_facts",

@@ -30,7 +30,7 @@ from harness.images.apt import AptContext, Package, sha256_file
 from harness.images.host import run_tool
 from harness.images.initramfs import READY_LINE, InitramfsContents, build_initramfs
 from harness.images.recipe import WORKLOAD_DIR, Recipe, load_recipe
-from harness.machines.base import KernelBoot
+from harness.machines.base import BootSpec, DiskBoot, KernelBoot
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
 
@@ -55,9 +55,13 @@ class Image:
     prompt: str = "slat# "         # shell prompt on the console
     ready: str = READY_LINE        # console line after which typing is safe ("" = none)
     os: str = "linux"              # the guest OS it holds (GUEST_OSES name)
+    disk: Path | None = None       # a disk image booted through the firmware (BSD guests)
+    disk_format: str = "qcow2"
 
-    def boot_spec(self, extra_append: str = "") -> KernelBoot:
-        """How a machine boots it: the kernel, the initramfs and the command line."""
+    def boot_spec(self, extra_append: str = "") -> BootSpec:
+        """How a machine boots it: its disk, or the kernel, initramfs and command line."""
+        if self.disk is not None:
+            return DiskBoot(self.disk, self.disk_format)
         append = " ".join(filter(None, [self.append, extra_append]))
         return KernelBoot(self.kernel, self.initrd, append)
 

@@ -47,6 +47,7 @@ class DiskBoot:
     format: str = "qcow2"             # "qcow2" or "raw"
     cdrom: Path | None = None         # an ISO attached as well (installers, ISOLINUX)
     network: tuple[str, ...] = ()     # extra emulator networking arguments (user net, tftp)
+    writable: bool = False            # write the disk itself, no overlay (image builders only)
 
 
 BootSpec = KernelBoot | DiskBoot

@@ -19,7 +19,6 @@ import contextlib
 import re
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from types import TracebackType
 from harness.console import ConsoleEndpoint, UnixEndpoint
 from harness.errors import InfraError
 from harness.machines.base import MachineConfig
+from harness.scratch import private_dir
 from harness.target import FakeTarget, Target
 
 __all__ = ["Rule", "FakeGuest", "FakeMachine", "fake_machine_factory"]
@@ -93,7 +93,7 @@ class FakeMachine:
         self.saved: list[Path] = []
 
     def __enter__(self) -> FakeMachine:
-        self._dir = Path(tempfile.mkdtemp(prefix="slc-fake-"))
+        self._dir = private_dir("fake")
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(self._dir / "console.sock"))
         self._server.listen(1)

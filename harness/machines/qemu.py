@@ -38,7 +38,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -50,6 +49,7 @@ from qemu.qmp import QMPClient
 from harness.console import ConsoleEndpoint, UnixEndpoint
 from harness.errors import InfraError
 from harness.machines.base import DiskBoot, KernelBoot, MachineConfig
+from harness.scratch import private_dir
 from harness.target import Target
 
 __all__ = [
@@ -258,7 +258,9 @@ class QemuMachine:
             if boot.initrd is not None:
                 args += ["-initrd", str(boot.initrd)]
             return args + (["-append", boot.append] if boot.append else [])
-        args = ["-drive", f"file={self._sock('overlay.qcow2')},format=qcow2,if=virtio"]
+        disk = (f"file={boot.disk},format={boot.format}" if boot.writable
+                else f"file={self._sock('overlay.qcow2')},format=qcow2")
+        args = ["-drive", f"{disk},if=virtio"]
         if boot.cdrom is not None:
             args += ["-drive", f"file={boot.cdrom},format=raw,media=cdrom,readonly=on"]
         return args + list(boot.network)
@@ -294,12 +296,11 @@ class QemuMachine:
         """Create the artifacts and the private socket directory."""
         self._check_accel()
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        self._sockdir = Path(tempfile.mkdtemp(prefix=f"slc-{self.name[:16]}-"))
-        os.chmod(self._sockdir, 0o700)
+        self._sockdir = private_dir(self.name)
         if len(str(self.console_path)) > UNIX_PATH_MAX:
             raise InfraError(f"socket path too long for AF_UNIX: {self.console_path}; "
                              "set TMPDIR to a shorter directory")
-        if isinstance(self.config.boot, DiskBoot):
+        if isinstance(self.config.boot, DiskBoot) and not self.config.boot.writable:
             self._make_overlay(self.config.boot)
 
     def _make_overlay(self, boot: DiskBoot) -> None:

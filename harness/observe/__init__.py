@@ -45,5 +45,5 @@ class ObservedVM:
     params: Any                     # the walk parameters used
     walk: WalkResult
     slot_hvas: frozenset[int] = frozenset()   # userspace addresses of its memslots
-    slots: list[dict[str, int]] = field(default_factory=list)
+    slots: list[dict[str, Any]] = field(default_factory=list)   # id, gpa, size, hva[, kind]
     discovery: dict[str, Any] = field(default_factory=dict)   # cross-checks, pid, ...

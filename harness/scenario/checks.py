@@ -8,6 +8,7 @@ the architecture's rules, addresses.  Every problem is reported, none stops the 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,9 @@ def resolve_names(doc: dict[str, Any], add: Add) -> tuple[str, str]:
     guest = _lookup(add, GUEST_OSES, g["os"], "guest", "os")
     facts = image_facts(g["image"]) if _lookup(add, IMAGES, g["image"], "guest", "image") \
         else None
+    if facts is not None:
+        from harness.images import IMAGE_BUILDERS
+        _lookup(add, IMAGE_BUILDERS, facts.builder, "guest", "image")
     if guest is not None and facts is not None and facts.os != guest.name:
         add(f"image {g['image']!r} holds a {facts.os} guest, not {guest.name}",
             "guest", "image")
@@ -133,6 +137,8 @@ class _StepChecker:
                      f"{self.workloads[st.id].line})", *self.at(st.index, "workload", "id"))
         self.workloads[st.id] = st
         _check_slots(self.sc, st, self.add)
+        if st.driver == "vmd":
+            _check_vmd(self.sc, st, self.add)
         if st.holds:
             self.held[st.id] = _Held(st, st.holds)
 
@@ -205,7 +211,9 @@ class _StepChecker:
 
 def _regex(add: Add, pattern: str, *at: object) -> None:
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # FutureWarnings about nested sets
+            re.compile(pattern)
     except re.error as e:
         add(f"not a valid regular expression: {e}", *at)
 
@@ -248,6 +256,25 @@ def _check_slots(sc: Scenario, st: WorkloadStep, add: Add) -> None:
         if not any(s.gpa <= t.gpa < s.end for s in spans):
             add(f"touched gpa {t.gpa:#x} is in no slot", "steps", st.index, "workload",
                 "touch", j, "gpa")
+
+
+VMD_GUESTS = ("openbsd",)
+
+
+def _check_vmd(sc: Scenario, st: WorkloadStep, add: Add) -> None:
+    """``driver: vmd``: an OpenBSD guest, one VM, one cycle, one flagless slot at GPA 0
+    whose size (a multiple of 1 MiB) is the VM's memory, no touches."""
+    at = ("steps", st.index, "workload")
+    if sc.guest.os not in VMD_GUESTS:
+        add(f"driver vmd runs in an OpenBSD guest, not {sc.guest.os}", *at, "driver")
+    if st.vms != 1 or st.cycles != 1 or st.threads:
+        add("driver vmd starts one VM once (vms: 1, cycles: 1, no threads)", *at, "driver")
+    if len(st.slots) != 1 or st.slots[0].gpa != 0 or st.slots[0].flags \
+            or st.slots[0].size % (1 << 20):
+        add("driver vmd takes one slot {gpa: 0, size: S}: S (a multiple of 1M) is the VM's "
+            "memory, vmd lays out its ranges", *at, "slots")
+    if st.touch:
+        add("driver vmd runs /bsd.rd as the L2: it takes no touches", *at, "touch")
 
 
 def _check_expect(sc: Scenario, workloads: dict[str, WorkloadStep], add: Add) -> None:

@@ -51,8 +51,8 @@ def _validator() -> jsonschema.protocols.Validator:
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine_many({
         "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda _, v: (isinstance(v, int | float) and not isinstance(v, bool)
-                                and math.isfinite(v)),
+        "number": lambda _, v: ((isinstance(v, int) and not isinstance(v, bool))
+                                or (isinstance(v, float) and math.isfinite(v))),
     })
     cls: Any = jsonschema.validators.extend(base, type_checker=checker)  # type: ignore[no-untyped-call]
     validator: jsonschema.protocols.Validator = cls(json.loads(text))
@@ -160,7 +160,8 @@ def _hold(value: object) -> str:
 
 def _workload(raw: Doc, common: dict[str, Any], n: int) -> WorkloadStep:
     return WorkloadStep(
-        **common, id=raw.get("id", f"w{n}"), vms=raw.get("vms", 1),
+        **common, id=raw.get("id", f"w{n}"), driver=raw.get("driver", "slat-workload"),
+        vms=raw.get("vms", 1),
         threads=raw.get("threads", False), cycles=raw.get("cycles", 1),
         hold=_hold(raw.get("hold", True)), ipa_bits=raw.get("ipa_bits"),
         slots=tuple(SlotSpec(parse_addr(s["gpa"]), parse_size(s["size"]),

@@ -22,10 +22,11 @@ import yaml
 
 from harness.errors import ScenarioError
 
-__all__ = ["read_yaml", "Lines", "MAX_BYTES", "MAX_NODES"]
+__all__ = ["read_yaml", "Lines", "MAX_BYTES", "MAX_NODES", "MAX_INT_BITS"]
 
 MAX_BYTES = 1 << 20          # a scenario is a page of YAML; 1 MiB is generous
 MAX_NODES = 100_000          # nodes after alias expansion
+MAX_INT_BITS = 128           # larger integers are refused before anything compares them
 Lines = dict[tuple[object, ...], int]   # path -> line of the key (mappings) or value
 
 
@@ -54,10 +55,15 @@ class _Loader(yaml.SafeLoader):
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
-            return super().construct_object(node, deep)
+            value = super().construct_object(node, deep)
         except (ValueError, TypeError, OverflowError) as e:
             raise yaml.constructor.ConstructorError(
                 None, None, str(e), node.start_mark) from None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {value.bit_length()} bits (at most "
+                f"{MAX_INT_BITS})", node.start_mark)
+        return value
 
 
 def _compose(path: Path, text: str) -> tuple[yaml.Node | None, _Loader]:

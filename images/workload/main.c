@@ -4,26 +4,16 @@
  *
  * See docs/architecture.md, "The workload", for the report lines.
  */
-#define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "workload.h"
 
-#define HUGE_2M (2ULL << 20)
-#define RUNS_PER_LINE 64
-#define PM_PFN_MASK ((1ULL << 55) - 1)
-#define PM_PRESENT (1ULL << 63)
-
-int kvm_fd = -1;
 static struct config cfg;
 static struct vm vms[MAX_VMS];
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -68,6 +58,24 @@ const struct slot *slot_of(const struct config *c, uint64_t gpa)
 		if (gpa >= c->slots[i].gpa && gpa - c->slots[i].gpa < c->slots[i].size)
 			return &c->slots[i];
 	return NULL;
+}
+
+/* Pre-fault every page of a mapped slot and tag it with its own GPA. */
+void tag_slot(struct vm *vm, const struct config *c, int i)
+{
+	const struct slot *s = &c->slots[i];
+
+	for (uint64_t off = 0; off < s->size; off += PAGE_SIZE) {
+		uint64_t tag = s->gpa + off;
+		memcpy(vm->hva[i] + off + TAG_OFFSET, &tag, sizeof(tag));
+	}
+}
+
+/* Copy the guest code into its slot pages and write the arch's stubs. */
+void load_guest(struct vm *vm, const struct config *c)
+{
+	memcpy(gpa_to_hva(vm, c, c->code_gpa, c->code_len), c->code, c->code_len);
+	arch_prepare_memory(vm, c);
 }
 
 uint8_t *gpa_to_hva(const struct vm *vm, const struct config *c, uint64_t gpa, size_t len)
@@ -297,84 +305,6 @@ static void place_code(void)
 
 /* ---- one VM ------------------------------------------------------------- */
 
-static void map_slot(struct vm *vm, int i)
-{
-	const struct slot *s = &cfg.slots[i];
-	size_t align = s->flags & SLOT_HUGE ? HUGE_2M : PAGE_SIZE;
-	size_t len = s->size + (align > PAGE_SIZE ? align : 0);
-	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-	if (base == MAP_FAILED)
-		die("mmap of %llu bytes: %s", (unsigned long long)len, strerror(errno));
-	vm->map_base[i] = base;
-	vm->map_len[i] = len;
-	vm->hva[i] = (uint8_t *)(((uintptr_t)base + align - 1) & ~(uintptr_t)(align - 1));
-	madvise(vm->hva[i], s->size, s->flags & SLOT_HUGE ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-	for (uint64_t off = 0; off < s->size; off += PAGE_SIZE) {   /* pre-fault + tag */
-		uint64_t tag = s->gpa + off;
-		memcpy(vm->hva[i] + off + TAG_OFFSET, &tag, sizeof(tag));
-	}
-}
-
-static void set_slot(struct vm *vm, int i)
-{
-	const struct slot *s = &cfg.slots[i];
-	struct kvm_userspace_memory_region r = {
-		.slot = (uint32_t)i,
-		.flags = (s->flags & SLOT_RO ? KVM_MEM_READONLY : 0) |
-			 (s->flags & SLOT_LOG ? KVM_MEM_LOG_DIRTY_PAGES : 0),
-		.guest_phys_addr = s->gpa,
-		.memory_size = s->size,
-		.userspace_addr = (uintptr_t)vm->hva[i],
-	};
-
-	if (ioctl(vm->vmfd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
-		die("vm %d: KVM_SET_USER_MEMORY_REGION slot %d: %s", vm->index, i, strerror(errno));
-}
-
-static void create_vm(struct vm *vm)
-{
-	int run_size;
-
-	vm->vmfd = ioctl(kvm_fd, KVM_CREATE_VM, arch_vm_type(&cfg));
-	if (vm->vmfd < 0)
-		die("vm %d: KVM_CREATE_VM: %s", vm->index, strerror(errno));
-	for (int i = 0; i < cfg.nslots; i++) {
-		map_slot(vm, i);
-		set_slot(vm, i);
-	}
-	memcpy(gpa_to_hva(vm, &cfg, cfg.code_gpa, cfg.code_len), cfg.code, cfg.code_len);
-	arch_prepare_memory(vm, &cfg);
-	vm->vcpufd = ioctl(vm->vmfd, KVM_CREATE_VCPU, 0);
-	if (vm->vcpufd < 0)
-		die("vm %d: KVM_CREATE_VCPU: %s", vm->index, strerror(errno));
-	run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
-	if (run_size < 0)
-		die("KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
-	vm->run_size = (size_t)run_size;
-	vm->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vm->vcpufd, 0);
-	if (vm->run == MAP_FAILED)
-		die("vm %d: mmap kvm_run: %s", vm->index, strerror(errno));
-	arch_vcpu_init(vm, &cfg);
-}
-
-static void run_vm(struct vm *vm)
-{
-	long budget = 4L * cfg.ntouches + 64;
-
-	while (budget-- > 0) {
-		if (ioctl(vm->vcpufd, KVM_RUN, 0) < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			die("vm %d: KVM_RUN: %s", vm->index, strerror(errno));
-		}
-		if (arch_handle_exit(vm, &cfg))
-			return;
-	}
-	die("vm %d: no final exit after %ld KVM_RUN calls", vm->index, 4L * cfg.ntouches + 64);
-}
-
 /* The guest really stored the marker for every w touch into a writable slot. */
 static void check_writes(const struct vm *vm)
 {
@@ -396,20 +326,10 @@ static void *vm_thread(void *arg)
 {
 	struct vm *vm = arg;
 
-	create_vm(vm);
-	run_vm(vm);
+	hv_create_vm(vm, &cfg);
+	hv_run(vm, &cfg);
 	check_writes(vm);
 	return NULL;
-}
-
-static void destroy_vm(struct vm *vm)
-{
-	munmap(vm->run, vm->run_size);
-	close(vm->vcpufd);
-	close(vm->vmfd);
-	for (int i = 0; i < cfg.nslots; i++)
-		munmap(vm->map_base[i], vm->map_len[i]);
-	emit("{\"event\":\"destroyed\",\"vm\":%d}", vm->index);
 }
 
 /* ---- report ------------------------------------------------------------- */
@@ -421,54 +341,7 @@ static const char *flag_string(unsigned flags)
 	return names[flags & 7];
 }
 
-static void flush_runs(const struct vm *vm, int slot, uint64_t (*runs)[3], int n)
-{
-	char line[RUNS_PER_LINE * 64 + 128];
-	size_t len = 0;
-
-	for (int i = 0; i < n; i++)
-		len += (size_t)snprintf(line + len, sizeof(line) - len, "%s[%llu,%lld,%llu]",
-					i ? "," : "", (unsigned long long)runs[i][0],
-					(long long)runs[i][1], (unsigned long long)runs[i][2]);
-	emit("{\"event\":\"pagemap\",\"vm\":%d,\"slot\":%d,\"runs\":[%s]}", vm->index, slot, line);
-}
-
-/* Runs of consecutive GPA pages with consecutive PFNs; -1 for a page not present. */
-static void report_pagemap(const struct vm *vm, int pagemap, int slot)
-{
-	const struct slot *s = &cfg.slots[slot];
-	uint64_t runs[RUNS_PER_LINE][3];
-	int n = 0;
-
-	for (uint64_t off = 0; off < s->size; off += PAGE_SIZE) {
-		uint64_t entry, va = (uintptr_t)vm->hva[slot] + off;
-		int64_t pfn;
-
-		if (pread(pagemap, &entry, 8, (off_t)(va / PAGE_SIZE * 8)) != 8)
-			die("pread /proc/self/pagemap: %s", strerror(errno));
-		pfn = entry & PM_PRESENT ? (int64_t)(entry & PM_PFN_MASK) : -1;
-		if (n && (int64_t)runs[n - 1][1] != -1 && pfn != -1 &&
-		    (int64_t)(runs[n - 1][1] + runs[n - 1][2]) == pfn) {
-			runs[n - 1][2]++;
-			continue;
-		}
-		if (n && (int64_t)runs[n - 1][1] == -1 && pfn == -1) {
-			runs[n - 1][2]++;
-			continue;
-		}
-		if (n == RUNS_PER_LINE) {
-			flush_runs(vm, slot, runs, n);
-			n = 0;
-		}
-		runs[n][0] = s->gpa + off;
-		runs[n][1] = (uint64_t)pfn;
-		runs[n][2] = 1;
-		n++;
-	}
-	flush_runs(vm, slot, runs, n);
-}
-
-static void report_vm(const struct vm *vm, int pagemap)
+static void report_vm(const struct vm *vm)
 {
 	emit("{\"event\":\"vm\",\"vm\":%d,\"pid\":%d,\"cycle\":%d}", vm->index, getpid(), vm->cycle);
 	for (int i = 0; i < cfg.nslots; i++)
@@ -492,8 +365,7 @@ static void report_vm(const struct vm *vm, int pagemap)
 	if (vm->lost_exits)
 		emit("{\"event\":\"exit\",\"vm\":%d,\"reason\":\"lost\",\"count\":%d}",
 		     vm->index, vm->lost_exits);
-	for (int i = 0; i < cfg.nslots; i++)
-		report_pagemap(vm, pagemap, i);
+	hv_report_memory(vm, &cfg);
 }
 
 /* ---- cycles ------------------------------------------------------------- */
@@ -530,25 +402,21 @@ static void hold(void)
 
 int main(int argc, char **argv)
 {
-	int pagemap;
-
 	parse_args(argc, argv);
 	check_config();
+	hv_check_config(&cfg);
 	place_code();
-	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (kvm_fd < 0)
-		die("open /dev/kvm: %s", strerror(errno));
-	pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (pagemap < 0)
-		die("open /proc/self/pagemap: %s", strerror(errno));
+	hv_open();
 	for (int c = 0; c < cfg.cycles; c++) {
 		run_all(c);
 		for (int v = 0; v < cfg.vms; v++)
-			report_vm(&vms[v], pagemap);
+			report_vm(&vms[v]);
 		if (cfg.hold == 1 || (cfg.hold == 2 && c == cfg.cycles - 1))
 			hold();
-		for (int v = 0; v < cfg.vms; v++)
-			destroy_vm(&vms[v]);
+		for (int v = 0; v < cfg.vms; v++) {
+			hv_destroy_vm(&vms[v], &cfg);
+			emit("{\"event\":\"destroyed\",\"vm\":%d}", vms[v].index);
+		}
 	}
 	emit("{\"event\":\"done\",\"status\":0}");
 	return 0;

@@ -1,18 +1,23 @@
 /*
- * slat-workload: create KVM VMs with given memory slots, let one vCPU per VM
+ * slat-workload: create VMs with given memory slots, let one vCPU per VM
  * touch given guest-physical addresses, report where every slot page lives in
- * L1 physical memory (/proc/self/pagemap), then hold the VMs alive until a
- * line arrives on stdin.  Report lines: "@@SLAT {json}" on stdout.
+ * L1 physical memory (/proc/self/pagemap on Linux), then hold the VMs alive
+ * until a line arrives on stdin.  Report lines: "@@SLAT {json}" on stdout.
  *
- * main.c is architecture independent; arch_<arch>.c generates the guest code,
- * sets up the vCPU and handles exits (the functions named arch_* below).
+ * main.c is independent of architecture and hypervisor.  The hypervisor
+ * backend (the hv_* functions below) is hv_kvm.c (Linux /dev/kvm) or
+ * hv_openbsd.c (OpenBSD /dev/vmm, built with -DSLAT_OPENBSD).  The guest
+ * code comes from l2_x86.c (x86, shared by both backends) or arch_arm64.c;
+ * arch_<arch>.c sets up a KVM vCPU and handles its exits.
  */
 #ifndef SLAT_WORKLOAD_H
 #define SLAT_WORKLOAD_H
 
 #include <stddef.h>
 #include <stdint.h>
+#ifndef SLAT_OPENBSD
 #include <linux/kvm.h>
+#endif
 
 #define PAGE_SIZE   4096ULL
 #define MAX_SLOTS   32
@@ -25,6 +30,8 @@
 #define TAG_OFFSET  0xff8
 /* A "w" touch stores this u32 at the target: the bytes "SLAT" in memory. */
 #define WRITE_MARKER 0x54414c53u
+/* The x86 guest ends with "out SLAT_PORT, al; hlt". */
+#define SLAT_PORT   0x5a
 
 enum slot_flag { SLOT_RO = 1, SLOT_LOG = 2, SLOT_HUGE = 4 };
 
@@ -58,9 +65,14 @@ struct exit_rec {
 
 struct vm {
 	int index, cycle;
+#ifdef SLAT_OPENBSD
+	uint32_t vm_id, vcpu_id;        /* from VMM_IOC_CREATE */
+	void *exit;                     /* struct vm_exit, filled by VMM_IOC_RUN */
+#else
 	int vmfd, vcpufd;
 	struct kvm_run *run;
 	size_t run_size;
+#endif
 	uint8_t *hva[MAX_SLOTS];        /* where each slot is mapped in this process */
 	size_t map_len[MAX_SLOTS];
 	uint8_t *map_base[MAX_SLOTS];
@@ -68,21 +80,34 @@ struct vm {
 	int nexits, lost_exits;
 };
 
-extern int kvm_fd;
-
 /* main.c */
 void emit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 uint8_t *gpa_to_hva(const struct vm *vm, const struct config *cfg, uint64_t gpa, size_t len);
 const struct slot *slot_of(const struct config *cfg, uint64_t gpa);
 void record_exit(struct vm *vm, const char *reason, uint64_t addr, int write);
+void tag_slot(struct vm *vm, const struct config *cfg, int slot);  /* pre-fault + GPA tags */
+void load_guest(struct vm *vm, const struct config *cfg);          /* code + stubs */
 
-/* arch_<arch>.c */
-unsigned long arch_vm_type(const struct config *cfg);
+/* hv_kvm.c or hv_openbsd.c: the hypervisor backend */
+void hv_open(void);
+void hv_check_config(const struct config *cfg);     /* refuse what the backend cannot do */
+void hv_create_vm(struct vm *vm, const struct config *cfg);  /* VM, slots, vCPU, guest */
+void hv_run(struct vm *vm, const struct config *cfg);        /* to the final exit */
+void hv_report_memory(const struct vm *vm, const struct config *cfg);  /* pagemap events */
+void hv_destroy_vm(struct vm *vm, const struct config *cfg);
+
+/* the guest code: l2_x86.c or arch_arm64.c */
 uint64_t arch_touch_limit(const struct config *cfg);   /* touches and code below this GPA */
 size_t arch_gen_code(const struct config *cfg, uint64_t code_gpa, uint8_t *buf, size_t cap);
 void arch_prepare_memory(const struct vm *vm, const struct config *cfg);
+
+#ifndef SLAT_OPENBSD
+/* arch_<arch>.c: a KVM vCPU */
+extern int kvm_fd;
+unsigned long arch_vm_type(const struct config *cfg);
 void arch_vcpu_init(struct vm *vm, const struct config *cfg);
 int arch_handle_exit(struct vm *vm, const struct config *cfg);  /* 1 when finished */
+#endif
 
 #endif

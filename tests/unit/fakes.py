@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,15 @@ class FakeWorld:
         self.observe_errors: list[BaseException | None] = []  # raised one per run, in order
         self.machines: list[FakeMachine] = []
         self.boot_id = "fake-boot-1"    # what the guest says its boot id is
+        self.observe_delay = 0.0        # seconds each observe takes (a hung discovery)
+        self.exit_delay = 0.0           # seconds the machine takes to shut down
 
     def machine(self, config: MachineConfig) -> FakeMachine:
         """A new boot of this world: the workload starts afresh."""
         self.released = False
         if self.observe_errors:
             self.observe_error = self.observe_errors.pop(0)
-        m = FakeMachine(config, self.guest, self.target)
+        m = _SlowExit(config, self.guest, self.target, self.exit_delay)
         self.machines.append(m)
         return m
 
@@ -130,6 +133,8 @@ class FakeWorld:
 
     def observe(self, view: KernelView) -> list[ObservedVM]:
         """KVM's VM list as this world holds it: every VM until it is destroyed."""
+        if self.observe_delay:
+            time.sleep(self.observe_delay)
         if self.observe_error is not None:
             raise self.observe_error
         if self.destroyed or (self.released and not self.leftover):
@@ -157,6 +162,21 @@ class FakeWorld:
         machines.add("qemu", self.machine)
         return Services(_one(base.guests, guest), _one(base.hypervisors, hv), base.models,
                         machines, lambda name, progress: image, states=tmp_path / "cache")
+
+
+class _SlowExit(FakeMachine):
+    """A fake machine whose shutdown takes a while (time for a second Ctrl-C)."""
+
+    def __init__(self, config: MachineConfig, guest: FakeGuest, target: FakeTarget,
+                 delay: float) -> None:
+        super().__init__(config, guest, target)
+        self.delay = delay
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.delay:
+            print("shutting down", flush=True)
+            time.sleep(self.delay)
+        super().__exit__(*exc)
 
 
 class _NoTypes:

@@ -259,3 +259,32 @@ def test_markers_and_panics_split_across_reads(console_pair) -> None:
     with pytest.raises(GuestPanic, match="split"):
         con.run("true")
     con.close()
+
+
+def test_console_over_a_pty_and_a_loopback_port(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    from harness.console import PtyEndpoint, TcpEndpoint
+    master, slave = pty.openpty()
+    con = Console.connect(PtyEndpoint(Path(os.ttyname(slave))), log_path=tmp_path / "p.log",
+                          profile=GUEST_OSES["linux"].console, timeout=5.0)
+    os.write(master, b"slat# ")           # no newline: arrives only on a raw pty
+    with con:
+        con.expect(r"slat# ", timeout=5)
+        con.send_line("echo hi")
+        assert b"echo hi" in os.read(master, 100)
+    os.close(master)
+    os.close(slave)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept()[0].sendall(b"hello\r\n"),
+                     daemon=True).start()
+    con = Console.connect(TcpEndpoint(port), log_path=tmp_path / "t.log",
+                          profile=GUEST_OSES["linux"].console, timeout=5.0)
+    with con:
+        assert con.expect("hello", timeout=5).group(0) == "hello"
+    server.close()
+    with pytest.raises(ConsoleError, match="not on loopback"):
+        Console.connect(TcpEndpoint(22, host="10.0.2.2"), log_path=tmp_path / "x.log",
+                        profile=GUEST_OSES["linux"].console, retry_for=0)

@@ -4,6 +4,11 @@ artifacts, the summary and the CLI's exit status (see fakes.FakeWorld)."""
 from __future__ import annotations
 
 import json
+import resource
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -155,3 +160,75 @@ def test_cli_runs_all_prints_a_summary_and_exits_with_the_worst(
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["outcomes"] == {"passed": 1, "failed": 1} and summary["exit_status"] == 3
     assert len(ET.parse(tmp_path / "j.xml").getroot().findall(".//testcase")) == 2
+
+
+def test_a_hung_step_ends_at_its_own_timeout(tmp_path: Path) -> None:
+    world = FakeWorld()
+    world.observe_delay = 60
+    text = SCENARIO.format(expect="", middle="").replace("  - check: {vms: 1}",
+                                                        "  - check: {vms: 1}\n    timeout: 1", 1)
+    (tmp_path / "s.yaml").write_text(text)
+    res = run_scenario(load_scenario(tmp_path / "s.yaml"), tmp_path / "art",
+                       services=world.services(tmp_path))
+    assert (res.verdict, res.failed_step) == ("timeout", "step 3 (check) at line 9")
+    assert "ran past its timeout (1 s)" in res.message and res.duration < 20
+    assert not world.machine_alive()
+
+
+CHILD = """
+import os, signal, sys, threading, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from fakes import FakeWorld
+from harness.cli import main
+world = FakeWorld()
+world.observe_delay = {observe_delay}
+world.exit_delay = {exit_delay}
+sys.exit(main(["run", {scenario!r}, "--artifacts", {art!r}, "--junit", {junit!r}, "-q"],
+              services=world.services(Path({tmp!r}))))
+"""
+
+
+def _child(tmp_path: Path, popen: dict[str, Any] | None = None,
+           **kw: Any) -> subprocess.Popen[str]:
+    popen = popen or {}
+    path = scenario(tmp_path).path
+    code = CHILD.format(tests=str(Path(__file__).parent), scenario=str(path),
+                        art=str(tmp_path / "art"), junit=str(tmp_path / "j.xml"),
+                        tmp=str(tmp_path), **kw)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_a_second_ctrl_c_during_clean_up_keeps_clean_up_and_the_exit_status(
+        tmp_path: Path) -> None:
+    child = _child(tmp_path, observe_delay=60, exit_delay=2)
+    report = tmp_path / "art" / "fake" / "workload-w1.out"
+    deadline = time.monotonic() + 60
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)                                     # past the workload: in the check
+    child.send_signal(signal.SIGINT)
+    out = child.stdout.readline()                     # type: ignore[union-attr]
+    assert "shutting down" in out                     # clean-up began ...
+    child.send_signal(signal.SIGINT)                  # ... and is interrupted again
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 1, err
+    assert "Traceback" not in err
+    result = json.loads((tmp_path / "art" / "fake" / "result.json").read_text())
+    assert result["verdict"] == "interrupted"
+    cases = ET.parse(tmp_path / "j.xml").getroot().findall(".//testcase")
+    assert len(cases) == 1 and cases[0].find("failure") is not None
+
+
+def test_a_full_disk_is_an_infrastructure_error_with_no_traceback(tmp_path: Path) -> None:
+    def small_files() -> None:                        # every file written stops at 2 KiB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+    child = _child(tmp_path, observe_delay=0, exit_delay=0,
+                   popen={"preexec_fn": small_files})
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 3, err
+    assert "Traceback" not in err and "cannot write" in err
+    run_dir = tmp_path / "art" / "fake"
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.errors import InfraError
 from harness.scenario.spec import SlotSpec, TouchSpec, WorkloadStep
@@ -207,9 +208,14 @@ def host_workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("gcc not installed")
     out = tmp_path_factory.mktemp("wl") / "slat-workload"
     subprocess.run(["gcc", "-static", "-O2", "-pthread", "-o", str(out),
-                    str(WORKLOAD_SRC / "main.c"), str(WORKLOAD_SRC / "arch_x86.c")],
-                   check=True, capture_output=True)
+                    *recipe_sources("linux-amd64")], check=True, capture_output=True)
     return out
+
+
+def recipe_sources(image: str) -> list[str]:
+    """The workload sources an image's recipe compiles."""
+    recipe = yaml.safe_load((WORKLOAD_SRC.parent / image / "recipe.yaml").read_text())
+    return [str(WORKLOAD_SRC / s) for s in recipe["workload"]["sources"]]
 
 
 def _run_host(binary: Path, argv: list[str]) -> tuple[int, list[str]]:
@@ -244,12 +250,12 @@ def test_the_c_parser_rejects_with_an_error_event(host_workload: Path, argv: lis
     assert any(message in e for e in report.errors), report.errors
 
 
-@pytest.mark.parametrize("cc, arch_file", [("gcc", "arch_x86.c"),
-                                           ("aarch64-linux-gnu-gcc", "arch_arm64.c")])
-def test_workload_compiles_without_warnings(tmp_path: Path, cc: str, arch_file: str) -> None:
+@pytest.mark.parametrize("cc, image", [("gcc", "linux-amd64"),
+                                       ("aarch64-linux-gnu-gcc", "linux-arm64")])
+def test_workload_compiles_without_warnings(tmp_path: Path, cc: str, image: str) -> None:
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} not installed")
     proc = subprocess.run([cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
-                           "-o", str(tmp_path / "w"), str(WORKLOAD_SRC / "main.c"),
-                           str(WORKLOAD_SRC / arch_file)], capture_output=True, text=True)
+                           "-o", str(tmp_path / "w"), *recipe_sources(image)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
