@@ -24,6 +24,7 @@ from harness.findings import Finding
 from harness.guests.record import BackingQuery
 from harness.inject import corrupt
 from harness.models.base import Access, MemRange, VMDesc
+from harness.models.bhyve import vm_setup_memory
 from harness.models.vmd_memmap import create_memory_map, cross_check
 from harness.observe import KernelView, ObservedVM
 from harness.scenario.spec import CheckStep, InjectStep, StepSpec
@@ -100,9 +101,10 @@ def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport, ob: ObservedVM | No
             view: KernelView | None = None) -> VMDesc:
     """The model's input from what the workload reported and the scenario touched.
 
-    A VM reported without slots (a vmd VM: vmctl names its size, not its ranges) is
-    described by vmd's memory map for that size, with each range's address from the
-    kernel's own ``vm_memranges`` (*ob*); the two must agree (:func:`memmap_findings`).
+    A VM reported without slots (a vmd or bhyvectl VM: the command names its size, not
+    its ranges) is described by that driver's memory map for the size, with each
+    range's address from the kernel's own ranges (*ob*); the two must agree
+    (:func:`memmap_findings`).
     *view* is the halted L1, for backing sources that walk the VMM process's tables.
     """
     backing = ctx.guest.backing
@@ -115,14 +117,16 @@ def vm_desc(ctx: RunContext, run: WorkloadRun, vm: VMReport, ob: ObservedVM | No
                                 flags=frozenset(SLOT_FLAGS.get(f, f) for f in s.flags))
                        for s in vm.slots)
     else:
-        ranges = _vmd_ranges(vm, ob)
+        ranges = _named_ranges(run.spec.driver, vm, ob)
     touched = [Access(t.gpa, t.access) for t in run.spec.touch]
     touched += [Access(g, "x") for g in vm.code_pages]
     query = BackingQuery(pid=vm.pid, slots=tuple((r.gpa, r.size, r.hva or 0) for r in ranges
                                                  if r.kind != "mmio"),
                          reported=vm.pagemap, l1=view)
     return VMDesc(name=f"{run.id}/vm{vm.index}", ranges=ranges, backing=backing(query),
-                  touched=tuple(touched), options=dict(ctx.hypervisor.model_options))
+                  touched=tuple(touched),
+                  options={**ctx.hypervisor.model_options,
+                           **(ob.model_options if ob is not None else {})})
 
 
 def _live_ranges(ob: ObservedVM | None) -> list[MemRange]:
@@ -134,27 +138,41 @@ def _live_ranges(ob: ObservedVM | None) -> list[MemRange]:
             for i, s in enumerate(ob.slots)]
 
 
-def _vmd_ranges(vm: VMReport, ob: ObservedVM | None) -> tuple[MemRange, ...]:
-    """vmd's memory map for the VM's size, each range at the kernel's address."""
+# the memory map a VM reported by name and size must have, by the driver that made it:
+# vmd's create_memory_map(), libvmmapi's vm_setup_memory() (bhyvectl --set-mem)
+MEMORY_MAPS: dict[str, Callable[[int], list[MemRange]]] = {
+    "vmd": create_memory_map, "bhyvectl": vm_setup_memory}
+MEMORY_MAP_NAMES = {"vmd": ("vmd's create_memory_map()", "vmctl -m {:#x}"),
+                    "bhyvectl": ("libvmmapi's vm_setup_memory()", "bhyvectl --set-mem {:#x}")}
+
+
+def _named_ranges(driver: str, vm: VMReport, ob: ObservedVM | None) -> tuple[MemRange, ...]:
+    """The driver's memory map for the VM's size, each range at the kernel's address."""
     hvas = {r.gpa: r.hva for r in _live_ranges(ob)}
     return tuple(MemRange(p.gpa, p.size, kind=p.kind, hva=hvas.get(p.gpa), name=p.name)
-                 for p in create_memory_map(vm.memory))
+                 for p in MEMORY_MAPS.get(driver, create_memory_map)(vm.memory))
 
 
-def memmap_findings(name: str, vm: VMReport, ob: ObservedVM) -> list[Finding]:
-    """A vmd VM: the kernel's ranges against vmd's memory map for the size asked."""
+def memmap_findings(name: str, vm: VMReport, ob: ObservedVM, driver: str = "vmd"
+                    ) -> list[Finding]:
+    """A VM reported by size (vmd, bhyvectl): the kernel's ranges against the memory map
+    its VMM lays out for that size."""
     if vm.slots:
         return []
-    return [Finding("memmap", name, None, expected="vmd's create_memory_map()",
-                    observed=diff, detail=f"vmctl -m {vm.memory:#x}")
-            for diff in cross_check(create_memory_map(vm.memory), _live_ranges(ob))]
+    layout = MEMORY_MAPS.get(driver, create_memory_map)
+    expected, source = MEMORY_MAP_NAMES.get(driver, MEMORY_MAP_NAMES["vmd"])
+    return [Finding("memmap", name, None, expected=expected, observed=diff,
+                    detail=source.format(vm.memory))
+            for diff in cross_check(layout(vm.memory), _live_ranges(ob))]
 
 
 def _key(vm: VMReport) -> tuple[str, frozenset[int] | str]:
-    """How a reported VM is recognised: its slot addresses, or (vmd) its name."""
-    if vm.slots:
-        return ("hva", frozenset(s.hva for s in vm.slots))
-    return ("name", vm.name)
+    """How a reported VM is recognised: by its name when the workload names it (vmd,
+    bhyve: the kernel does not know where the VMM process maps the memory), else by
+    its slot addresses."""
+    if vm.name or not vm.slots:
+        return ("name", vm.name)
+    return ("hva", frozenset(s.hva for s in vm.slots))
 
 
 def _keys(ob: ObservedVM) -> list[tuple[str, frozenset[int] | str]]:
@@ -221,9 +239,9 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
                           time.monotonic() - t0 - (ctx.phases.get("prepare", 0.0) - before))
             t1 = time.monotonic()
             pairs, leftovers = _match(ctx, observed, step)
-            descs = [(ob, vm_desc(ctx, run, vm, ob, view), vm) for ob, run, vm in pairs]
-        for ob, desc, vm in descs:
-            found = memmap_findings(desc.name, vm, ob)
+            descs = [(ob, vm_desc(ctx, run, vm, ob, view), vm, run) for ob, run, vm in pairs]
+        for ob, desc, vm, run in descs:
+            found = memmap_findings(desc.name, vm, ob, run.spec.driver)
             found += coalesce(diff(ob.walk, ctx.model.expect(desc)))
             _record(ctx, step, found)
             record["vms"].append(_vm_json(ob, desc.name, found))

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     build = img_sub.add_parser("build", help="build an image into the cache")
     build.add_argument("name")
     imp = img_sub.add_parser("import", help="put a disk installed elsewhere into the cache "
-                             "(disk images only: openbsd-amd64)")
+                             "(disk images only: openbsd-amd64, freebsd-amd64)")
     imp.add_argument("name")
     imp.add_argument("--disk", type=Path, required=True,
                      help="the installed disk (any format qemu-img reads)")
@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                           "file /bsd.booted is at run time)")
     imp.add_argument("--root-password", default=None,
                      help="root's password on the disk (default: the recipe's)")
+    imp.add_argument("--module", type=Path, action="append", default=[],
+                     help="a kernel module whose types discovery needs, kept beside the "
+                          "kernel (FreeBSD: /boot/kernel/vmm.ko)")
     for name, what in (("formats", "page-table formats"), ("models", "reference models"),
                        ("hypervisors", "observable hypervisors"), ("guests", "guest OSes"),
                        ("reporters", "report formats")):
@@ -206,7 +209,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     img = import_disk_image(load_disk_recipe(args.name), args.disk, args.kernel,
                             check_kernel=IMPORT_CHECKS[facts.builder],
                             password=args.root_password,
-                            progress=lambda s: print(s, flush=True))
+                            progress=lambda s: print(s, flush=True),
+                            modules=tuple(args.module))
     print(f"{img.name}: {img.dir}")
     return 0
 

@@ -8,7 +8,7 @@ dotted paths and array indexes, ``member_type``, ``is_signed``, ``pointee``,
 the OpenBSD discovery read kernel structures over either.
 
 The format (OpenBSD ``sys/sys/ctf.h`` v1.5; FreeBSD/illumos ``ctf.h`` agree on
-version 2):
+version 2; FreeBSD's ``sys/sys/ctf.h`` adds version 3, below):
 
 * header, 36 bytes, never compressed: u16 magic 0xcff1, u8 version 2, u8 flags
   (bit 0 ``CTF_F_COMPRESS``: the body is one zlib stream), u32 parlabel,
@@ -34,8 +34,15 @@ What differs between the flavours (:data:`FLAVOURS`):
 * ``freebsd`` (illumos ctfconvert, version 2): sizes are bytes; a module's
   container may be a *child* of the kernel's (parname set): ids above 0x7fff
   are the child's own (``CTF_TYPE_ISCHILD``), ids below resolve in the parent.
-  FreeBSD 13 and later write version 3 (32-bit ids), which is refused here by
-  name.
+
+Version 3 (FreeBSD 14 and later: ``ctf_stype_v3``, ``ctf_member_v3``...) widens
+every type id, the info word and the size to 32 bits: a record is u32 name,
+u32 info (kind bits 31..26, root bit 25, vlen bits 23..0), u32 size-or-type,
+long form when that is 0xffffffff (``CTF_V3_LSIZE_SENT``); arrays are three
+u32; members are u32 name, type, bit offset (16 bytes with a 64-bit offset
+from ``CTF_V3_LSTRUCT_THRESH`` = 2**29 bytes on); function arguments are u32;
+child ids have bit 31 set.  The version comes from the header, so both
+versions read with either flavour.
 
 >>> ctf = Ctf.load(section_bytes)                                  # doctest: +SKIP
 >>> ctf.offsetof("struct vm", "vm_link")                           # doctest: +SKIP
@@ -49,31 +56,55 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from harness.errors import InfraError
 from harness.ktypes import TypeLookupError
 from harness.registry import Registry
 
 __all__ = ["Ctf", "CtfType", "CtfMember", "CtfError", "CtfLookupError", "Kind", "Flavour",
-           "FLAVOURS", "CTF_MAGIC", "CTF_VERSION", "ctf_section", "POINTER_SIZE"]
+           "FLAVOURS", "CTF_MAGIC", "CTF_VERSION", "ctf_section", "POINTER_SIZE", "TypeTable",
+           "INT_SIGNED", "INT_CHAR", "INT_BOOL"]
 
 CTF_MAGIC = 0xCFF1
 CTF_VERSION = 2
+CTF_VERSIONS = (2, 3)
 CTF_F_COMPRESS = 0x1
 HEADER = struct.Struct("<HBB8I")     # magic version flags, parlabel parname lbloff objtoff
 #                                      funcoff typeoff stroff strlen
-STYPE = struct.Struct("<IHH")        # name info size-or-type
 LSIZE = struct.Struct("<II")         # size high, size low (long form)
-LSIZE_SENT = 0xFFFF
-LSTRUCT_THRESH = 8192                # members of structs this big or bigger are long
-MEMBER = struct.Struct("<IHH")       # name type offset(bits)
-LMEMBER = struct.Struct("<IHHII")    # name type pad offset-high offset-low
-ARRAY = struct.Struct("<HHI")        # contents index nelems
 ENUM = struct.Struct("<Ii")          # name value
 NAME_EXTERNAL = 1 << 31              # the name lives in the ELF string table
 CHILD_BIT = 0x8000                   # FreeBSD/illumos v2: id > 0x7fff is the child's
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The record shapes of one CTF version (``ctf_stype_vN``, ``ctf_member_vN``...)."""
+
+    version: int
+    stype: struct.Struct        # name info size-or-type
+    lsize_sent: int             # size-or-type value that announces the long form
+    kind_shift: int             # info: kind = info >> kind_shift
+    vlen_mask: int              # info: vlen = info & vlen_mask
+    lstruct_thresh: int         # structs this big or bigger have long members
+    member: struct.Struct       # name type offset(bits)
+    lmember: struct.Struct      # name type [pad] offset-high offset-low
+    array: struct.Struct        # contents index nelems
+    arg: int                    # bytes per function argument type
+    child_bit: int              # ids with this bit set belong to a child container
+
+
+ENCODINGS = {
+    2: Encoding(2, struct.Struct("<IHH"), 0xFFFF, 11, 0x3FF, 8192, struct.Struct("<IHH"),
+                struct.Struct("<IHHII"), struct.Struct("<HHI"), 2, CHILD_BIT),
+    3: Encoding(3, struct.Struct("<III"), 0xFFFFFFFF, 26, 0xFFFFFF, 1 << 29,
+                struct.Struct("<III"), struct.Struct("<IIII"), struct.Struct("<III"), 4,
+                0x8000_0000),
+}
 POINTER_SIZE = 8                     # amd64
 INT_SIGNED = 0x1                     # CTF_INT_SIGNED (encoding bits 31..24)
+INT_CHAR, INT_BOOL = 0x2, 0x4        # CTF_INT_CHAR, CTF_INT_BOOL
 PATH_PART = re.compile(r"([A-Za-z_][A-Za-z_0-9]*)((?:\[\d+\])*)$")
 
 
@@ -125,7 +156,7 @@ class CtfMember:
     name: str
     type_id: int
     bit_offset: int
-    bitfield_size: int = 0    # CTF has no bitfield width in members: always 0
+    bitfield_size: int = 0    # CTF has no bitfield width in members: 0; DWARF's DW_AT_bit_size
 
 
 @dataclass(frozen=True)
@@ -182,9 +213,9 @@ def _body(blob: bytes) -> tuple[tuple[int, ...], bytes]:
     magic, version, flags = hdr[:3]
     if magic != CTF_MAGIC:
         raise CtfError(f"not CTF: magic {magic:#x} (want {CTF_MAGIC:#x})")
-    if version != CTF_VERSION:
-        raise CtfError(f"CTF version {version} is not supported (only version 2; FreeBSD "
-                       "13 and later write version 3 with 32-bit type ids)")
+    if version not in CTF_VERSIONS:
+        raise CtfError(f"CTF version {version} is not supported (versions 2 and 3 are: "
+                       "OpenBSD and older FreeBSD write 2, FreeBSD 14 and later 3)")
     body = blob[HEADER.size:]
     if flags & CTF_F_COMPRESS:
         try:
@@ -198,13 +229,40 @@ def _body(blob: bytes) -> tuple[tuple[int, ...], bytes]:
     return hdr, body
 
 
+class TypeTable(Protocol):
+    """Where :class:`Ctf` gets its type records: a CTF container, or another table
+    of the same records (:mod:`harness.dwarf` builds one from DWARF)."""
+
+    layer: int          # 0: the container itself, 1: its parent
+    source: str         # what the records came from, for messages: "CTF", "DWARF"
+
+    def get(self, tid: int) -> CtfType:
+        """The type *tid* (an error if there is none)."""
+        ...
+
+    def local(self, tid: int) -> bool:
+        """Whether id *tid* is one of this table's own (not the parent's)."""
+        ...
+
+    def loaded(self) -> list[CtfType]:
+        """The types read so far (all of them for a CTF container)."""
+        ...
+
+    def named(self) -> dict[str, list[CtfType]]:
+        """name -> the types with that name, in the table's order."""
+        ...
+
+
 class _Container:
     """The types and strings of one CTF container."""
+
+    source = "CTF"
 
     def __init__(self, blob: bytes, flavour: Flavour, layer: int) -> None:
         hdr, body = _body(blob)
         self.flavour = flavour
         self.layer = layer
+        self.enc = ENCODINGS[hdr[1]]
         self.parname = hdr[4]
         typeoff, stroff, strlen = hdr[8], hdr[9], hdr[10]
         if not typeoff <= stroff:
@@ -219,9 +277,9 @@ class _Container:
         """Decode every type record."""
         pos = 0
         while pos < len(data):
-            if pos + STYPE.size > len(data):
+            if pos + self.enc.stype.size > len(data):
                 raise CtfError(f"CTF type record at {pos:#x} truncated")
-            tid = len(self.types) + 1 + (CHILD_BIT if self.is_child else 0)
+            tid = len(self.types) + 1 + (self.enc.child_bit if self.is_child else 0)
             rec, pos = _record(data, pos, tid, self)
             self.types.append(rec)
 
@@ -229,13 +287,25 @@ class _Container:
         """A name from this container's string table."""
         return _string(self.strings, off)
 
+    def loaded(self) -> list[CtfType]:
+        """Every type of the container."""
+        return self.types
+
+    def named(self) -> dict[str, list[CtfType]]:
+        """name -> types with that name, in id order."""
+        out: dict[str, list[CtfType]] = {}
+        for t in self.types:
+            if t.name:
+                out.setdefault(t.name, []).append(t)
+        return out
+
     def local(self, tid: int) -> bool:
         """Whether id *tid* is one of this container's own."""
-        return not self.is_child or tid > CHILD_BIT - 1
+        return not self.is_child or tid >= self.enc.child_bit
 
     def get(self, tid: int) -> CtfType:
         """This container's type *tid*."""
-        index = (tid & ~CHILD_BIT if self.is_child else tid) - 1
+        index = (tid & ~self.enc.child_bit if self.is_child else tid) - 1
         if not 0 <= index < len(self.types):
             raise CtfError(f"CTF type id {tid} out of range (container has "
                            f"{len(self.types)} types)")
@@ -244,11 +314,12 @@ class _Container:
 
 def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, int]:
     """The type record at *pos* and the position after it and its kind data."""
-    name_off, info, size_or_type = STYPE.unpack_from(data, pos)
-    kind, vlen = info >> 11, info & 0x3FF
-    pos += STYPE.size
+    enc = c.enc
+    name_off, info, size_or_type = enc.stype.unpack_from(data, pos)
+    kind, vlen = info >> enc.kind_shift, info & enc.vlen_mask
+    pos += enc.stype.size
     size = size_or_type
-    if size_or_type == LSIZE_SENT:
+    if size_or_type == enc.lsize_sent:
         hi, lo = LSIZE.unpack_from(data, pos)
         size, pos = hi << 32 | lo, pos + LSIZE.size
     base = dict(id=tid, kind=kind, name=c.name(name_off), layer=c.layer)
@@ -259,8 +330,8 @@ def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, in
             nbytes = size // 8 if c.flavour.base_size_in_bits else size
             return CtfType(**base, size=nbytes, encoding=enc >> 24, bits=bits), pos + 4
         if kind == Kind.ARRAY:
-            contents, _index, nelems = ARRAY.unpack_from(data, pos)
-            return CtfType(**base, ref=contents, nelems=nelems), pos + ARRAY.size
+            contents, _index, nelems = enc.array.unpack_from(data, pos)
+            return CtfType(**base, ref=contents, nelems=nelems), pos + enc.array.size
         if kind in (Kind.STRUCT, Kind.UNION):
             members, pos = _members(data, pos, vlen, size, c)
             return CtfType(**base, size=size, members=members), pos
@@ -269,7 +340,8 @@ def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, in
                           (ENUM.unpack_from(data, pos + 8 * i) for i in range(vlen)))
             return CtfType(**base, size=size, enumerators=enums), pos + ENUM.size * vlen
         if kind == Kind.FUNCTION:
-            return CtfType(**base, ref=size), pos + 2 * (vlen + (vlen & 1))
+            args = enc.arg * vlen
+            return CtfType(**base, ref=size), pos + args + (-args % 4)
     except struct.error as exc:
         raise CtfError(f"CTF type {tid} ({kind=}) truncated: {exc}") from exc
     if kind in SIZED:
@@ -279,26 +351,33 @@ def _record(data: bytes, pos: int, tid: int, c: _Container) -> tuple[CtfType, in
 
 def _members(data: bytes, pos: int, vlen: int, size: int,
              c: _Container) -> tuple[tuple[CtfMember, ...], int]:
-    """*vlen* members; 16-byte ones when the struct is 8192 bytes or more."""
+    """*vlen* members; long ones when the struct is at least the version's threshold."""
     out = []
+    enc = c.enc
     for _ in range(vlen):
-        if size < LSTRUCT_THRESH:
-            name, mtype, off = MEMBER.unpack_from(data, pos)
-            pos += MEMBER.size
+        if size < enc.lstruct_thresh:
+            name, mtype, off = enc.member.unpack_from(data, pos)
+            pos += enc.member.size
         else:
-            name, mtype, _pad, hi, lo = LMEMBER.unpack_from(data, pos)
-            off, pos = hi << 32 | lo, pos + LMEMBER.size
+            *head, hi, lo = enc.lmember.unpack_from(data, pos)
+            name, mtype = head[0], head[1]
+            off, pos = hi << 32 | lo, pos + enc.lmember.size
         out.append(CtfMember(c.name(name), mtype, off))
     return tuple(out), pos
 
 
 class Ctf:
-    """The types of one CTF container (and its parent, for a FreeBSD child)."""
+    """The types of one CTF container (and its parent, for a FreeBSD child).
 
-    def __init__(self, container: _Container, parent: _Container | None = None) -> None:
+    Any :class:`TypeTable` serves as the container: the lookups below work on
+    the records, whatever section they were read from.
+    """
+
+    def __init__(self, container: TypeTable, parent: TypeTable | None = None) -> None:
         self.container = container
         self.parent = parent
         self._by_name: dict[str, list[CtfType]] | None = None
+        self._members: dict[tuple[str, str], tuple[int, int, CtfType]] = {}  # member() by name
 
     @classmethod
     def load(cls, blob: bytes, *, flavour: str = "openbsd", parent: bytes | None = None) -> Ctf:
@@ -321,7 +400,7 @@ class Ctf:
     @property
     def types(self) -> list[CtfType]:
         """Every type, the container's then the parent's."""
-        return self.container.types + (self.parent.types if self.parent else [])
+        return self.container.loaded() + (self.parent.loaded() if self.parent else [])
 
     def type_by_id(self, tid: int, layer: int = 0) -> CtfType | None:
         """Type *tid* as seen from *layer*'s container; None for 0 (no type)."""
@@ -329,20 +408,20 @@ class Ctf:
             return None
         c = self.container if layer == 0 else self.parent
         if c is None:
-            raise CtfError(f"no CTF container at layer {layer}")
+            raise CtfError(f"no type table at layer {layer}")
         if c.local(tid):
             return c.get(tid)
         if self.parent is None:
-            raise CtfError(f"CTF type id {tid} is the parent's, and no parent was given")
+            raise CtfError(f"{c.source} type id {tid} is the parent's, and no parent was given")
         return self.parent.get(tid)
 
     def _index(self) -> dict[str, list[CtfType]]:
         """name -> types with that name."""
         if self._by_name is None:
             self._by_name = {}
-            for t in self.types:
-                if t.name:
-                    self._by_name.setdefault(t.name, []).append(t)
+            for table in (self.container, self.parent):
+                for name, types in (table.named() if table is not None else {}).items():
+                    self._by_name.setdefault(name, []).extend(types)
         return self._by_name
 
     def find(self, spec: str) -> CtfType:
@@ -360,8 +439,8 @@ class Ctf:
                                          Kind.FUNCTION))]
         if not cands:
             close = difflib.get_close_matches(name, list(self._index()), n=5)
-            raise CtfLookupError(f"no type {spec!r} in the kernel's CTF; close names: "
-                           f"{', '.join(close) or 'none'}")
+            raise CtfLookupError(f"no type {spec!r} in the kernel's {self.container.source}; "
+                                 f"close names: {', '.join(close) or 'none'}")
         complete = [t for t in cands if not t.incomplete]
         return (complete or cands)[0]
 
@@ -401,26 +480,36 @@ class Ctf:
         return r
 
     def member(self, spec: str | CtfType, path: str) -> tuple[int, int, CtfType]:
-        """(bit offset, bitfield size (always 0), member type) of a dotted *path*.
+        """(bit offset, bitfield width (0: not a bitfield), member type) of a dotted *path*.
 
         Parts are member names with ``[i]`` indexes: ``"vm_memranges[2].vmr_gpa"``,
         ``"vm_link.sle_next"``.  Anonymous struct/union members are searched
-        through; pointers are not followed.
+        through; pointers are not followed.  Lookups by type name are remembered
+        (discovery asks the same few paths for every node of a list or tree).
         """
-        top = self._as_type(spec)
+        if isinstance(spec, str):
+            key = (spec, path)
+            hit = self._members.get(key)
+            if hit is None:
+                hit = self._members[key] = self._member(self._as_type(spec), path)
+            return hit
+        return self._member(spec, path)
+
+    def _member(self, top: CtfType, path: str) -> tuple[int, int, CtfType]:
         cur = top
-        bits = 0
+        bits, bitfield = 0, 0
         for part in path.split("."):
             m = PATH_PART.match(part)
             if not m:
                 raise CtfLookupError(f"bad member path {path!r} (at {part!r})")
-            off, cur = self._lookup(cur, m.group(1), top, path)
+            off, cur, bitfield = self._lookup(cur, m.group(1), top, path)
             bits += off
             for index in re.findall(r"\[(\d+)\]", m.group(2)):
                 bits, cur = self._index_array(cur, int(index), bits, top, path)
-        return bits, 0, cur
+        return bits, bitfield, cur
 
-    def _lookup(self, t: CtfType, name: str, top: CtfType, path: str) -> tuple[int, CtfType]:
+    def _lookup(self, t: CtfType, name: str, top: CtfType,
+                path: str) -> tuple[int, CtfType, int]:
         """Member *name* of struct/union *t*, also inside anonymous members."""
         r = self.resolve(t)
         if r is None or r.kind not in (Kind.STRUCT, Kind.UNION):
@@ -435,17 +524,18 @@ class Ctf:
                            f"{top.describe()}); close names: {', '.join(close) or 'none'}")
         return found
 
-    def _search(self, r: CtfType, name: str) -> tuple[int, CtfType] | None:
-        """Depth-first search of *name* in *r*'s members and anonymous members."""
+    def _search(self, r: CtfType, name: str) -> tuple[int, CtfType, int] | None:
+        """Depth-first search of *name* in *r*'s members and anonymous members:
+        (bit offset, type, bitfield width)."""
         for m in r.members:
             mtype = self.type_by_id(m.type_id, r.layer)
             if m.name == name and mtype is not None:
-                return m.bit_offset, mtype
+                return m.bit_offset, mtype, m.bitfield_size
             inner = self.resolve(mtype)
             if not m.name and inner is not None and inner.kind in (Kind.STRUCT, Kind.UNION):
                 hit = self._search(inner, name)
                 if hit is not None:
-                    return m.bit_offset + hit[0], hit[1]
+                    return m.bit_offset + hit[0], hit[1], hit[2]
         return None
 
     def _member_names(self, r: CtfType) -> list[str]:
@@ -480,8 +570,8 @@ class Ctf:
 
     def offsetof(self, spec: str | CtfType, path: str) -> int:
         """Byte offset of a (dotted) member path, like C's offsetof."""
-        bits, _bitfield, _t = self.member(spec, path)
-        if bits % 8:
+        bits, bitfield, _t = self.member(spec, path)
+        if bits % 8 or bitfield:
             raise CtfLookupError(f"{self._as_type(spec).describe()}.{path} is at bit {bits}, "
                            "not on a byte (a bitfield)")
         return bits // 8

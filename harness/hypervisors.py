@@ -20,20 +20,29 @@ from typing import Any
 
 from harness.arch import ARCHES, Arch
 from harness.console import Console
+from harness.discovery import freebsd_bhyve as discovery_bhyve
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
 from harness.discovery import openbsd_vmm as discovery_openbsd
+from harness.images.dragonfly import PROC_SYMBOLS as DRAGONFLY_PROC_SYMBOLS
 from harness.observe import KernelView, ObservedVM
+from harness.observe import dragonfly_vkernel as observe_vkernel
+from harness.observe import freebsd_bhyve as observe_bhyve
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
 from harness.observe import openbsd_vmm as observe_openbsd
 from harness.registry import Registry
 
-__all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts"]
+__all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts", "no_prepare"]
 
 
 def no_facts(console: Console) -> Mapping[str, int]:
     """A hypervisor that needs nothing read over the console."""
+    return {}
+
+
+def no_prepare(console: Console) -> Mapping[str, str]:
+    """A hypervisor that is ready as soon as its guest has booted."""
     return {}
 
 
@@ -51,6 +60,10 @@ class Hypervisor:
     symbols: tuple[str, ...] = ()    # kernel symbols discovery needs (read each boot)
     type_modules: tuple[str, ...] = ()  # modules whose types go on top of the kernel's
     facts: Callable[[Console], Mapping[str, int]] = no_facts  # read while L1 runs
+    # run once after boot: make the hypervisor ready (load its module) and decide whether
+    # it can run on this L1 at all (SkipScenario names the missing CPU feature); returns
+    # provenance (recorded as ``hypervisor.<key>`` properties)
+    prepare: Callable[[Console], Mapping[str, str]] = no_prepare
     fault_log: bool = False          # wants the emulator's nested-paging event log
     model_options: Mapping[str, Any] = field(default_factory=dict)  # VMDesc.options
 
@@ -86,6 +99,36 @@ HYPERVISORS.add("openbsd-vmm-rvi", Hypervisor(
                 "with each vCPU's VMCB nCR3; only top-level slots covering vm_memranges",
     observe=observe_openbsd.observe, symbols=discovery_openbsd.NEEDED_SYMBOLS,
     model_options={"format": "npt"}))
+
+
+HYPERVISORS.add("freebsd-bhyve-svm", Hypervisor(
+    name="freebsd-bhyve-svm", guest_os="freebsd", arch="x86_64", format="npt",
+    models=("bhyve",),
+    description="FreeBSD bhyve (vmm.ko) on AMD SVM with nested paging (RVI): /dev/vmm/<name> "
+                "-> vmmdev_softc -> struct vm -> vmspace pmap, cross-checked with "
+                "svm_softc.nptp and each VMCB's nCR3; needs NRIP save (TCG: skip)",
+    observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
+    type_modules=("vmm",), prepare=observe_bhyve.prepare_svm,
+    model_options={"format": "npt"}))
+HYPERVISORS.add("freebsd-bhyve-vmx", Hypervisor(
+    name="freebsd-bhyve-vmx", guest_os="freebsd", arch="x86_64", format="ept",
+    models=("bhyve",),
+    description="FreeBSD bhyve (vmm.ko) on Intel VMX with EPT (hardware or emulated A/D "
+                "bits): /dev/vmm/<name> -> vmmdev_softc -> struct vm -> vmspace pmap, "
+                "cross-checked with vmx.eptp; needs EPT and unrestricted guest",
+    observe=observe_bhyve.observe, symbols=discovery_bhyve.NEEDED_SYMBOLS,
+    type_modules=("vmm",), prepare=observe_bhyve.prepare_vmx,
+    model_options={"format": "ept"}))
+
+HYPERVISORS.add("dragonfly-vkernel", Hypervisor(
+    name="dragonfly-vkernel", guest_os="dragonfly", arch="x86_64", format="npt",
+    models=("dragonfly-vkernel",),
+    description="DragonFly vkernel (MAP_VPAGETABLE, software nested paging): allprocs -> "
+                "each process's vm_map (and p_vkernel's vmspaces) -> VPAGETABLE entries "
+                "(aux.master_pde, the memory image's object pages) and the vmspace's pmap "
+                "(pm_pml4); needs a kernel with MAP_VPAGETABLE (stock: skip)",
+    observe=observe_vkernel.observe, symbols=DRAGONFLY_PROC_SYMBOLS,
+    prepare=observe_vkernel.prepare))
 
 
 def default_hypervisor(guest_os: str, arch: str) -> str | None:

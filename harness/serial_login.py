@@ -18,8 +18,12 @@ PASSWORD = re.compile(r"Password:")
 INCORRECT = re.compile(r"Login incorrect")
 
 
-def serial_login(console: Console, user: str, password: str, timeout: float) -> None:
+def serial_login(console: Console, user: str, password: str, timeout: float,
+                 prompt: re.Pattern[str] = LOGIN) -> None:
     """Wait for the login prompt, log in as *user*, wait until a shell answers.
+
+    *prompt* is the getty's login prompt: OpenBSD's ``<host> login:`` by default,
+    FreeBSD's getty prints a bare ``login:`` after its banner.
 
     An empty line is typed every 30 s while no prompt comes (the prompt may have
     been printed before the console was attached).  A refused password is an
@@ -28,7 +32,7 @@ def serial_login(console: Console, user: str, password: str, timeout: float) -> 
     waited = 0.0
     while True:
         try:
-            console.expect(LOGIN, timeout=min(30.0, max(1.0, timeout - waited)))
+            console.expect(prompt, timeout=min(30.0, max(1.0, timeout - waited)))
             break
         except ConsoleTimeout:
             waited += 30.0

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from harness import freebsd_bhyvectl as bhyvectl
 from harness import openbsd_vmd as vmd
 from harness.artifacts import write_json
 from harness.check import run_check, run_inject
@@ -79,7 +80,10 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
             _save_warm(ctx, warm)
     for key, value in ctx.require_machine().describe().items():
         ctx.properties[f"machine.{key}"] = value
-    ctx.properties["guest.uname"] = ctx.console().run("uname -r", timeout=30).output.strip()
+    console = ctx.console()
+    ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+    for key, value in ctx.hypervisor.prepare(console).items():
+        ctx.properties[f"hypervisor.{key}"] = value
 
 
 def _warm_state(ctx: RunContext, machine: Machine) -> WarmState | None:
@@ -261,6 +265,9 @@ def step_workload(ctx: RunContext, step: WorkloadStep) -> None:
     if step.driver == "vmd":
         _start_vmd(ctx, step, run)
         return
+    if step.driver == "bhyvectl":
+        _start_bhyvectl(ctx, step, run)
+        return
     out, fifo = shlex.quote(run.out), shlex.quote(run.fifo)
     argv = shlex.join(workload_argv(step))
     console.run(f"rm -f {fifo} {out}; mkfifo {fifo}", timeout=30)
@@ -308,6 +315,35 @@ def _start_vmd(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
     _vmd_report(ctx, run, lines)
 
 
+def _start_bhyvectl(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
+    """``driver: bhyvectl``: create the VM with its memory and report it as the held VM."""
+    console = ctx.console()
+    memory = step.slots[0].size
+    console.run(bhyvectl.destroy_command(step.id) + " 2>/dev/null; true", timeout=60)
+    console.run(bhyvectl.create_command(step.id, memory), timeout=ctx.step_timeout(step))
+    ctx.workloads[step.id] = run
+    run.pid = 0
+    lines = bhyvectl.report_lines(step.id, memory)
+    if not step.holds:                    # hold: none: destroy it at once
+        console.run(bhyvectl.destroy_command(step.id), timeout=ctx.step_timeout(step))
+        lines += bhyvectl.destroyed_lines()
+        run.status = 0
+    _vmd_report(ctx, run, lines)
+
+
+def _release_bhyvectl(ctx: RunContext, step: ReleaseStep, run: WorkloadRun) -> None:
+    """``bhyvectl --destroy``; the VM's device node must be gone."""
+    console = ctx.console()
+    console.run(bhyvectl.destroy_command(run.id), timeout=ctx.step_timeout(step))
+    if console.run(bhyvectl.exists_command(run.id), timeout=60, check=False).status == 0:
+        raise InfraError(f"{step.label}: /dev/vmm/{bhyvectl.vm_name(run.id)} is still there "
+                         "after bhyvectl --destroy")
+    text = (ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()
+    run.holds_left -= 1
+    run.status = 0
+    _vmd_report(ctx, run, [*text, *bhyvectl.destroyed_lines()])
+
+
 def _vmd_report(ctx: RunContext, run: WorkloadRun, lines: list[str]) -> None:
     (ctx.run_dir / f"workload-{run.id}.out").write_text("\n".join(lines) + "\n")
     run.report = parse_report(lines)
@@ -333,11 +369,12 @@ def step_release(ctx: RunContext, step: ReleaseStep) -> None:
     console = ctx.console()
     runs = [ctx.workloads[step.workload]] if step.workload else \
         [r for r in ctx.workloads.values() if r.holding]
-    for run in [r for r in runs if r.spec.driver == "vmd"]:
+    for run in [r for r in runs if r.spec.driver in ("vmd", "bhyvectl")]:
         if not run.holding:
-            raise InfraError(f"{step.label}: vmd VM of workload {run.id} is not held")
-        _release_vmd(ctx, step, run)
-    runs = [r for r in runs if r.spec.driver != "vmd"]
+            raise InfraError(f"{step.label}: {run.spec.driver} VM of workload {run.id} is "
+                             "not held")
+        (_release_vmd if run.spec.driver == "vmd" else _release_bhyvectl)(ctx, step, run)
+    runs = [r for r in runs if r.spec.driver not in ("vmd", "bhyvectl")]
     for run in runs:
         if not run.holding:
             raise InfraError(f"{step.label}: workload {run.id} is not holding "

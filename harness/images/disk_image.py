@@ -197,15 +197,17 @@ def _finish(recipe: DiskRecipe, out: Path, extra: dict[str, Any]) -> None:
 def import_disk_image(recipe: DiskRecipe, disk: Path, kernel: Path, *,
                       check_kernel: Callable[[bytes], None] | None = None,
                       password: str | None = None, cache_dir: Path | None = None,
-                      progress: Callable[[str], None] = print) -> Image:
+                      progress: Callable[[str], None] = print,
+                      modules: tuple[Path, ...] = ()) -> Image:
     """Put a disk installed elsewhere, and the kernel it boots, into the cache.
 
     The disk is converted to a standalone qcow2 (``qemu-img convert``, any
     format QEMU reads); *check_kernel* may refuse the kernel (an InfraError);
-    *password* replaces the recipe's root password.  An image already cached
-    under the same hash is replaced.
+    *password* replaces the recipe's root password; *modules* (FreeBSD's
+    ``vmm.ko``) are kept beside the kernel under their names.  An image already
+    cached under the same hash is replaced.
     """
-    for what, path in (("disk", disk), ("kernel", kernel)):
+    for what, path in (("disk", disk), ("kernel", kernel), *(("module", m) for m in modules)):
         if not path.is_file():
             raise InfraError(f"import {recipe.name}: no {what} file {path}")
     if check_kernel is not None:
@@ -217,7 +219,11 @@ def import_disk_image(recipe: DiskRecipe, disk: Path, kernel: Path, *,
         progress(f"import {recipe.name}: converting {disk} to qcow2")
         _convert(disk, out / DISK)
         shutil.copyfile(kernel, out / KERNEL)
-        return {"imported": {"disk": str(disk), "kernel": str(kernel)}}
+        for module in modules:
+            shutil.copyfile(module, out / module.name)
+        return {"imported": {"disk": str(disk), "kernel": str(kernel),
+                             "modules": [str(m) for m in modules]},
+                "modules": {m.name: _sha256(out / m.name) for m in modules}}
 
     final = disk_image_dir(recipe, cache_dir)
     final.parent.mkdir(parents=True, exist_ok=True)

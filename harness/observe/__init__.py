@@ -47,3 +47,6 @@ class ObservedVM:
     slot_hvas: frozenset[int] = frozenset()   # userspace addresses of its memslots
     slots: list[dict[str, Any]] = field(default_factory=list)   # id, gpa, size, hva[, kind]
     discovery: dict[str, Any] = field(default_factory=dict)   # cross-checks, pid, ...
+    # what this VM's model needs that only discovery knows (a vkernel's master PDE and
+    # memory image): merged into VMDesc.options over the hypervisor's model_options
+    model_options: dict[str, Any] = field(default_factory=dict)

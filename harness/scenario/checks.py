@@ -139,6 +139,10 @@ class _StepChecker:
         _check_slots(self.sc, st, self.add)
         if st.driver == "vmd":
             _check_vmd(self.sc, st, self.add)
+        if st.driver == "bhyvectl":
+            _check_bhyvectl(self.sc, st, self.add)
+        if self.sc.hypervisor in VKERNEL_HYPERVISORS:
+            _check_vkernel(st, self.add)
         if st.holds:
             self.held[st.id] = _Held(st, st.holds)
 
@@ -219,8 +223,11 @@ def _regex(add: Add, pattern: str, *at: object) -> None:
 
 
 def _l2_address_bits(sc: Scenario, st: WorkloadStep, add: Add) -> int | None:
-    """How many GPA bits the workload's L2 can reach on this architecture."""
+    """How many GPA bits the workload's L2 can reach on this architecture (a vkernel's
+    "GPA" is a user virtual address of the L1 process)."""
     from harness.hypervisors import HYPERVISORS
+    if sc.hypervisor in VKERNEL_HYPERVISORS:
+        return VKERNEL_VA_BITS
     arch = HYPERVISORS[sc.hypervisor].arch_record
     for key in ("ipa_bits",):
         if getattr(st, key) is not None and key not in arch.workload_options:
@@ -275,6 +282,57 @@ def _check_vmd(sc: Scenario, st: WorkloadStep, add: Add) -> None:
             "memory, vmd lays out its ranges", *at, "slots")
     if st.touch:
         add("driver vmd runs /bsd.rd as the L2: it takes no touches", *at, "touch")
+
+
+BHYVECTL_GUESTS = ("freebsd",)
+
+
+def _check_bhyvectl(sc: Scenario, st: WorkloadStep, add: Add) -> None:
+    """``driver: bhyvectl``: a FreeBSD guest, one VM, one cycle, one flagless slot at GPA 0
+    whose size (a multiple of 1 MiB) is the VM's memory, no touches (no vCPU runs)."""
+    at = ("steps", st.index, "workload")
+    if sc.guest.os not in BHYVECTL_GUESTS:
+        add(f"driver bhyvectl runs in a FreeBSD guest, not {sc.guest.os}", *at, "driver")
+    if st.vms != 1 or st.cycles != 1 or st.threads:
+        add("driver bhyvectl makes one VM once (vms: 1, cycles: 1, no threads)", *at,
+            "driver")
+    if len(st.slots) != 1 or st.slots[0].gpa != 0 or st.slots[0].flags \
+            or st.slots[0].size % (1 << 20):
+        add("driver bhyvectl takes one slot {gpa: 0, size: S}: S (a multiple of 1M) is the "
+            "VM's memory, libvmmapi lays out its ranges", *at, "slots")
+    if st.touch:
+        add("driver bhyvectl runs no vCPU: it takes no touches", *at, "touch")
+
+
+VKERNEL_HYPERVISORS = ("dragonfly-vkernel",)
+VKERNEL_VA_BITS = 47                 # x86-64 user addresses
+VKERNEL_ALIGN = 2 << 20              # the workload's VPTE tables map 2 MiB per level-1 table
+VKERNEL_MAX = 1 << 30                # ... under one level-3 entry
+
+
+def _check_vkernel(st: WorkloadStep, add: Add) -> None:
+    """The DragonFly vkernel workload (vkernel_dfly.c): one region ``{gpa: VA, size: S}``
+    (VA and S multiples of 2 MiB, S at most 1 GiB, no flags), one or two VMs (the
+    process's own map, and a ``vmspace_create()`` vmspace at VA + 1 GiB), one cycle,
+    reads and writes only."""
+    at = ("steps", st.index, "workload")
+    if st.driver != "slat-workload":
+        add(f"dragonfly-vkernel runs slat-workload, not driver {st.driver}", *at, "driver")
+    if st.vms not in (1, 2) or st.cycles != 1 or st.threads or st.ipa_bits is not None:
+        add("the vkernel workload maps one region in the process (vms: 1) and optionally "
+            "a vmspace (vms: 2), once (cycles: 1), without threads or ipa_bits", *at)
+    if len(st.slots) != 1 or st.slots[0].flags or st.slots[0].gpa % VKERNEL_ALIGN \
+            or st.slots[0].size % VKERNEL_ALIGN or not 0 < st.slots[0].size <= VKERNEL_MAX:
+        add("the vkernel workload takes one slot {gpa: VA, size: S}: VA and S multiples of "
+            "2M, S at most 1G, no flags (the slot is the MAP_VPAGETABLE region)", *at, "slots")
+    elif st.vms == 2 and st.slots[0].gpa + VKERNEL_MAX + st.slots[0].size \
+            > 1 << VKERNEL_VA_BITS:
+        add("with vms: 2 the vmspace's region lies at VA + 1G: it must stay below 2^47",
+            *at, "slots")
+    for j, t in enumerate(st.touch):
+        if t.access not in ("r", "w"):
+            add("the vkernel region is not executable: touches are r or w", *at, "touch", j,
+                "access")
 
 
 def _check_expect(sc: Scenario, workloads: dict[str, WorkloadStep], add: Add) -> None:

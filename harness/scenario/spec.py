@@ -95,7 +95,7 @@ class WorkloadStep(StepSpec):
 
     kind: ClassVar[str] = "workload"
     id: str = "w1"
-    driver: str = "slat-workload"  # or "vmd": vmctl start of a VM the size of the one slot
+    driver: str = "slat-workload"  # "vmd"/"bhyvectl": a VM the size of the one slot
     vms: int = 1
     threads: bool = False
     cycles: int = 1

@@ -173,3 +173,9 @@ void hv_report_memory(const struct vm *vm, const struct config *cfg)
 	for (int i = 0; i < cfg->nslots; i++)
 		report_pagemap(vm, cfg, i);
 }
+
+const char *hv_vm_name(const struct vm *vm)
+{
+	(void)vm;               /* KVM VMs have no names */
+	return NULL;
+}

@@ -343,7 +343,14 @@ static const char *flag_string(unsigned flags)
 
 static void report_vm(const struct vm *vm)
 {
-	emit("{\"event\":\"vm\",\"vm\":%d,\"pid\":%d,\"cycle\":%d}", vm->index, getpid(), vm->cycle);
+	const char *name = hv_vm_name(vm);
+
+	if (name)
+		emit("{\"event\":\"vm\",\"vm\":%d,\"pid\":%d,\"cycle\":%d,\"name\":\"%s\"}",
+		     vm->index, getpid(), vm->cycle, name);
+	else
+		emit("{\"event\":\"vm\",\"vm\":%d,\"pid\":%d,\"cycle\":%d}", vm->index,
+		     getpid(), vm->cycle);
 	for (int i = 0; i < cfg.nslots; i++)
 		emit("{\"event\":\"slot\",\"vm\":%d,\"slot\":%d,\"gpa\":%llu,\"size\":%llu,"
 		     "\"hva\":%llu,\"flags\":\"%s\"}", vm->index, i,

@@ -5,9 +5,10 @@
  * until a line arrives on stdin.  Report lines: "@@SLAT {json}" on stdout.
  *
  * main.c is independent of architecture and hypervisor.  The hypervisor
- * backend (the hv_* functions below) is hv_kvm.c (Linux /dev/kvm) or
- * hv_openbsd.c (OpenBSD /dev/vmm, built with -DSLAT_OPENBSD).  The guest
- * code comes from l2_x86.c (x86, shared by both backends) or arch_arm64.c;
+ * backend (the hv_* functions below) is hv_kvm.c (Linux /dev/kvm),
+ * hv_openbsd.c (OpenBSD /dev/vmm, built with -DSLAT_OPENBSD) or hv_freebsd.c
+ * (FreeBSD bhyve through libvmmapi, built with -DSLAT_FREEBSD).  The guest
+ * code comes from l2_x86.c (x86, shared by the backends) or arch_arm64.c;
  * arch_<arch>.c sets up a KVM vCPU and handles its exits.
  */
 #ifndef SLAT_WORKLOAD_H
@@ -15,7 +16,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#ifndef SLAT_OPENBSD
+#if !defined(SLAT_OPENBSD) && !defined(SLAT_FREEBSD)
+#define SLAT_KVM 1
 #include <linux/kvm.h>
 #endif
 
@@ -65,9 +67,14 @@ struct exit_rec {
 
 struct vm {
 	int index, cycle;
-#ifdef SLAT_OPENBSD
+#if defined(SLAT_OPENBSD)
 	uint32_t vm_id, vcpu_id;        /* from VMM_IOC_CREATE */
 	void *exit;                     /* struct vm_exit, filled by VMM_IOC_RUN */
+#elif defined(SLAT_FREEBSD)
+	struct vmctx *ctx;              /* libvmmapi: /dev/vmm/<name> */
+	struct vcpu *vcpu;              /* vCPU 0 */
+	struct vm_exit *exit;           /* filled by vm_run() */
+	char name[32];                  /* VM_MAX_NAMELEN: "slat-<pid>-<cycle>-<index>" */
 #else
 	int vmfd, vcpufd;
 	struct kvm_run *run;
@@ -89,20 +96,21 @@ void record_exit(struct vm *vm, const char *reason, uint64_t addr, int write);
 void tag_slot(struct vm *vm, const struct config *cfg, int slot);  /* pre-fault + GPA tags */
 void load_guest(struct vm *vm, const struct config *cfg);          /* code + stubs */
 
-/* hv_kvm.c or hv_openbsd.c: the hypervisor backend */
+/* hv_kvm.c, hv_openbsd.c or hv_freebsd.c: the hypervisor backend */
 void hv_open(void);
 void hv_check_config(const struct config *cfg);     /* refuse what the backend cannot do */
 void hv_create_vm(struct vm *vm, const struct config *cfg);  /* VM, slots, vCPU, guest */
 void hv_run(struct vm *vm, const struct config *cfg);        /* to the final exit */
 void hv_report_memory(const struct vm *vm, const struct config *cfg);  /* pagemap events */
 void hv_destroy_vm(struct vm *vm, const struct config *cfg);
+const char *hv_vm_name(const struct vm *vm);  /* the VM's name where the VMM names it, or NULL */
 
 /* the guest code: l2_x86.c or arch_arm64.c */
 uint64_t arch_touch_limit(const struct config *cfg);   /* touches and code below this GPA */
 size_t arch_gen_code(const struct config *cfg, uint64_t code_gpa, uint8_t *buf, size_t cap);
 void arch_prepare_memory(const struct vm *vm, const struct config *cfg);
 
-#ifndef SLAT_OPENBSD
+#ifdef SLAT_KVM
 /* arch_<arch>.c: a KVM vCPU */
 extern int kvm_fd;
 unsigned long arch_vm_type(const struct config *cfg);

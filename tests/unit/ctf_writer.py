@@ -10,7 +10,10 @@ and writes either flavour:
   base types named after the DWARF encoding, incomplete structs as an empty
   STRUCT, the body zlib-compressed (``CTF_F_COMPRESS``);
 * ``freebsd``: sizes in bytes, FORWARD for incomplete structs, optionally a
-  child container (parname set, own ids from 0x8001).
+  child container (parname set, own ids from 0x8001);
+* ``version=3`` (FreeBSD 14 and later, FreeBSD ``sys/sys/ctf.h``): 32-bit names,
+  info (kind << 26 | root << 25 | vlen), sizes, type ids, member offsets and
+  array fields; child ids from 0x80000001.
 
 >>> w = CtfWriter(); u32 = w.int_("unsigned", 4)
 >>> s = w.struct("struct pt", [("x", u32), ("y", u32)])
@@ -33,8 +36,9 @@ __all__ = ["CtfWriter", "K_INTEGER", "K_POINTER", "K_ARRAY", "K_STRUCT", "K_UNIO
 K_INTEGER, K_FLOAT, K_POINTER, K_ARRAY, K_FUNCTION, K_STRUCT, K_UNION = 1, 2, 3, 4, 5, 6, 7
 K_ENUM, K_FORWARD, K_TYPEDEF, K_VOLATILE, K_CONST, K_RESTRICT = 8, 9, 10, 11, 12, 13
 INT_SIGNED, INT_CHAR, INT_BOOL = 1, 2, 4
-MAX_SIZE = 0xFFFE           # larger sizes take the long form
-LSTRUCT_THRESH = 8192
+MAX_SIZE = {2: 0xFFFE, 3: 0xFFFFFFFE}            # larger sizes take the long form
+LSTRUCT_THRESH = {2: 8192, 3: 1 << 29}
+CHILD_FIRST = {2: 0x8001, 3: 0x8000_0001}
 
 
 @dataclass
@@ -56,12 +60,13 @@ class CtfWriter:
     """Builds a CTF container; ids are positions, 1-based (0x8001-based for a child)."""
 
     def __init__(self, flavour: str = "openbsd", parent_name: str = "",
-                 parent: CtfWriter | None = None) -> None:
-        assert flavour in ("openbsd", "freebsd")
+                 parent: CtfWriter | None = None, version: int = 2) -> None:
+        assert flavour in ("openbsd", "freebsd") and version in (2, 3)
         self.flavour = flavour
+        self.version = version
         self.parent_name = parent_name
         self.parent = parent
-        self.first = 0x8001 if parent_name else 1
+        self.first = CHILD_FIRST[version] if parent_name else 1
         self.types: list[_T] = []
         self.offsets: dict[int, dict[str, int]] = {}
         if flavour == "openbsd" and not parent_name:
@@ -72,7 +77,7 @@ class CtfWriter:
         return self.first + len(self.types) - 1
 
     def _get(self, tid: int) -> _T:
-        if self.parent is not None and tid < 0x8000:
+        if self.parent is not None and tid < CHILD_FIRST[self.version] - 1:
             return self.parent._get(tid)
         return self.types[tid - self.first]
 
@@ -166,28 +171,36 @@ class CtfWriter:
 
     def _record(self, t: _T, s: dict[str, int]) -> bytes:
         vlen = len(t.members) or len(t.enums)
-        info = (t.kind << 11) | (1 << 10) | vlen
+        v3 = self.version == 3
+        info = (t.kind << 26) | (1 << 25) | vlen if v3 else (t.kind << 11) | (1 << 10) | vlen
         sized = t.kind in (K_INTEGER, K_FLOAT, K_STRUCT, K_UNION, K_ENUM)
         value = t.size if sized else t.ref
         if t.kind == K_INTEGER and self.flavour == "openbsd":
             value = 8 * t.size                         # ctfconv: base type size in bits
         if t.kind == K_ARRAY or t.kind == K_FORWARD:
             value = 0
-        if value > MAX_SIZE:
-            out = struct.pack("<IHHII", s[t.name], info, 0xFFFF, value >> 32, value & 0xFFFFFFFF)
+        head, sent = ("<III", 0xFFFFFFFF) if v3 else ("<IHH", 0xFFFF)
+        if value > MAX_SIZE[self.version]:
+            out = struct.pack(head + "II", s[t.name], info, sent, value >> 32,
+                              value & 0xFFFFFFFF)
         else:
-            out = struct.pack("<IHH", s[t.name], info, value)
+            out = struct.pack(head, s[t.name], info, value)
         return out + self._data(t, s)
 
     def _data(self, t: _T, s: dict[str, int]) -> bytes:
         if t.kind == K_INTEGER:
             enc = (INT_SIGNED if t.signed else 0) | (INT_CHAR if t.name.endswith("char") else 0)
             return struct.pack("<I", enc << 24 | 8 * t.size)
+        v3 = self.version == 3
         if t.kind == K_ARRAY:
-            return struct.pack("<HHI", t.ref, 0, t.nelems)
+            return struct.pack("<III" if v3 else "<HHI", t.ref, 0, t.nelems)
         if t.kind in (K_STRUCT, K_UNION):
-            if t.size < LSTRUCT_THRESH:
-                return b"".join(struct.pack("<IHH", s[n], tid, bits) for n, tid, bits in t.members)
+            if t.size < LSTRUCT_THRESH[self.version]:
+                return b"".join(struct.pack("<III" if v3 else "<IHH", s[n], tid, bits)
+                                for n, tid, bits in t.members)
+            if v3:
+                return b"".join(struct.pack("<IIII", s[n], tid, bits >> 32, bits & 0xFFFFFFFF)
+                                for n, tid, bits in t.members)
             return b"".join(struct.pack("<IHHII", s[n], tid, 0, bits >> 32, bits & 0xFFFFFFFF)
                             for n, tid, bits in t.members)
         if t.kind == K_ENUM:
@@ -201,6 +214,6 @@ class CtfWriter:
         body = types + strings
         typeoff, stroff = 0, len(types)
         parname = s[self.parent_name] if self.parent_name else 0
-        hdr = struct.pack("<HBB8I", 0xCFF1, 2, 1 if compress else 0, 0, parname, 0, 0, 0,
+        hdr = struct.pack("<HBB8I", 0xCFF1, self.version, 1 if compress else 0, 0, parname, 0, 0, 0,
                           typeoff, stroff, len(strings))
         return hdr + (zlib.compress(body) if compress else body)

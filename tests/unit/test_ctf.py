@@ -159,8 +159,8 @@ def test_uncompressed_and_malformed_sections() -> None:
     blob = w.blob()
     with pytest.raises(CtfError, match="magic"):
         Ctf.load(b"\0\0" + blob[2:])
-    with pytest.raises(CtfError, match="version 3"):
-        Ctf.load(blob[:2] + b"\x03" + blob[3:])
+    with pytest.raises(CtfError, match="version 4 is not supported"):
+        Ctf.load(blob[:2] + b"\x04" + blob[3:])
     with pytest.raises(CtfError, match="inflate"):
         Ctf.load(blob[:40] + b"garbage")
     with pytest.raises(CtfError, match="shorter than its header"):
@@ -187,6 +187,56 @@ def test_freebsd_flavour_bytes_and_child_container() -> None:
     assert ctf.find("struct vmspace").kind == Kind.FORWARD
     with pytest.raises(CtfError, match="child of 'kernel'"):
         Ctf.load(child.blob(), flavour="freebsd")
+
+
+def kernelish_v3(parent_name: str = "", parent: CtfWriter | None = None
+                 ) -> tuple[CtfWriter, dict[str, int]]:
+    """FreeBSD 14 types in CTF version 3: bhyve's vmmdev_softc over a struct vm."""
+    w = CtfWriter("freebsd", parent_name=parent_name, parent=parent, version=3)
+    t: dict[str, int] = {}
+    t["u64"] = w.int_("unsigned long", 8)
+    t["int"] = w.int_("int", 4, signed=True)
+    t["char"] = w.int_("char", 1, signed=True)
+    t["vm"] = w.declare("struct vm")
+    t["softc"] = w.struct("struct vmmdev_softc", [("vm", w.ptr(t["vm"])), ("flags", t["int"])])
+    w.struct("struct vm", [("cookie", w.ptr(0)), ("pad", w.array(t["u64"], 40)),
+                           ("name", w.array(t["char"], 32)), ("maxcpus", t["int"])],
+             define=t["vm"])
+    return w, t
+
+
+def test_freebsd_version_3_layouts_and_ids() -> None:
+    """CTF version 3 (FreeBSD 14+): 32-bit records, ids, offsets; read by the same reader."""
+    w, t = kernelish_v3()
+    blob = w.blob()
+    assert blob[2] == 3
+    ctf = Ctf.load(blob, flavour="freebsd")
+    lay = w.layout_of(t["vm"])
+    for name in ("cookie", "pad", "name", "maxcpus"):
+        assert ctf.offsetof("struct vm", name) == lay[name]
+    assert ctf.sizeof("struct vm") == w.size_of(t["vm"])
+    vm = ctf.pointee(ctf.member_type("struct vmmdev_softc", "vm"))
+    assert vm is not None and vm.describe() == "struct vm"
+    raw = zlib.decompress(blob[36:])
+    _name, info, size = struct.unpack_from("<III", raw, 0)      # type 1: "unsigned long"
+    assert (info >> 26, info & 0xFFFFFF, size) == (Kind.INTEGER, 0, 8)
+    # the same bytes read as version 2 are not these types: the version matters
+    with pytest.raises(CtfError):
+        Ctf.load(blob[:2] + b"\x02" + blob[3:], flavour="freebsd").offsetof("struct vm", "name")
+
+
+def test_version_3_long_members_and_child_ids() -> None:
+    parent, t = kernelish_v3()
+    child = CtfWriter("freebsd", parent_name="kernel", parent=parent, version=3)
+    big = child.array(t["u64"], 70000)           # bit offsets beyond 16 bits, short members
+    s = child.struct("struct vmm_big", [("pad", big), ("vm", child.ptr(t["vm"])),
+                                        ("flags", t["int"])])
+    assert s > 0x8000_0000
+    ctf = Ctf.load(child.blob(), flavour="freebsd", parent=parent.blob())
+    assert ctf.offsetof("struct vmm_big", "flags") == child.layout_of(s)["flags"] == 560008
+    assert ctf.sizeof(ctf.member_type("struct vmm_big", "pad")) == 560000
+    vm = ctf.pointee(ctf.member_type("struct vmm_big", "vm"))
+    assert vm is not None and vm.layer == 1 and ctf.sizeof(vm) == parent.size_of(t["vm"])
 
 
 def test_kernel_reader_works_over_ctf() -> None:

@@ -1,6 +1,7 @@
 """The workload's sources build for each backend: the Linux KVM ones as the recipes say
-(x86; arm64 in test_workload_report.py), the OpenBSD vmm one
-checked for syntax against a stand-in of its headers (tests/data/openbsd-include)."""
+(x86; arm64 in test_workload_report.py), the OpenBSD vmm and FreeBSD bhyve ones
+checked for syntax against stand-ins of their headers (tests/data/openbsd-include,
+tests/data/freebsd-include), the DragonFly vkernel one without any system header."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.images import dragonfly as dfly
+from harness.images import freebsd as fbsd
 from harness.images.openbsd import WORKLOAD_FILES, WORKLOAD_SOURCES, firstboot_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = ROOT / "images" / "workload"
 SHIM = ROOT / "tests" / "data" / "openbsd-include"
+FREEBSD_SHIM = ROOT / "tests" / "data" / "freebsd-include"
 
 
 def recipe_build(name: str, tmp_path: Path) -> Path:
@@ -53,3 +57,22 @@ def test_both_x86_backends_share_the_guest_code() -> None:
     assert "l2_x86.c" in linux["workload"]["sources"] and "l2_x86.c" in WORKLOAD_SOURCES
     assert "main.c" in linux["workload"]["sources"] and "main.c" in WORKLOAD_SOURCES
     assert "hv_openbsd.c" not in linux["workload"]["sources"]
+
+
+def test_freebsd_backend_compiles_against_libvmmapi() -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    assert set(fbsd.WORKLOAD_FILES) <= {p.name for p in WORKLOAD.iterdir()}
+    subprocess.run(["gcc", "-fsyntax-only", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+                    "-DSLAT_FREEBSD", "-I", str(FREEBSD_SHIM), "-I", str(WORKLOAD),
+                    *[str(WORKLOAD / s) for s in fbsd.WORKLOAD_SOURCES]], check=True)
+    assert "l2_x86.c" in fbsd.WORKLOAD_SOURCES and "main.c" in fbsd.WORKLOAD_SOURCES
+
+
+def test_dragonfly_vkernel_workload_needs_no_system_header() -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    assert set(dfly.WORKLOAD_FILES) <= {p.name for p in WORKLOAD.iterdir()}
+    subprocess.run(["gcc", "-fsyntax-only", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+                    "-nostdinc", "-I", str(WORKLOAD),
+                    *[str(WORKLOAD / s) for s in dfly.WORKLOAD_SOURCES]], check=True)

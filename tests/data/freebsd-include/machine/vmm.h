@@ -1,0 +1,70 @@
+/* Stand-in of FreeBSD 14 sys/amd64/include/vmm.h and vmm_dev.h (see README.md). */
+#ifndef _SLAT_SHIM_MACHINE_VMM_H_
+#define _SLAT_SHIM_MACHINE_VMM_H_
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/cpuset.h>
+
+enum vm_suspend_how {
+	VM_SUSPEND_NONE, VM_SUSPEND_RESET, VM_SUSPEND_POWEROFF, VM_SUSPEND_HALT,
+	VM_SUSPEND_TRIPLEFAULT, VM_SUSPEND_DESTROY, VM_SUSPEND_LAST
+};
+
+enum vm_reg_name {
+	VM_REG_GUEST_RAX, VM_REG_GUEST_RBX, VM_REG_GUEST_RCX, VM_REG_GUEST_RDX,
+	VM_REG_GUEST_RSI, VM_REG_GUEST_RDI, VM_REG_GUEST_RBP, VM_REG_GUEST_R8,
+	VM_REG_GUEST_R9, VM_REG_GUEST_R10, VM_REG_GUEST_R11, VM_REG_GUEST_R12,
+	VM_REG_GUEST_R13, VM_REG_GUEST_R14, VM_REG_GUEST_R15, VM_REG_GUEST_CR0,
+	VM_REG_GUEST_CR3, VM_REG_GUEST_CR4, VM_REG_GUEST_DR7, VM_REG_GUEST_RSP,
+	VM_REG_GUEST_RIP, VM_REG_GUEST_RFLAGS, VM_REG_GUEST_ES, VM_REG_GUEST_CS,
+	VM_REG_GUEST_SS, VM_REG_GUEST_DS, VM_REG_GUEST_FS, VM_REG_GUEST_GS,
+	VM_REG_GUEST_LDTR, VM_REG_GUEST_TR, VM_REG_GUEST_IDTR, VM_REG_GUEST_GDTR,
+	VM_REG_GUEST_EFER, VM_REG_GUEST_CR2, VM_REG_LAST
+};
+
+enum vm_cap_type {
+	VM_CAP_HALT_EXIT, VM_CAP_MTRAP_EXIT, VM_CAP_PAUSE_EXIT, VM_CAP_UNRESTRICTED_GUEST,
+	VM_CAP_ENABLE_INVPCID, VM_CAP_BPT_EXIT, VM_CAP_RDPID, VM_CAP_RDTSCP, VM_CAP_IPI_EXIT,
+	VM_CAP_MASK_HWINTR, VM_CAP_RFLAGS_TF, VM_CAP_MAX
+};
+
+enum vm_exitcode {
+	VM_EXITCODE_INOUT, VM_EXITCODE_VMX, VM_EXITCODE_BOGUS, VM_EXITCODE_RDMSR,
+	VM_EXITCODE_WRMSR, VM_EXITCODE_HLT, VM_EXITCODE_MTRAP, VM_EXITCODE_PAUSE,
+	VM_EXITCODE_PAGING, VM_EXITCODE_INST_EMUL, VM_EXITCODE_SPINUP_AP,
+	VM_EXITCODE_DEPRECATED1, VM_EXITCODE_RENDEZVOUS, VM_EXITCODE_IOAPIC_EOI,
+	VM_EXITCODE_SUSPENDED, VM_EXITCODE_INOUT_STR, VM_EXITCODE_TASK_SWITCH,
+	VM_EXITCODE_MONITOR, VM_EXITCODE_MWAIT, VM_EXITCODE_SVM, VM_EXITCODE_REQIDLE,
+	VM_EXITCODE_DEBUG, VM_EXITCODE_VMINSN, VM_EXITCODE_BPT, VM_EXITCODE_IPI,
+	VM_EXITCODE_DB, VM_EXITCODE_MAX
+};
+
+struct vm_inout {
+	uint16_t bytes:3;
+	uint16_t in:1;
+	uint16_t string:1;
+	uint16_t rep:1;
+	uint16_t port;
+	uint32_t eax;
+};
+
+struct vm_exit {
+	enum vm_exitcode exitcode;
+	int inst_length;
+	uint64_t rip;
+	union {
+		struct vm_inout inout;
+		struct { uint64_t rflags; uint64_t intr_status; } hlt;
+		struct { enum vm_suspend_how how; } suspended;
+		struct { uint64_t exitcode, exitinfo1, exitinfo2; } svm;
+	} u;
+};
+
+/* machine/vmm_dev.h */
+struct vm_run {
+	int cpuid;
+	cpuset_t *cpuset;
+	size_t cpusetsize;
+	struct vm_exit *vm_exit;
+};
+#endif
