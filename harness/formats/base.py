@@ -139,7 +139,7 @@ class WalkLimits:
     max_tables: int = 1 << 16      # table pages read before giving up with "read_budget"
     mem_size: int | None = None    # frames at or beyond this are "frame_beyond_memory"
     max_leaves: int = 1 << 20      # leaves produced before giving up with "read_budget"
-    max_findings: int = 1 << 16    # structural findings before giving up with "read_budget"
+    max_findings: int = 1 << 14    # structural findings before giving up with "read_budget"
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,8 @@ def test_fan_out_to_one_table_is_bounded_in_output(case: str) -> None:
 def test_kvm_never_shares_a_table(case: str) -> None:
     """Every second reference of a table page is a shared_table finding (then repeated)."""
     levels = CASES[case][4]
-    res = run(case, fan_out(case), WalkLimits(mem_size=MEM, max_findings=3000))
+    res = run(case, fan_out(case), WalkLimits(mem_size=MEM, max_findings=3000,
+                                              max_leaves=1 << 22))
     shared = [f for f in res.findings if f.kind == "shared_table"]
     assert len(shared) == 3000 and res.findings[-1].kind == "read_budget"
     assert "3000 findings" in res.findings[-1].detail
