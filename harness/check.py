@@ -11,6 +11,7 @@ judged by the scenario's model and diffed.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,16 +47,40 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
     """Symbols, types and facts, read once per boot while L1 runs."""
     if ctx.kernel is None:
         guest, hv = ctx.guest, ctx.hypervisor
-        if guest.symbols is None or guest.types is None:
+        source = guest.symbols
+        if source is None or guest.types is None:
             raise InfraError(f"the {guest.name} guest cannot be observed: {guest.missing}")
         t = time.monotonic()
         console, image = ctx.console(), ctx.require_image()
         names = tuple(dict.fromkeys((*hv.symbols, *guest.backing_symbols)))
-        ctx.kernel = KernelFacts(
-            symbols=guest.symbols(console, image, names, ctx.run_dir),
-            types=guest.types(image, hv.type_modules), facts=hv.facts(console))
+        symbols = _per_boot(ctx, "symbols-" + _digest(names),
+                            lambda: dict(source(console, image, names, ctx.run_dir)))
+        facts = _per_boot(ctx, "facts-" + hv.name, lambda: dict(hv.facts(console)))
+        ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(image, hv.type_modules),
+                                 facts=facts)
         ctx.add_phase("prepare", time.monotonic() - t)
     return ctx.kernel
+
+
+def _digest(names: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+
+
+def _per_boot(ctx: RunContext, what: str, read: Callable[[], dict[str, int]]
+              ) -> dict[str, int]:
+    """A per-boot fact: kept with the warm state of this very boot (same boot id, so same
+    KASLR and module addresses), else read from the guest and kept there."""
+    warm, boot_id = ctx.warm, ctx.boot_id
+    if warm is not None and boot_id is not None:
+        kept = warm.recall(what, boot_id)
+        if isinstance(kept, dict):
+            (ctx.run_dir / f"{what.split('-')[0]}.kept.json").write_text(
+                f"{{\"boot_id\": \"{boot_id}\", \"from\": \"{warm.dir.name}\"}}\n")
+            return {str(k): int(v) for k, v in kept.items()}
+    value = read()
+    if warm is not None and boot_id is not None:
+        warm.remember(what, boot_id, value)
+    return value
 
 
 @contextmanager
@@ -200,7 +225,7 @@ def _match(ctx: RunContext, observed: list[ObservedVM], step: StepSpec
 
 def _leftover(ob: ObservedVM) -> Finding:
     return Finding("leftover", ob.name, None, expected="no live VM after teardown",
-                   observed=f"on the VM list with {len(ob.walk.mappings)} mapping(s)",
+                   observed=f"on the VM list with {ob.walk.leaf_count} mapping(s)",
                    detail="the workload destroyed this VM but the kernel still lists it")
 
 

@@ -11,6 +11,7 @@ infrastructure error.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="directory for per-scenario artifacts and summary.json "
                           "(default: ./artifacts)")
     run.add_argument("--junit", type=Path, help="write a JUnit XML report here")
+    run.add_argument("--cold", action="store_true",
+                     default=bool(os.environ.get("SLATCHECK_COLD")),
+                     help="always boot; never start from (or save) a warm machine state "
+                          "(also SLATCHECK_COLD=1)")
     run.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                      help="also write reporter NAME's output to PATH (see `slatcheck "
                           "reporters`); may repeat")
@@ -172,10 +177,10 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
             progress(f"[{sc.name}] running {sc.path}")
             if plan.repeats:
                 res = run_repeated(sc, args.artifacts, plan, progress=progress,
-                                   services=services)
+                                   services=services, warm=not args.cold)
             else:
                 res = run_scenario(_drawn(sc, args.seed), args.artifacts, progress=progress,
-                                   services=services)
+                                   services=services, warm=not args.cold)
             results.append(res)
             if not args.quiet:
                 print(res.summary(max_findings=10 if args.verbose else 5), flush=True)

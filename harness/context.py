@@ -29,6 +29,7 @@ from harness.oracles import TableHistory
 from harness.registry import Registry
 from harness.scenario.spec import Scenario, StepSpec, WorkloadStep
 from harness.target import Target
+from harness.warm import WarmState
 from harness.workload import VMReport, WorkloadReport
 
 __all__ = ["RunContext", "WorkloadRun", "KernelFacts", "Injection", "StepTimeout", "Progress",
@@ -52,6 +53,7 @@ class Services:
     models: Registry[Model]
     machines: Registry[MachineFactory]
     build_image: ImageBuilder
+    states: Path | None = None     # cache root of saved machine states (None: the user's)
 
 
 def default_services() -> Services:
@@ -156,6 +158,9 @@ class RunContext:
     seed: int = 0                  # what this run drew its values from (harness.vary)
     keep_failure: bool = False     # a failing check leaves its injections in place
     tables: TableHistory = field(default_factory=TableHistory)  # entries of VMs seen live
+    warm_starts: bool = True       # start from a saved state when there is one (--cold: no)
+    warm: WarmState | None = None  # the saved state this run's boot belongs to, if any
+    boot_id: str | None = None     # the guest's boot id, when warm starts are in play
     _console: Console | None = None
     _target: Target | None = None
     _ram: list[tuple[int, int]] | None = None

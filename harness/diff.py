@@ -7,10 +7,19 @@ from collections.abc import Iterable
 from dataclasses import replace
 from operator import attrgetter
 
+import numpy as np
+
 from harness.findings import NOT_PRESENT, Finding
 from harness.formats.base import Mapping, WalkResult
+from harness.formats.leaves import F_R, F_W, F_X, Leaves
 from harness.formats.radix import level_shift
-from harness.models.base import Expectation, ExpectedPage, frame_findings, permission_findings
+from harness.models.base import (
+    Expectation,
+    ExpectedPage,
+    ExpectedPages,
+    frame_findings,
+    permission_findings,
+)
 
 __all__ = ["diff", "coalesce", "find_mapping", "structural_findings", "at_leaf"]
 
@@ -62,35 +71,50 @@ def _check_required(vm: str, page: ExpectedPage, m: Mapping | None) -> list[Find
 def diff(walk: WalkResult, exp: Expectation) -> list[Finding]:
     """Every finding for one VM: structural, per-leaf rule, and required pages.
 
-    Duplicates (same kind and GPA from two rules) are reported once.
+    The required pages are compared with the leaves in bulk (numpy): only the
+    pages that disagree become objects, for :func:`_check_required` to say
+    what differs.  Duplicates (same kind and GPA from two rules) are reported
+    once.
     """
-    by_gpa = attrgetter("gpa")      # a C-level sort key: no Python call per leaf or page
-    mappings = sorted(walk.mappings, key=by_gpa)
+    leaves = walk.leaves.ascending()
     found = structural_findings(exp.vm, walk)
-    # map() and zip(): no loop bookkeeping per leaf; findings are rare, so naming their
-    # entry (at_leaf) costs nothing on a clean walk
-    for leaf, bad in zip(mappings, map(exp.check, mappings), strict=True):
-        if bad:
-            found.extend(at_leaf(leaf, bad))
-    # One merge pass over pages and mappings, both sorted by gpa.  The agreement test is
-    # written out here (not a helper): this loop runs once per required page, and a
-    # function call per page was most of diff's time.  Only disagreeing pages go on to
-    # _check_required, which says what differs.
-    i, n = 0, len(mappings)
-    for page in sorted(exp.required, key=by_gpa):
-        gpa = page.gpa
-        while i < n and mappings[i].gpa + mappings[i].size <= gpa:
-            i += 1
-        m = mappings[i] if i < n and mappings[i].gpa <= gpa else None
-        if (m is not None
-                and (page.hpa is None or m.hpa + (gpa - m.gpa) == page.hpa)
-                and (page.r is None or page.r == m.r)
-                and (page.w is None or page.w == m.w)
-                and (page.x is None or page.x == m.x)
-                and (page.memtype is None or page.memtype == m.memtype)):
-            continue
-        found.extend(_check_required(exp.vm, page, m))
+    if exp.check_leaves is not None:
+        found.extend(exp.check_leaves(leaves))
+    else:
+        # map() and zip(): no loop bookkeeping per leaf; findings are rare, so naming
+        # their entry (at_leaf) costs nothing on a clean walk
+        mappings = sorted(walk.mappings, key=attrgetter("gpa"))   # a C-level sort key
+        for leaf, bad in zip(mappings, map(exp.check, mappings), strict=True):
+            if bad:
+                found.extend(at_leaf(leaf, bad))
+    pages = (exp.required if isinstance(exp.required, ExpectedPages)
+             else ExpectedPages.of(exp.required)).ascending()
+    for i, li in _disagreeing(leaves, pages):
+        found.extend(_check_required(exp.vm, pages.page(i),
+                                     leaves.mapping(li) if li >= 0 else None))
     return _dedup(found)
+
+
+def _disagreeing(leaves: Leaves, pages: ExpectedPages) -> list[tuple[int, int]]:
+    """(page row, covering leaf row or -1) of every required page its leaf does not
+    satisfy: absent, another frame, other permissions, another memory type."""
+    if not len(pages):
+        return []
+    if not len(leaves):
+        return [(i, -1) for i in range(len(pages))]
+    gpa = pages.gpa
+    li = np.searchsorted(leaves.gpa, gpa, side="right").astype(np.intp) - 1
+    at = np.maximum(li, 0)
+    lgpa = leaves.gpa[at]
+    covered = (li >= 0) & (gpa < lgpa + leaves.size[at])
+    ok = covered & (~pages.hpa_known | (leaves.hpa[at] + (gpa - lgpa) == pages.hpa))
+    flags = leaves.flags[at]
+    for bit, want in ((F_R, pages.r), (F_W, pages.w), (F_X, pages.x)):
+        ok &= (want < 0) | (((flags & bit) != 0) == (want == 1))
+    ok &= (pages.memtype < 0) | (leaves.memtype[at] == pages.memtype)
+    bad = np.flatnonzero(~ok)
+    return [(i, li_ if cov else -1) for i, li_, cov in
+            zip(bad.tolist(), li[bad].tolist(), covered[bad].tolist(), strict=True)]
 
 
 def _dedup(findings: Iterable[Finding]) -> list[Finding]:

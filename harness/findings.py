@@ -19,7 +19,9 @@ FINDING_KINDS: dict[str, str] = {
     "reserved_bits": "an entry has reserved bits set",
     "frame_beyond_memory": "an entry points beyond the L1's memory",
     "loop": "a table refers back to itself or an ancestor",
-    "read_budget": "the walk read more tables than its budget allows",
+    "read_budget": "the walk went over its budget of tables, leaves or findings",
+    "shared_table": "a table page is reached from two entries where the hypervisor never "
+                    "shares one",
     "bad_entry": "an entry the format forbids (e.g. PS in a PML4E)",
     "leftover": "an entry or table page remains after teardown or range removal",
     "stale": "a host PTE with no valid guest page-table path (missed invalidation)",

@@ -18,6 +18,7 @@ the plugin hand in a scripted machine that way).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slat-artifacts", default="artifacts/pytest",
                      help="artifact root for scenario items (default: artifacts/pytest)")
+    parser.addoption("--slat-cold", action="store_true",
+                     default=bool(os.environ.get("SLATCHECK_COLD")),
+                     help="scenario items always boot (no warm start from a saved state); "
+                          "also SLATCHECK_COLD=1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,7 +105,8 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         root = Path(self.config.getoption("--slat-artifacts"))
         services = self.config.hook.pytest_slatcheck_services(config=self.config)
-        self.result = res = run_scenario(self.scenario, root, services=services)
+        self.result = res = run_scenario(self.scenario, root, services=services,
+                                         warm=not self.config.getoption("slat_cold"))
         for key, val in sorted(res.properties.items()):
             self.user_properties.append((key, val))
         self.user_properties.append(("artifacts", str(res.artifacts)))

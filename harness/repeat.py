@@ -126,13 +126,14 @@ class _Boot:
 
 
 def _boot(sc: Scenario, boot_dir: Path, number: int, services: Services,
-          progress: Progress) -> _Boot:
+          progress: Progress, warm: bool = True) -> _Boot:
     """Build or reuse the image, start the machine, wait for the shell, attach."""
     ctx = RunContext(scenario=sc, run_dir=boot_dir, stack=ExitStack(),
                      guest=services.guests[sc.guest.os],
                      hypervisor=services.hypervisors[sc.hypervisor],
                      model=services.models[sc.model], services=services, progress=progress,
-                     deadline=time.monotonic() + sc.timeouts.boot, tables=TableHistory())
+                     deadline=time.monotonic() + sc.timeouts.boot, tables=TableHistory(),
+                     warm_starts=warm)
     boot = sc.steps[0]
     assert isinstance(boot, BootStep)
     try:
@@ -216,6 +217,7 @@ class Engine:
     services: Services
     progress: Progress
     plan: RepeatPlan = field(default_factory=RepeatPlan)
+    warm: bool = True                  # boots may start from a saved state
     boot: _Boot | None = None
     boots: int = 0
     notes: list[str] = field(default_factory=list)
@@ -231,7 +233,8 @@ class Engine:
             self.boots += 1
             where = self.run_dir if self.boots == 1 else self.run_dir / f"boot-{self.boots:02d}"
             where.mkdir(exist_ok=True)
-            self.boot = _boot(self.sc, where, self.boots, self.services, self.progress)
+            self.boot = _boot(self.sc, where, self.boots, self.services, self.progress,
+                              self.warm)
             self.properties.update(self.boot.ctx.properties)
         return self.boot
 
@@ -355,7 +358,7 @@ Keeper = Callable[[Engine, Iteration], None]
 
 def run_repeated(sc: Scenario, artifacts_root: Path, plan: RepeatPlan,
                  progress: Progress = print, services: Services | None = None,
-                 keeper: Keeper | None = None) -> ScenarioResult:
+                 keeper: Keeper | None = None, warm: bool = True) -> ScenarioResult:
     """Run *sc* repeatedly inside one boot (see the module); never raises for the run's
     own failures.  *keeper* keeps the first failure (default :func:`harness.keep.keep`)."""
     t0 = time.monotonic()
@@ -369,7 +372,7 @@ def run_repeated(sc: Scenario, artifacts_root: Path, plan: RepeatPlan,
     first_seed = plan.seed if plan.seed is not None else sc.seed if sc.seed is not None \
         else new_seed()
     engine = Engine(sc, run_dir, services or default_services(),
-                    lambda line: progress(f"[{sc.name}] {line}"), plan)
+                    lambda line: progress(f"[{sc.name}] {line}"), plan, warm)
     its: list[Iteration] = []
     try:
         _loop(engine, its, first_seed, t0, keeper)

@@ -214,6 +214,10 @@ class CoreMachine:
     def describe(self) -> dict[str, str]:
         return {"emulator": "core file", "core": str(self.target.core.path)}
 
+    def state_key(self) -> dict[str, str] | None:
+        """A core is not a machine to warm-start."""
+        return None
+
 
 # ---- replay ---------------------------------------------------------------------------------
 

@@ -36,13 +36,14 @@ def quiet(line: str) -> None:
 
 
 def _context(sc: Scenario, run_dir: Path, stack: ExitStack, t0: float,
-             progress: Progress, services: Services) -> RunContext:
+             progress: Progress, services: Services, warm: bool) -> RunContext:
     """The run context with the scenario's guest, hypervisor and model records."""
     ctx = RunContext(scenario=sc, run_dir=run_dir, stack=stack,
                      guest=services.guests[sc.guest.os],
                      hypervisor=services.hypervisors[sc.hypervisor],
                      model=services.models[sc.model], deadline=t0 + sc.timeouts.scenario,
-                     services=services, progress=progress, seed=sc.seed or 0)
+                     services=services, progress=progress, seed=sc.seed or 0,
+                     warm_starts=warm)
     if sc.seed is not None:
         ctx.properties["seed"] = str(sc.seed)
     return ctx
@@ -149,11 +150,14 @@ def _artifacts_failed(res: ScenarioResult, failed: list[str]) -> None:
 
 
 def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
-                 services: Services | None = None) -> ScenarioResult:
+                 services: Services | None = None, warm: bool = True) -> ScenarioResult:
     """Run *sc*; never raises for the run's own failures.
 
-    Ctrl-C ends the run with verdict ``interrupted`` after cleanup and
-    artifacts; the caller then stops and still writes its reports.
+    With *warm* (the default) the boot step starts from a saved state of the same
+    image and machine when there is one (:mod:`harness.warm`), and saves one after a
+    cold boot; ``provenance.machine.start`` says which it was.  Ctrl-C ends the run
+    with verdict ``interrupted`` after cleanup and artifacts; the caller then stops
+    and still writes its reports.
     """
     t0 = time.monotonic()
     sweep_stale()                       # scratch directories of runs that were killed
@@ -167,7 +171,7 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
         return res
     with ExitStack() as stack:
         ctx = _context(sc, run_dir, stack, t0, lambda line: progress(f"[{sc.name}] {line}"),
-                       services or default_services())
+                       services or default_services(), warm)
         try:
             _run_steps(ctx, res)
         except BaseException as e:   # the outermost layer: every exit is a verdict

@@ -11,6 +11,8 @@ import re
 import shlex
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from harness import freebsd_bhyvectl as bhyvectl
@@ -19,9 +21,10 @@ from harness.artifacts import write_json
 from harness.check import run_check, run_inject
 from harness.console import Console
 from harness.context import RunContext, WorkloadRun
-from harness.errors import InfraError, StepFailed
+from harness.errors import InfraError, SlatcheckError, StepFailed
 from harness.images import Image
 from harness.machines import MachineConfig
+from harness.machines.base import Machine, MachineFactory
 from harness.scenario.spec import (
     BootStep,
     CheckStep,
@@ -32,6 +35,7 @@ from harness.scenario.spec import (
     WaitStep,
     WorkloadStep,
 )
+from harness.warm import WarmState
 from harness.workload import parse_report, workload_argv
 
 __all__ = ["HANDLERS", "guest_shell_wait", "prepare_image", "release_command", "wait_released",
@@ -55,7 +59,8 @@ def handles(kind: type[S]) -> Callable[[Callable[[RunContext, S], None]],
 
 @handles(BootStep)
 def step_boot(ctx: RunContext, step: BootStep) -> None:
-    """Build (or reuse) the image, start the machine, wait for the shell."""
+    """Build (or reuse) the image; start the machine from a saved state of it when there
+    is one (a warm start), else boot it and save its state for the next runs."""
     sc = ctx.scenario
     image = prepare_image(ctx)
     arch = ctx.hypervisor.arch_record
@@ -64,13 +69,49 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
         arch=arch, boot=image.boot_spec(sc.guest.append), artifacts=ctx.run_dir,
         cpu=m.cpu or arch.cpu, memory=m.memory, smp=m.smp, accel=m.accel, name=sc.name,
         fault_log=ctx.hypervisor.fault_log if m.vmrun_log is None else m.vmrun_log)
-    machine = ctx.machine = ctx.stack.enter_context(ctx.services.machines[m.emulator](config))
-    for key, value in machine.describe().items():
-        ctx.properties[f"machine.{key}"] = value
-    console = ctx.stack.enter_context(Console.connect(
-        machine.console, log_path=ctx.run_dir / "console.log", profile=ctx.guest.console))
-    ctx.attach_console(console)
+    factory = ctx.services.machines[m.emulator]
     boot_timeout = step.timeout or sc.timeouts.boot
+    (ctx.run_dir / "console.log").touch()   # there from the start, even if stopped early
+    cold = factory(config)            # not launched yet: it says what a state depends on
+    warm = _warm_state(ctx, cold)
+    if warm is None or not warm.ready() or not _start_warm(ctx, factory, config, warm,
+                                                           boot_timeout):
+        _start_cold(ctx, cold, boot_timeout)
+        if warm is not None:
+            _save_warm(ctx, warm)
+    for key, value in ctx.require_machine().describe().items():
+        ctx.properties[f"machine.{key}"] = value
+    console = ctx.console()
+    ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+    for key, value in ctx.hypervisor.prepare(console).items():
+        ctx.properties[f"hypervisor.{key}"] = value
+
+
+def _warm_state(ctx: RunContext, machine: Machine) -> WarmState | None:
+    """The saved-state slot of this image on this machine, or None (``--cold``, a
+    backend that cannot save, a guest without a boot id)."""
+    if not ctx.warm_starts:
+        ctx.properties["machine.start"] = "cold (--cold)"
+        return None
+    key = machine.state_key()
+    if key is None or ctx.guest.boot_id is None:
+        ctx.properties["machine.start"] = "cold (no warm starts for this machine or guest)"
+        return None
+    return WarmState.for_key(ctx.require_image(), key, ctx.scenario.guest.append,
+                             cache_dir=ctx.services.states)
+
+
+def _connect(ctx: RunContext, machine: Machine) -> Console:
+    return Console.connect(machine.console, log_path=ctx.run_dir / "console.log",
+                           profile=ctx.guest.console)
+
+
+def _start_cold(ctx: RunContext, machine: Machine, boot_timeout: float) -> None:
+    """Launch and boot; wait for the shell."""
+    machine = ctx.machine = ctx.stack.enter_context(machine)
+    console = ctx.stack.enter_context(_connect(ctx, machine))
+    ctx.attach_console(console)
+    image = ctx.require_image()
     # probes typed before /init opens the console can wedge the arm64 PL011's input (seen:
     # no echo ever after); wait for init's line first, then probe for the shell
     if image.ready:
@@ -79,9 +120,58 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
         ctx.guest.login(console, image, boot_timeout)
     else:
         console.wait_for_shell(timeout=boot_timeout)
-    ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
-    for key, value in ctx.hypervisor.prepare(console).items():
-        ctx.properties[f"hypervisor.{key}"] = value
+    ctx.properties.setdefault("machine.start", "cold")
+
+
+def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
+                warm: WarmState, boot_timeout: float) -> bool:
+    """Start from the saved state; on any failure undo it, note why, drop the state."""
+    assert ctx.guest.boot_id is not None
+    attempt = ExitStack()
+    try:
+        machine = attempt.enter_context(factory(replace(config, incoming=warm.state)))
+        console = attempt.enter_context(_connect(ctx, machine))
+        console.wait_for_shell(timeout=min(boot_timeout, 60.0))
+        boot_id = ctx.guest.boot_id(console)
+        if boot_id != warm.boot_id():
+            raise InfraError(f"the restored guest's boot id is {boot_id!r}, the state was "
+                             f"saved from boot {warm.boot_id()!r}")
+    except SlatcheckError as exc:
+        attempt.close()
+        note = f"warm start from {warm.dir.name} failed ({str(exc)[:200]}); booting cold"
+        ctx.progress(note)
+        ctx.properties["machine.warm_fallback"] = note
+        warm.discard()
+        return False
+    except BaseException:
+        attempt.close()
+        raise
+    ctx.stack.enter_context(attempt.pop_all())
+    ctx.machine, ctx.warm, ctx.boot_id = machine, warm, boot_id
+    ctx.attach_console(console)
+    ctx.properties["machine.start"] = "warm"
+    ctx.properties["machine.state"] = warm.dir.name
+    return True
+
+
+def _save_warm(ctx: RunContext, warm: WarmState) -> None:
+    """Save the freshly booted machine for later runs (unless another run does)."""
+    assert ctx.guest.boot_id is not None
+    t = time.monotonic()
+    boot_id = ctx.boot_id = ctx.guest.boot_id(ctx.console())
+    try:
+        saved = warm.save(ctx.require_machine().save_state, boot_id)
+    except (SlatcheckError, OSError) as exc:    # a run goes on without a warm state
+        ctx.progress(f"saving the booted machine failed: {exc}")
+        ctx.properties["machine.save_failed"] = str(exc)[:300]
+        return
+    took = time.monotonic() - t
+    ctx.add_phase("save_state", took)
+    if saved:
+        ctx.progress(f"saved the booted machine for warm starts: {warm.dir.name} "
+                     f"({took:.1f} s)")
+    if warm.boot_id() == boot_id:
+        ctx.warm = warm               # per-boot facts of this boot may be kept with it
 
 
 def prepare_image(ctx: RunContext) -> Image:
@@ -138,11 +228,15 @@ def step_wait(ctx: RunContext, step: WaitStep) -> None:
     ctx.console().expect(step.pattern, timeout=ctx.step_timeout(step))
 
 
+POLL = 0.05          # seconds between two tests of a guest condition
+
+
 def guest_shell_wait(console: Console, cond: str, timeout: float) -> None:
-    """Poll a guest shell condition until it holds, in one guest command."""
-    loops = max(1, int(timeout / 0.2))
+    """Poll a guest shell condition until it holds, in one guest command (every 50 ms:
+    a warm scenario is a second long, and each wait would otherwise add up to 0.2 s)."""
+    loops = max(1, int(timeout / POLL))
     cmd = (f"i=0; while ! {{ {cond}; }}; do i=$((i+1)); [ $i -ge {loops} ] && exit_=1 && break; "
-           f"sleep 0.2; done; [ -z \"$exit_\" ]")
+           f"sleep {POLL}; done; [ -z \"$exit_\" ]")
     res = console.run(cmd, timeout=timeout + 30, check=False)
     console.run("unset exit_ i", timeout=30, check=False)
     if res.status != 0:

@@ -9,10 +9,13 @@ valid mapping (reserved bits, frame beyond memory, loops, read budget).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from harness.mem import PhysMem
+
+if TYPE_CHECKING:
+    from harness.formats.leaves import Leaves
 
 __all__ = ["Mapping", "StructuralFinding", "WalkResult", "Format", "WalkLimits", "LeafEditor",
            "hexs"]
@@ -80,7 +83,8 @@ class Mapping(NamedTuple):
 class StructuralFinding:
     """An entry that the walker refused to treat as a mapping."""
 
-    kind: str             # reserved_bits, frame_beyond_memory, loop, read_budget, bad_entry
+    kind: str             # reserved_bits, frame_beyond_memory, loop, read_budget,
+    #                       bad_entry, shared_table
     gpa: int              # first input address the entry covers
     level: int
     table: int            # physical address of the table holding the entry
@@ -96,13 +100,63 @@ class StructuralFinding:
                 "detail": self.detail}
 
 
-@dataclass
 class WalkResult:
-    """What a walk produced: mappings in ascending input-address order, and findings."""
+    """What a walk produced: leaves in ascending input-address order, and findings.
 
-    mappings: list[Mapping] = field(default_factory=list)
-    findings: list[StructuralFinding] = field(default_factory=list)
-    tables_read: int = 0
+    A radix walk hands over its leaves as columns (:attr:`leaves`, a
+    :class:`~harness.formats.leaves.Leaves`); :attr:`mappings` builds the
+    :class:`Mapping` records from them on first use and keeps them.  A result
+    made from a list of mappings (hand-made in a test, or the VPTE walker)
+    gives :attr:`leaves` from that list.
+
+    >>> WalkResult([Mapping(0, 0x5000, 4096, True, True, True, 1, 0x5007)]).leaves.hpa.tolist()
+    [20480]
+    """
+
+    def __init__(self, mappings: list[Mapping] | None = None,
+                 findings: list[StructuralFinding] | None = None, tables_read: int = 0,
+                 *, leaves: Leaves | None = None) -> None:
+        self._mappings = mappings if mappings is not None or leaves is not None else []
+        self._leaves = leaves
+        self.findings: list[StructuralFinding] = findings if findings is not None else []
+        self.tables_read = tables_read
+
+    @property
+    def mappings(self) -> list[Mapping]:
+        """One Mapping per leaf (built from :attr:`leaves` on first use)."""
+        if self._mappings is None:
+            assert self._leaves is not None
+            self._mappings = self._leaves.mappings()
+        return self._mappings
+
+    @mappings.setter
+    def mappings(self, value: list[Mapping]) -> None:
+        self._mappings, self._leaves = value, None
+
+    @property
+    def leaves(self) -> Leaves:
+        """The leaves as columns (from the list of mappings when there is one)."""
+        if self._leaves is None:
+            from harness.formats.leaves import Leaves
+            return Leaves.from_mappings(self._mappings or [])
+        return self._leaves
+
+    @property
+    def leaf_count(self) -> int:
+        """Number of leaves, without building Mapping records."""
+        return len(self._leaves) if self._leaves is not None else len(self._mappings or [])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WalkResult):
+            return NotImplemented
+        return (self.mappings, self.findings, self.tables_read) == \
+            (other.mappings, other.findings, other.tables_read)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"WalkResult({self.leaf_count} leaves, findings={self.findings!r}, "
+                f"tables_read={self.tables_read})")
 
 
 @dataclass(frozen=True)
@@ -111,6 +165,8 @@ class WalkLimits:
 
     max_tables: int = 1 << 16      # table pages read before giving up with "read_budget"
     mem_size: int | None = None    # frames at or beyond this are "frame_beyond_memory"
+    max_leaves: int = 1 << 20      # leaves produced before giving up with "read_budget"
+    max_findings: int = 1 << 14    # structural findings before giving up with "read_budget"
 
 
 class LeafEditor(Protocol):

@@ -23,7 +23,8 @@ Flavours (``EptParams.flavour``):
   bit 11, an intended EPT misconfiguration) and zapped entries that read
   ``0x8000000000000000`` (SHADOW_NONPRESENT_VALUE, suppress #VE) are neither
   mappings nor findings.  A KVM-present leaf with R=W=X=0 is an access-tracked
-  SPTE: a mapping with r = w = x = False.
+  SPTE: a mapping with r = w = x = False.  A table page reached from two
+  entries is ``shared_table`` (each KVM shadow page maps one GPA range).
 * ``"freebsd-emulated-ad"`` (pmap ``PMAP_EMULATE_AD_BITS``): present =
   EPT_PG_EMUL_V (bit 52), r = bit 52, w = EPT_PG_EMUL_RW (bit 53), x = bit 2;
   the hardware R and W bits are the accessed and dirty bits.  An entry with
@@ -111,6 +112,7 @@ class EptCodec(LeafEdits, EntryCodec):
         self.present_mask = {"hw": EPT_RWX, "kvm": SPTE_MMU_PRESENT_MASK,
                              "freebsd-emulated-ad": EPT_PG_EMUL_V}[params.flavour]
         self.alarm_mask = EPT_RWX if params.flavour == "freebsd-emulated-ad" else 0
+        self.shares_tables = params.flavour != "kvm"   # a KVM shadow page maps one range
 
     def decode(self, attr: int, level: int) -> Decoded:
         """Table, leaf or finding for an entry's attribute bits at *level*."""

@@ -33,7 +33,8 @@ Flavours (``NptParams.flavour``):
   access faults to KVM): it is not a mapping and is *not* reported, since KVM
   installs such entries on purpose for emulated MMIO.  An entry with bit 11
   but not P is KVM-present but unusable by the CPU: it is a mapping with
-  r = w = x = False.
+  r = w = x = False.  KVM never points two entries at one table page (each
+  shadow page maps one GPA range): a second reference is ``shared_table``.
 
 ``top_slots`` restricts the walk to some root indices: OpenBSD's RVI pmap keeps
 the host's recursive slot 255, kernel slots 256+ and direct map 507+ in the
@@ -103,6 +104,7 @@ class NptCodec(LeafEdits, EntryCodec):
     def __init__(self, params: NptParams) -> None:
         self.params = params
         self.present_mask = SPTE_MMU_PRESENT_MASK if params.flavour == "kvm" else PG_V
+        self.shares_tables = params.flavour != "kvm"   # a KVM shadow page maps one range
         self.frame_mask = ((1 << params.maxphyaddr) - 1) & ~0xFFF
         self.reserved = ((1 << 52) - 1) & ~((1 << params.maxphyaddr) - 1)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, field, replace
+from itertools import compress
 from typing import Any
 
 from harness.errors import MemoryReadError, ScenarioError
@@ -165,13 +166,24 @@ class _Walker:
     params: VPTEParams
     out: WalkResult = field(default_factory=WalkResult)
     stopped: bool = False
+    seen: set[tuple[int, int]] = field(default_factory=set)   # (table, vshift) walked
+    narrowed: dict[tuple[VPTEPerms, int], VPTEPerms] = field(default_factory=dict)
+    perm_bits: int = 0          # the entry bits VPTEPerms.narrow reads
+
+    def __post_init__(self) -> None:
+        b = self.bits
+        self.perm_bits = b.v | b.rw | b.r | b.x | b.nx
 
     def visit(self, vpte: int, vshift: int, va: int, grant: VPTEPerms,
               path: tuple[int, ...], where: tuple[int, int]) -> None:
         """One entry covering region offset *va*; *where* = (table, index) holding it."""
         if self.stopped or not vpte & self.bits.v:
             return
-        grant = grant.narrow(vpte, self.bits)
+        key = (grant, vpte & self.perm_bits)
+        narrowed = self.narrowed.get(key)
+        if narrowed is None:
+            narrowed = self.narrowed[key] = grant.narrow(vpte, self.bits)
+        grant = narrowed
         if vpte & self.bits.ps or vshift == 0:
             self.leaf(vpte, vshift, va, grant, where)
         else:
@@ -186,11 +198,15 @@ class _Walker:
         if inside < span:
             self.refuse("frame_beyond_memory", vpte, vshift, va + inside, where,
                         f"image offset {frame + inside:#x} beyond the image")
-        if inside:
-            self.out.mappings.append(Mapping(
-                gpa=self.params.base + va, hpa=frame, size=inside, r=grant.r, w=grant.w,
-                x=grant.x, level=_level(vshift), raw=vpte, accessed=bool(vpte & self.bits.a),
-                dirty=bool(vpte & self.bits.m), table=where[0], index=where[1]))
+        if inside and len(self.out.mappings) >= self.params.limits.max_leaves:
+            self.refuse("read_budget", vpte, vshift, va, where,
+                        f"more than {self.params.limits.max_leaves} leaves; walk stopped")
+            self.stopped = True
+        elif inside:   # tuple.__new__: all 13 fields, without NamedTuple's slow keywords
+            self.out.mappings.append(tuple.__new__(Mapping, (
+                self.params.base + va, frame, inside, grant.r, grant.w, grant.x,
+                _level(vshift), vpte, None, bool(vpte & self.bits.a),
+                bool(vpte & self.bits.m), where[0], where[1])))
 
     def descend(self, vpte: int, vshift: int, va: int, grant: VPTEPerms,
                 path: tuple[int, ...], where: tuple[int, int]) -> None:
@@ -198,9 +214,11 @@ class _Walker:
         table = vpte & VPTE_FRAME
         entries = self.read_table(vpte, vshift, va, path, where)
         child = vshift - VPTE_PAGE_BITS
-        for i, raw in enumerate(entries):
+        valid = self.bits.v
+        # compress(): invalid entries (most of a sparse table) cost no Python call
+        for i, raw in compress(enumerate(entries), [e & valid for e in entries]):
             cva = va + (i << (child + PAGE_SHIFT))
-            if cva >= self.params.size:
+            if cva >= self.params.size or self.stopped:
                 break
             self.visit(raw, child, cva, grant, path + (table,), (table, i))
 
@@ -216,17 +234,29 @@ class _Walker:
             self.refuse("loop", vpte, vshift, va, where,
                         f"table {table:#x} is its own ancestor")
             return ()
+        if (table, vshift) in self.seen:
+            self.refuse("shared_table", vpte, vshift, va, where,
+                        f"table {table:#x} is also reached from another entry; "
+                        "walked once")
+            return ()
         if self.out.tables_read >= self.params.limits.max_tables:
             self.refuse("read_budget", vpte, vshift, va, where,
                         f"more than {self.params.limits.max_tables} tables")
             self.stopped = True
             return ()
         self.out.tables_read += 1
+        self.seen.add((table, vshift))
         return read_u64s(self.mem, table, VPTE_PAGE_ENTRIES)
 
     def refuse(self, kind: str, vpte: int, vshift: int, va: int,
                where: tuple[int, int], detail: str) -> None:
-        """Record a structural finding for the entry *vpte*."""
+        """Record a structural finding for the entry *vpte* (within the findings budget)."""
+        if self.stopped:
+            return
+        if len(self.out.findings) >= self.params.limits.max_findings:
+            kind, detail = "read_budget", (f"more than {self.params.limits.max_findings} "
+                                           "findings; walk stopped")
+            self.stopped = True
         self.out.findings.append(StructuralFinding(
             kind=kind, gpa=self.params.base + va, level=_level(vshift), table=where[0],
             index=where[1], raw=vpte, detail=detail))

@@ -1,9 +1,11 @@
 """Linux as the L1: busybox console, kallsyms over the console, BTF from the image, pagemap.
 
-Symbols: the needed ``/proc/kallsyms`` lines, read once per run over the console
+Symbols: the needed ``/proc/kallsyms`` lines, read once per boot over the console
 (KASLR moves them every boot), kept as ``kallsyms.txt``.  Types: vmlinux's BTF
 from the image's kernel file (extracted once per image and kept beside it),
-plus the split BTF of the named modules.  Backing: the workload's own
+plus the split BTF of the named modules; the answers are recorded per image
+(:class:`~harness.typecache.RecordedTypes`).  Boot id: ``boot_id`` of the
+kernel, which a warm start must find unchanged.  Backing: the workload's own
 ``/proc/self/pagemap`` report of every slot page.
 """
 
@@ -19,9 +21,12 @@ from harness.guests.record import BackingQuery, GuestOS
 from harness.images import Image
 from harness.kallsyms import kallsyms_command, parse_kallsyms
 from harness.kernel_image import btf_section, kernel_btf
+from harness.ktypes import KernelTypes
 from harness.models.base import DictBacking
+from harness.typecache import RecordedTypes
 
-__all__ = ["LINUX", "linux_symbols", "linux_types", "pagemap_backing"]
+__all__ = ["LINUX", "linux_symbols", "linux_types", "parse_types", "pagemap_backing",
+           "linux_boot_id"]
 
 CONSOLE = ConsoleProfile(
     name="linux", prompt=r"[#$] $",
@@ -45,7 +50,15 @@ def linux_symbols(console: Console, image: Image, names: Sequence[str],
     return parse_kallsyms(out)
 
 
-def linux_types(image: Image, modules: Sequence[str]) -> Btf:
+def linux_types(image: Image, modules: Sequence[str]) -> KernelTypes:
+    """vmlinux's BTF with the split BTF of *modules*: its answers recorded beside the
+    image (``types-<modules>.json``), the BTF parsed only for a question not recorded."""
+    wanted = sorted({m.replace("-", "_") for m in modules})
+    return RecordedTypes(lambda: parse_types(image, wanted),
+                         Path(image.dir) / f"types-{'+'.join(wanted) or 'vmlinux'}.json")
+
+
+def parse_types(image: Image, modules: Sequence[str]) -> Btf:
     """vmlinux's BTF from the image's kernel file, with the split BTF of *modules*."""
     wanted = {m.replace("-", "_") for m in modules}
     splits = [btf_section(p.read_bytes()) for p in sorted(Path(image.modules).glob("*.ko"))
@@ -68,6 +81,11 @@ def _vmlinux_btf(image_dir: Path, kernel: Path) -> bytes:
     return btf
 
 
+def linux_boot_id(console: Console) -> str:
+    """``/proc/sys/kernel/random/boot_id``: new every boot, kept by a save and restore."""
+    return console.run("cat /proc/sys/kernel/random/boot_id", timeout=30).output.strip()
+
+
 def pagemap_backing(query: BackingQuery) -> DictBacking:
     """The frames the workload read from its own ``/proc/self/pagemap``."""
     return DictBacking(dict(query.reported))
@@ -75,4 +93,5 @@ def pagemap_backing(query: BackingQuery) -> DictBacking:
 
 LINUX = GuestOS(
     name="linux", console=CONSOLE, boot="kernel", image_builder="debian-initramfs",
-    symbols=linux_symbols, types=linux_types, backing=pagemap_backing)
+    symbols=linux_symbols, types=linux_types, backing=pagemap_backing,
+    boot_id=linux_boot_id)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from harness.images import Image
     from harness.observe import KernelView
 
-__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery", "Login"]
+__all__ = ["GuestOS", "SymbolSource", "TypeSource", "BackingSource", "BackingQuery", "Login",
+           "BootIdSource"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class BackingQuery:
     l1: KernelView | None = None               # the halted L1 (memories, symbols, types),
     #                                          for sources that walk the process's own tables
 
+# console -> an id that differs every boot and survives a state save and restore
+BootIdSource = Callable[["Console"], str]
 # (console, image, symbol names, artifact directory) -> {name: address}, read while L1 runs
 SymbolSource = Callable[["Console", "Image", Sequence[str], Path], Mapping[str, int]]
 # (image, modules whose types go on top of the kernel's) -> the kernel's types
@@ -51,6 +54,7 @@ class GuestOS:
     symbols: SymbolSource | None = None  # where kernel symbols come from
     types: TypeSource | None = None      # where kernel types come from
     backing: BackingSource | None = None  # independent truth about backing frames
+    boot_id: BootIdSource | None = None  # proves a restored state is the saved boot
     missing: str = ""                  # why it cannot be observed yet (when a source is None)
     login: Login | None = None         # how a shell is reached after boot (BSD getty)
     backing_symbols: tuple[str, ...] = ()  # kernel symbols the backing source reads

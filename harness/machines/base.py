@@ -4,7 +4,9 @@ A :class:`Machine` is a context manager that owns one emulator process: it
 launches it from a :data:`BootSpec` (a kernel and initrd, or a disk), offers a
 console endpoint and a debug :class:`~harness.target.Target`, saves and
 restores its state, and on exit leaves nothing running.  Nothing above this
-contract knows it is QEMU.
+contract knows it is QEMU: warm starts (:mod:`harness.warm`) use only
+:meth:`Machine.state_key`, :meth:`Machine.save_state` and
+:attr:`MachineConfig.incoming`.
 
 :class:`MachineConfig` is what a backend is built from: the scenario's machine
 section resolved against the architecture, the boot spec and the artifact
@@ -102,6 +104,12 @@ class Machine(Protocol):
 
     def save_state(self, path: Path) -> None:
         """Write the whole machine state to *path* (L1 stopped meanwhile, then resumed)."""
+        ...
+
+    def state_key(self) -> dict[str, str] | None:
+        """Everything that a saved state depends on besides the image (emulator, its
+        version, the options of this config, the architecture), known before launch;
+        None if this backend cannot save and restore (no warm starts)."""
         ...
 
     def describe(self) -> dict[str, str]:

@@ -167,8 +167,14 @@ class FakeMachine:
         return None
 
     def save_state(self, path: Path) -> None:
-        path.write_bytes(b"fake machine state\n")
+        path.write_bytes(b"fake machine state\n" + self.guest.ready.encode())
         self.saved.append(path)
+
+    def state_key(self) -> dict[str, str] | None:
+        """Warm starts replay the same script: the key is the config's options."""
+        c = self.config
+        return {"emulator": "fake", "cpu": c.cpu, "memory": str(c.memory), "arch": c.arch.name,
+                "boot": repr(c.boot)}
 
     def describe(self) -> dict[str, str]:
         return {"emulator": "fake", "version": "0", "accel": self.config.accel,

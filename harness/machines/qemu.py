@@ -9,8 +9,10 @@ with a bounded wait.  Cleanup runs in ``finally``, whatever the exception.
 
 It boots a kernel and initrd (``-kernel``) or a disk through the firmware, the
 disk behind a throw-away qcow2 overlay in the private directory.  Its debug
-target is gdb on the gdbstub (:class:`harness.gdb.GdbTarget`); RAM ranges and
-address translation come from QMP.  :meth:`QemuMachine.save_state` migrates
+target speaks the remote protocol directly to the gdbstub
+(:class:`harness.rsp.RspTarget`); gdb itself (:class:`harness.gdb.GdbTarget`)
+is one call away for what needs it.  RAM ranges and address translation come
+from QMP.  :meth:`QemuMachine.save_state` migrates
 the machine to a file; a config with ``incoming`` starts from one.
 
 QMP goes through the asynchronous ``qemu.qmp.QMPClient`` driven by a private
@@ -121,6 +123,21 @@ def parse_ram_ranges(mtree: str) -> list[tuple[int, int]]:
             ranges.append((lo, hi))
         return ranges
     raise InfraError('no flat view of address space "memory" in info mtree output')
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def _qemu_version(binary: str) -> str:
+    """The first line of ``<binary> --version``, asked once per process."""
+    if binary not in _VERSIONS:
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                 timeout=30, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        _VERSIONS[binary] = out.splitlines()[0] if out else "unknown"
+    return _VERSIONS[binary]
 
 
 def _die_with_parent() -> None:
@@ -423,6 +440,22 @@ class QemuMachine:
         except Exception as exc:
             raise InfraError(f"QMP dump-guest-memory failed: {exc}") from exc
 
+    def state_key(self) -> dict[str, str]:
+        """What a saved state of this config depends on (the image aside): the binary
+        (path, size, time), its version, the machine options and the boot source.
+        Logging (``-d``) and socket paths are not part of the state."""
+        c, binary = self.config, shutil.which(self.arch.qemu) or self.arch.qemu
+        try:
+            st = os.stat(binary)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "?"
+        return {"emulator": "qemu", "binary": binary, "binary.stamp": stamp,
+                "version": _qemu_version(binary), "arch": self.arch.name,
+                "machine": self.arch.machine, "cpu": c.cpu, "memory": str(c.memory),
+                "smp": str(c.smp), "accel": c.accel, "boot": repr(c.boot),
+                "extra": shlex.join(c.extra_args)}
+
     def version(self) -> str:
         """QEMU's version (QMP ``query-version``), asked once."""
         if self._version is None:
@@ -447,9 +480,19 @@ class QemuMachine:
 
     @contextlib.contextmanager
     def open_target(self, log_dir: Path) -> Iterator[Target]:
-        """gdb attached to the gdbstub, as a :class:`~harness.target.Target`."""
+        """The remote protocol spoken directly to the gdbstub (``rsp.log``), as a
+        :class:`~harness.target.Target`; the L1 runs again once attached."""
+        from harness.rsp import RspClient, RspTarget
+        with RspClient(self.gdb_path, log_path=log_dir / "rsp.log") as client:
+            client.cont()
+            yield RspTarget(client, ram_ranges=self.ram_ranges, translate=self.translate)
+
+    @contextlib.contextmanager
+    def open_gdb_target(self, log_dir: Path, resume: bool = True) -> Iterator[Target]:
+        """gdb attached to the gdbstub (``gdb.log``), for what needs a real gdb."""
         from harness.gdb import GdbSession, GdbTarget
-        with GdbSession(self.gdb_path, log_dir / "gdb.log", arch=self.arch) as session:
+        with GdbSession(self.gdb_path, log_dir / "gdb.log", arch=self.arch,
+                        resume=resume) as session:
             yield GdbTarget(session, ram_ranges=self.ram_ranges, translate=self.translate)
 
     def ram_ranges(self) -> list[tuple[int, int]]:

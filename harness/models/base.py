@@ -11,14 +11,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from harness.errors import ScenarioError
 from harness.findings import NOT_PRESENT, Finding
 from harness.formats.base import Mapping
+from harness.formats.leaves import Leaves
 
 __all__ = ["MemRange", "Backing", "DictBacking", "Access", "VMDesc", "ExpectedPage",
-           "Expectation", "Model", "RANGE_KINDS", "PAGE_SIZE", "page_accesses", "perm_str",
-           "rule_str", "segments", "frame_findings", "permission_findings", "outside_finding",
-           "leftover_finding", "options_of", "leaf_accesses", "leaf_size_finding"]
+           "ExpectedPages", "Expectation", "Model", "RANGE_KINDS", "PAGE_SIZE", "page_accesses",
+           "perm_str", "rule_str", "segments", "frame_findings", "permission_findings",
+           "outside_finding", "leftover_finding", "options_of", "leaf_accesses",
+           "leaf_size_finding"]
 
 RANGE_KINDS = ("ram", "reserved", "mmio", "rom", "device")
 PAGE_SIZE = 4096
@@ -102,13 +107,77 @@ class ExpectedPage:
     memtype: int | None = None
 
 
+@dataclass(frozen=True)
+class ExpectedPages:
+    """Pages that must be mapped, as columns: what a model with many pages hands over.
+
+    ``hpa_known`` says where ``hpa`` is judged; ``r``, ``w``, ``x`` are 1 (must be
+    set), 0 (must be clear) or -1 (not checked); ``memtype`` -1 is not checked.
+
+    >>> ps = ExpectedPages.of([ExpectedPage(0x1000, 0x9000, r=True)])
+    >>> ps.page(0)
+    ExpectedPage(gpa=4096, hpa=36864, r=True, w=None, x=None, memtype=None)
+    """
+
+    gpa: npt.NDArray[np.uint64]
+    hpa: npt.NDArray[np.uint64]
+    hpa_known: npt.NDArray[np.bool_]
+    r: npt.NDArray[np.int8]
+    w: npt.NDArray[np.int8]
+    x: npt.NDArray[np.int8]
+    memtype: npt.NDArray[np.int16]
+
+    def __len__(self) -> int:
+        return int(self.gpa.shape[0])
+
+    @staticmethod
+    def of(pages: Iterable[ExpectedPage]) -> ExpectedPages:
+        """The columns of a list of pages."""
+        rows = list(pages)
+
+        def tri(v: bool | None) -> int:
+            return -1 if v is None else int(v)
+        return ExpectedPages(
+            np.array([p.gpa for p in rows], np.uint64),
+            np.array([p.hpa or 0 for p in rows], np.uint64),
+            np.array([p.hpa is not None for p in rows], np.bool_),
+            np.array([tri(p.r) for p in rows], np.int8),
+            np.array([tri(p.w) for p in rows], np.int8),
+            np.array([tri(p.x) for p in rows], np.int8),
+            np.array([-1 if p.memtype is None else p.memtype for p in rows], np.int16))
+
+    def ascending(self) -> ExpectedPages:
+        """Sorted by GPA (stable; itself when already sorted)."""
+        g = self.gpa
+        if g.size < 2 or bool((g[1:] >= g[:-1]).all()):
+            return self
+        order = np.argsort(g, kind="stable")
+        return ExpectedPages(*(getattr(self, c)[order] for c in self.__dataclass_fields__))
+
+    def page(self, i: int) -> ExpectedPage:
+        """Row *i* as an ExpectedPage."""
+        def opt(v: int) -> bool | None:
+            return None if v < 0 else bool(v)
+        mt = int(self.memtype[i])
+        return ExpectedPage(int(self.gpa[i]), int(self.hpa[i]) if self.hpa_known[i] else None,
+                            opt(int(self.r[i])), opt(int(self.w[i])), opt(int(self.x[i])),
+                            None if mt < 0 else mt)
+
+
 @dataclass
 class Expectation:
-    """The model's verdict rules for one VM."""
+    """The model's verdict rules for one VM.
+
+    ``check_leaves``, when a model gives it, is ``check`` over all leaves at once
+    (:class:`~harness.formats.leaves.Leaves` columns): the diff then uses it
+    instead of building one Mapping per leaf.  It must judge exactly as
+    ``check`` does.
+    """
 
     vm: str
-    required: list[ExpectedPage]
+    required: list[ExpectedPage] | ExpectedPages
     check: Callable[[Mapping], list[Finding]]   # rule every observed leaf must satisfy
+    check_leaves: Callable[[Leaves], list[Finding]] | None = None
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def test_read_phys_matches_guest_and_qemu(guest, tmp_path: Path) -> None:
     m, con, _ = guest
     va, version = banner(con)
     assert version.startswith("Linux version ")
-    with m.open_target(tmp_path) as target, target.halted():
+    with m.open_gdb_target(tmp_path) as target, target.halted():
         gpa = m.qmp_command("human-monitor-command", command_line=f"gva2gpa {va:#x}")
         pa = int(re.search(r"gpa: (0x[0-9a-f]+)", gpa).group(1), 16)  # type: ignore[union-attr]
         assert target.translate(va) == pa
@@ -230,3 +230,70 @@ def test_ram_ranges_cover_the_configured_memory(guest) -> None:
     ranges = m.ram_ranges()
     total = sum(hi - lo for lo, hi in ranges)
     assert (1 << 30) - 0x100000 <= total <= 1 << 30    # -m 1G minus the legacy holes
+
+
+def rsp_and_gdb_read(m: QemuMachine, tmp_path: Path, pa: int, size: int,
+                     gdb: bool) -> tuple[bytes, dict[str, int], dict[str, int]]:
+    """Through one client, in one halt: *size* bytes at *pa*, registers, and QEMU's own
+    register dump of that same halt."""
+    opener = m.open_gdb_target if gdb else m.open_target
+    tmp_path.mkdir()
+    with opener(tmp_path) as target, target.halted():
+        data = target.read_phys(pa, size)
+        regs = {r: target.register(r) for r in ("cr0", "cr3", "cr4", "efer", "rip", "rsp")}
+        dump = m.qmp_command("human-monitor-command", command_line="info registers")
+    qemu = {r: int(re.search(rf"\b{r.upper()}=([0-9a-f]+)", dump).group(1), 16)  # type: ignore[union-attr]
+            for r in regs}
+    return data, regs, qemu
+
+
+def test_rsp_and_gdb_agree_on_the_same_l1(guest, tmp_path: Path) -> None:
+    """The remote-protocol target and gdb read the same bytes and registers.
+
+    Kernel text and read-only data do not change while L1 runs: 1 MiB around
+    linux_banner must read the same through both and through QMP's pmemsave.
+    Volatile registers differ from one halt to the next, so each client is held to
+    QEMU's own register dump of its own halt, and the stable ones to each other.
+    """
+    m, con, _ = guest
+    va, version = banner(con)
+    pa = m.translate(va)
+    base = pa & ~0xFFFFF
+    via_rsp, regs_rsp, qemu_rsp = rsp_and_gdb_read(m, tmp_path / "r", base, 0x100000, False)
+    via_gdb, regs_gdb, qemu_gdb = rsp_and_gdb_read(m, tmp_path / "g", base, 0x100000, True)
+    m.pmemsave(base, 0x100000, tmp_path / "pmem.bin")
+    assert via_rsp == via_gdb == (tmp_path / "pmem.bin").read_bytes()
+    assert version.encode() in via_rsp
+    assert regs_rsp == qemu_rsp and regs_gdb == qemu_gdb
+    for stable in ("cr0", "cr4", "efer"):
+        assert regs_rsp[stable] == regs_gdb[stable]
+    assert (tmp_path / "r" / "rsp.log").exists() and (tmp_path / "g" / "gdb.log").exists()
+    assert con.run("echo resumed").output == "resumed\n"      # L1 runs after both
+
+
+def test_rsp_write_and_breakpoint(guest, tmp_path: Path) -> None:
+    """Writes land (QEMU's pmemsave sees them); a breakpoint on a kernel function the
+    guest is made to call stops the L1 there, and is removed again."""
+    from harness.rsp import RspTarget
+    m, con, _ = guest
+    va, version = banner(con)
+    pa = m.translate(va)
+    fn = int(con.run("grep ' T __x64_sys_execve$' /proc/kallsyms").output.split()[0], 16)
+    with m.open_target(tmp_path) as target:
+        assert isinstance(target, RspTarget)
+        with target.halted():
+            original = target.read_phys(pa, 16)
+            target.write_phys(pa, b"SLATCHECK-WROTE!")
+            m.pmemsave(pa, 16, tmp_path / "w.bin")
+            assert (tmp_path / "w.bin").read_bytes() == b"SLATCHECK-WROTE!"
+            target.write_phys(pa, original)
+            target.client.insert_breakpoint(fn)
+        con.send_line("/bin/busybox true; echo after-exec")
+        stop = target.client.wait_stop(timeout=30)
+        with target.halted():
+            assert stop.startswith(b"T05") and target.register("rip") == fn
+            target.client.remove_breakpoint(fn)
+        target.client.cont()
+        con.expect("after-exec", timeout=30)
+    assert con.run("echo resumed").output == "resumed\n"
+    assert con.run("cat /proc/version").output == version

@@ -89,6 +89,7 @@ class FakeWorld:
         self.observe_error: BaseException | None = None       # raised by every observe
         self.observe_errors: list[BaseException | None] = []  # raised one per run, in order
         self.machines: list[FakeMachine] = []
+        self.boot_id = "fake-boot-1"    # what the guest says its boot id is
         self.observe_delay = 0.0        # seconds each observe takes (a hung discovery)
         self.kernel_pid: int | None = None   # the VMs' process as the kernel names it
         self.exit_delay = 0.0           # seconds the machine takes to shut down
@@ -134,17 +135,21 @@ class FakeWorld:
                 Rule(r"^rm -f .*mkfifo"), Rule(r"^\( slat-workload ", answer=self.start),
                 Rule(r"^echo \$!$", "4242\n"), Rule(r"^i=0; while"), Rule(r"^unset exit_ i$"),
                 Rule(r"^cat /tmp/slat-w1\.out$", answer=lambda m: (self.report(), 0)),
-                Rule(r"^echo go 1<>", answer=self.release)]
+                Rule(r"^echo go 1<>", answer=self.release),
+                Rule(r"^cat /proc/sys/kernel/random/boot_id$",
+                     answer=lambda m: (self.boot_id + "\n", 0))]
 
     # -- the hypervisor over this world ------------------------------------------------
 
-    def observe(self, view: KernelView) -> list[ObservedVM]:
-        """KVM's VM list as this world holds it: every VM until it is destroyed."""
+    def observe(self, view: KernelView, released: bool | None = None) -> list[ObservedVM]:
+        """KVM's VM list as this world holds it: every VM until it is destroyed (with
+        *released* given: as if the workload were, or were not, released)."""
         if self.observe_delay:
             time.sleep(self.observe_delay)
         if self.observe_error is not None:
             raise self.observe_error
-        if self.destroyed or (self.released and not self.leftover):
+        gone = self.released if released is None else released
+        if self.destroyed or (gone and not self.leftover):
             return []
         out = []
         for vm in self.vms:
@@ -175,7 +180,7 @@ class FakeWorld:
         machines: Registry[Any] = Registry("machine backend")
         machines.add("qemu", self.machine)
         return Services(_one(base.guests, guest), _one(base.hypervisors, hv), base.models,
-                        machines, lambda name, progress: image)
+                        machines, lambda name, progress: image, states=tmp_path / "cache")
 
 
 class _SlowExit(FakeMachine):

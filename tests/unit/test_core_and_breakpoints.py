@@ -193,11 +193,9 @@ def listed_while_stopped(world: FakeWorld) -> None:
     def observe(view: Any) -> Any:
         if not world.target.breakpoints:
             return real(view)
-        saved, world.released = world.released, False
-        try:
-            return real(view)
-        finally:
-            world.released = saved
+        # the release the guest's thread may be running right now must not be undone:
+        # read the list as it was before it, without touching world.released
+        return real(view, released=False)
     world.observe = observe          # type: ignore[method-assign]
 
 

@@ -25,7 +25,8 @@ def params(layout: str = "x86", **kw: object) -> VPTEParams:
     """Walk parameters with an image of *mem_size* bytes (default 64 MiB)."""
     mem_size = kw.pop("mem_size", 64 * MIB)
     max_tables = kw.pop("max_tables", 1 << 16)
-    return VPTEParams(layout=layout, limits=WalkLimits(max_tables=max_tables,  # type: ignore[arg-type]
+    budgets = {k: kw.pop(k) for k in ("max_leaves", "max_findings") if k in kw}
+    return VPTEParams(layout=layout, limits=WalkLimits(max_tables=max_tables, **budgets,  # type: ignore[arg-type]
                                                       mem_size=mem_size), **kw)  # type: ignore[arg-type]
 
 
@@ -279,17 +280,43 @@ def test_unknown_image_size_raises_on_a_failed_read() -> None:
         translate(mem, 0x1003, 0, params(mem_size=None))
 
 
-def test_large_fan_out_stops_at_the_read_budget() -> None:
+def fan_out() -> DictMem:
+    """Every entry of every level points at one next table: 512**4 pages if followed."""
     mem = DictMem(size=MIB)
     for table, child in ((0x1000, 0x2003), (0x2000, 0x3003), (0x3000, 0x4003),
                          (0x4000, 0x5063)):
         for i in range(512):
             mem.write_u64(table + 8 * i, child)      # every entry shares one child
     mem.reads = 0
-    res = walk(mem, 0x1003, params(mem_size=MIB, max_tables=50))
-    assert mem.reads <= 50 and res.tables_read == 50
-    assert [f.kind for f in res.findings] == ["read_budget"]
-    assert 0 < len(res.mappings) <= 50 * 512
+    return mem
+
+
+def test_a_shared_table_is_walked_once_and_reported() -> None:
+    mem = fan_out()
+    res = walk(mem, 0x1003, params(mem_size=MIB))
+    assert mem.reads == 4 and res.tables_read == 4
+    assert len(res.mappings) == 512                  # the leaf table, under its first parent
+    assert {m.gpa >> 21 for m in res.mappings} == {0}
+    kinds = [f.kind for f in res.findings]
+    assert kinds == ["shared_table"] * (3 * 511)     # every later reference, at every level
+    assert {(f.table, f.index) for f in res.findings if f.level == 2} == \
+        {(0x3000, i) for i in range(1, 512)}
+
+
+def test_the_leaf_and_finding_budgets_end_the_walk() -> None:
+    res = walk(fan_out(), 0x1003, params(mem_size=MIB, max_leaves=100))
+    assert len(res.mappings) == 100 and res.findings[-1].kind == "read_budget"
+    assert "100 leaves" in res.findings[-1].detail
+    res = walk(fan_out(), 0x1003, params(mem_size=MIB, max_findings=10))
+    assert [f.kind for f in res.findings] == ["shared_table"] * 10 + ["read_budget"]
+
+
+def test_the_table_budget_ends_the_walk() -> None:
+    mem = DictMem(size=MIB)
+    for t in range(1, 60):                           # a chain of distinct tables
+        mem.write_u64(t * 0x1000, (t + 1) * 0x1000 | 0x3)
+    res = walk(mem, 0x1003, params(mem_size=MIB, max_tables=3))
+    assert res.tables_read == 3 and [f.kind for f in res.findings] == ["read_budget"]
 
 
 def test_region_size_bounds_the_walk() -> None:

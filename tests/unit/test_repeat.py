@@ -119,7 +119,7 @@ def test_reboot_every_and_a_dirty_iteration_boot_anew(tmp_path: Path) -> None:
     world = FakeWorld(touched=TOUCHED)
     sc = load_scenario(scenario(tmp_path))
     res = run_repeated(sc, tmp_path / "art", RepeatPlan(count=5, reboot_every=2, seed=1),
-                       quiet, world.services(tmp_path))
+                       quiet, world.services(tmp_path), warm=False)    # cold: a machine a boot
     assert res.verdict == "pass" and len(world.machines) == 3
     assert {i["boot"] for i in lines(res.artifacts / "iterations.jsonl")} == {1, 2, 3}
     assert (res.artifacts / "boot-02" / "console.log").exists()
@@ -137,7 +137,7 @@ def test_reboot_every_and_a_dirty_iteration_boot_anew(tmp_path: Path) -> None:
         return real(view)
     world2.observe = flaky_observe  # type: ignore[method-assign]
     res2 = run_repeated(sc, tmp_path / "art2", RepeatPlan(count=3, seed=1), quiet,
-                        world2.services(tmp_path))
+                        world2.services(tmp_path), warm=False)
     its = lines(res2.artifacts / "iterations.jsonl")
     assert [i["verdict"] for i in its] == ["pass", "error", "pass"]
     assert [i["boot"] for i in its] == [1, 1, 2] and len(world2.machines) == 2

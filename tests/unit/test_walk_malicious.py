@@ -21,7 +21,8 @@ from harness.mem import DictMem
 
 MEM = 1 << 24
 ROOT = 0x10000
-KINDS = {"reserved_bits", "frame_beyond_memory", "loop", "read_budget", "bad_entry"}
+KINDS = {"reserved_bits", "frame_beyond_memory", "loop", "read_budget", "bad_entry",
+         "shared_table"}
 
 # name -> (format, params factory(levels, limits), table flags, 4 KiB leaf flags, levels)
 CASES: dict[str, tuple[str, Callable[[int, WalkLimits], Any], int, int, int]] = {
@@ -73,20 +74,60 @@ def test_cycle_through_a_child(case: str) -> None:
     assert {(f.kind, f.table) for f in res.findings} == {("loop", 0x20000)}
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_fan_out_to_one_table_is_bounded(case: str) -> None:
+def fan_out(case: str) -> DictMem:
     """Every entry of every level points at the same next table: 512**levels leaves."""
     _fmt, _p, table, leaf, levels = CASES[case]
     mem = DictMem(size=MEM)
     for k in range(levels - 1):
         fill(mem, ROOT + 0x1000 * k, (ROOT + 0x1000 * (k + 1)) | table)
     fill(mem, ROOT + 0x1000 * (levels - 1), 0x400000 | leaf)
-    res = run(case, mem, WalkLimits(max_tables=40, mem_size=MEM))
+    return mem
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fan_out_to_one_table_is_bounded_in_output(case: str) -> None:
+    """Each page is read and walked once; the repeats stop at the leaf budget."""
+    levels = CASES[case][4]
+    mem = fan_out(case)
+    res = run(case, mem, WalkLimits(max_tables=40, mem_size=MEM, max_leaves=5000))
     assert mem.reads == levels == res.tables_read          # each page read once
-    assert [f.kind for f in res.findings] == ["read_budget"]
-    assert len(res.mappings) == (40 - (levels - 1)) * 512  # 40 walks, the last level full
+    assert res.findings[-1].kind == "read_budget" and "5000 leaves" in res.findings[-1].detail
+    assert [f.kind for f in res.findings].count("read_budget") == 1
+    assert res.leaf_count == 5000
     gpas = [m.gpa for m in res.mappings]
     assert gpas == sorted(gpas) and len(set(gpas)) == len(gpas)
+    assert gpas[:512] == [i << 12 for i in range(512)]      # the leaf table, then repeats
+    assert gpas[512] == 1 << 21 and all(m.hpa == 0x400000 for m in res.mappings)
+
+
+@pytest.mark.parametrize("case", ["npt-kvm", "ept-kvm"])
+def test_kvm_never_shares_a_table(case: str) -> None:
+    """Every second reference of a table page is a shared_table finding (then repeated)."""
+    levels = CASES[case][4]
+    res = run(case, fan_out(case), WalkLimits(mem_size=MEM, max_findings=3000,
+                                              max_leaves=1 << 22))
+    shared = [f for f in res.findings if f.kind == "shared_table"]
+    assert len(shared) == 3000 and res.findings[-1].kind == "read_budget"
+    assert "3000 findings" in res.findings[-1].detail
+    assert shared[0].level == 2 and shared[0].table == ROOT + 0x1000 * (levels - 2)
+    assert shared[0].index == 1
+
+
+@pytest.mark.parametrize("case", ["npt4", "ept4", "stage2"])
+def test_shared_table_repeats_its_leaves_at_each_reference(case: str) -> None:
+    """Hardware allows sharing: the leaves appear under every entry, read and walked once."""
+    _fmt, _p, table, leaf, levels = CASES[case]
+    mem = DictMem(size=MEM)
+    pd = ROOT + 0x1000 * (levels - 2)
+    for k in range(levels - 2):                               # one path down to the PD
+        mem.write_u64(ROOT + 0x1000 * k, (ROOT + 0x1000 * (k + 1)) | table)
+    for i in (0, 3, 7):
+        mem.write_u64(pd + 8 * i, 0x30000 | table)           # three PDEs, one page table
+    mem.write_u64(0x30000 + 8 * 5, 0x400000 | leaf)
+    res = run(case, mem)
+    assert res.findings == [] and mem.reads == levels
+    assert [(m.gpa, m.hpa, m.table, m.index) for m in res.mappings] == \
+        [((i << 21) + (5 << 12), 0x400000, 0x30000, 5) for i in (0, 3, 7)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -140,11 +181,13 @@ def test_read_error_deep_in_the_tree_is_not_swallowed(case: str) -> None:
         run(case, mem)
 
 
-def test_budget_counts_every_walk_of_a_shared_table() -> None:
+def test_budget_counts_every_table_walked() -> None:
+    """A chain of distinct tables: the walk stops after max_tables, saying where."""
     mem = DictMem(size=MEM)
-    fill(mem, ROOT, 0x20000 | 0x7)                     # 512 PML4Es -> one PDPT
+    for i in range(300):                       # 300 PML4Es, each to its own empty PDPT
+        mem.write_u64(ROOT + 8 * i, (0x20000 + 0x1000 * i) | 0x7)
     res = run("npt4", mem, WalkLimits(max_tables=100, mem_size=MEM))
-    assert mem.reads == 2
+    assert mem.reads == 100
     [budget] = res.findings
     assert budget.kind == "read_budget" and budget.gpa == 99 << 39
 
@@ -177,7 +220,7 @@ def test_garbage_tables_stay_bounded(case: str, seed: int) -> None:
     fmt, params, _t, _l, levels = CASES[case]
     limits = WalkLimits(max_tables=60, mem_size=size)
     res = FORMATS[fmt].walk(mem, 0x1000, params(levels, limits))
-    assert mem.reads == res.tables_read <= pages
+    assert mem.reads == res.tables_read <= 60
     assert {f.kind for f in res.findings} <= KINDS
     assert [f.kind for f in res.findings].count("read_budget") <= 1
     ends = [(m.gpa, m.end) for m in res.mappings]

@@ -1,0 +1,189 @@
+"""Warm starts: a booted L1 saved once per (image, machine), restored by later runs.
+
+After a cold ``boot`` step (the image's own set-up done: modules loaded, shell
+ready) the machine's state is saved into the cache; a later run with the same
+key starts the emulator from it instead of booting (QEMU: ``-incoming``),
+which takes a fraction of a second instead of seconds.
+
+The key covers everything that could change the saved state: the image's
+content (its manifest's SHA-256 of every file), the machine's own
+:meth:`~harness.machines.base.Machine.state_key` (emulator, its version, its
+options, the architecture) and the guest's boot arguments.  A different key is
+another directory, so a stale state is never used; a state that fails to load
+is removed and the run boots cold, with a note in its progress and result.
+
+Concurrent runs (pytest-xdist) take an exclusive lock to save; the state is
+written to a private name and renamed into place, and a run that finds the lock
+taken does not wait (its boot was cold, the other one saves).  Reading needs no
+lock: a state is only ever replaced by rename, never rewritten.
+
+Per-boot facts survive a restore (it is the same boot, same KASLR): the guest's
+boot id is recorded with the state and checked after a restore, and the kernel
+symbols and facts read once for that boot are kept beside the state.
+
+Layout of ``$XDG_CACHE_HOME/slatcheck/states/<image>-<key>/``::
+
+    state.bin       the saved machine
+    meta.json       key inputs, boot id, size, creation time
+    symbols-<h>.json, facts-<name>.json   per-boot facts of this boot
+    .lock           held while saving or removing
+
+>>> key_of({"a": "1"}, {"b": "2"}) == key_of({"b": "2"}, {"a": "1"})
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.images import Image
+
+__all__ = ["WarmState", "states_root", "key_of", "image_key"]
+
+STATE = "state.bin"
+META = "meta.json"
+FORMAT = 1           # bump when the layout or what a state holds changes
+
+
+def states_root(cache_dir: Path | None = None) -> Path:
+    """``<cache>/slatcheck/states``; *cache* defaults to $XDG_CACHE_HOME or ~/.cache."""
+    if cache_dir is None:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        cache_dir = Path(xdg) if xdg else Path.home() / ".cache"
+    return cache_dir / "slatcheck" / "states"
+
+
+def key_of(*parts: Mapping[str, str]) -> str:
+    """A short hash of key-value parts (order of keys and parts does not matter)."""
+    merged: dict[str, str] = {}
+    for p in parts:
+        merged.update(p)
+    blob = json.dumps(merged, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def image_key(image: Image) -> dict[str, str]:
+    """The image's identity: the SHA-256 of every file it consists of."""
+    files = image.manifest.get("files", {})
+    return {"image": image.name,
+            "image.files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()
+                                          ).hexdigest()}
+
+
+@dataclass(frozen=True)
+class WarmState:
+    """One saved state's directory and what its key was made of."""
+
+    dir: Path
+    inputs: Mapping[str, str]
+
+    @staticmethod
+    def for_key(image: Image, machine_key: Mapping[str, str], append: str = "",
+                cache_dir: Path | None = None) -> WarmState:
+        """The state directory of *image* on a machine with *machine_key*."""
+        inputs = {**image_key(image), **machine_key, "append": append, "format": str(FORMAT)}
+        return WarmState(states_root(cache_dir) / f"{image.name}-{key_of(inputs)}", inputs)
+
+    @property
+    def state(self) -> Path:
+        return self.dir / STATE
+
+    def meta(self) -> dict[str, Any] | None:
+        """The recorded meta data of a complete state, or None."""
+        try:
+            meta = json.loads((self.dir / META).read_text())
+            size = self.state.stat().st_size
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("size") != size or size == 0 \
+                or meta.get("inputs") != dict(self.inputs):
+            return None
+        return meta
+
+    def ready(self) -> bool:
+        """Whether a complete state is there to start from."""
+        return self.meta() is not None
+
+    @contextlib.contextmanager
+    def _locked(self, wait: bool) -> Iterator[bool]:
+        """The exclusive lock of the directory; False if taken and *wait* is False."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)       # closing releases the lock
+
+    def save(self, write: Any, boot_id: str) -> bool:
+        """Save with *write(path)* unless another run is saving or has saved; True if
+        this call saved.  Written under a private name, then renamed into place."""
+        with self._locked(wait=False) as mine:
+            if not mine or self.ready():
+                return False
+            tmp = self.dir / f".{STATE}.{os.getpid()}"
+            try:
+                write(tmp)
+                size = tmp.stat().st_size
+                for old in self.dir.glob("*.json"):      # facts of an older boot
+                    old.unlink(missing_ok=True)
+                os.replace(tmp, self.state)
+                meta = {"inputs": dict(self.inputs), "boot_id": boot_id, "size": size,
+                        "created": time.time()}
+                _write_atomic(self.dir / META, json.dumps(meta, indent=1))
+            finally:
+                tmp.unlink(missing_ok=True)
+        return True
+
+    def discard(self) -> None:
+        """Remove a broken or stale state (readers keep their open copy)."""
+        with self._locked(wait=True):
+            for name in (META, STATE):
+                (self.dir / name).unlink(missing_ok=True)
+            for old in self.dir.glob("*.json"):
+                old.unlink(missing_ok=True)
+
+    def boot_id(self) -> str | None:
+        """The boot id recorded when the state was saved."""
+        meta = self.meta()
+        return None if meta is None else str(meta.get("boot_id"))
+
+    # -- per-boot facts kept with the state ---------------------------------------------
+
+    def recall(self, what: str, boot_id: str) -> Any:
+        """A fact of boot *boot_id* kept under *what*, or None."""
+        try:
+            kept = json.loads((self.dir / f"{what}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return kept.get("value") if kept.get("boot_id") == boot_id else None
+
+    def remember(self, what: str, boot_id: str, value: Any) -> None:
+        """Keep a per-boot fact of the saved boot (only that boot's)."""
+        if self.boot_id() != boot_id:
+            return
+        with contextlib.suppress(OSError):
+            _write_atomic(self.dir / f"{what}.json",
+                          json.dumps({"boot_id": boot_id, "value": value}))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,206 @@
+"""Warm starts on the fake machine: saved after a cold boot, used by the next run, keyed,
+proven to be the same boot, broken states fall back to a cold boot with a note; the
+saving is safe under concurrency; type answers are recorded per image."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fakes import FakeWorld
+from test_runner import scenario
+
+from harness.errors import InfraError
+from harness.images import Image
+from harness.ktypes import TypeLookupError
+from harness.machines.base import MachineConfig
+from harness.machines.fake import FakeMachine
+from harness.registry import Registry
+from harness.runner import run_scenario
+from harness.typecache import RecordedTypes
+from harness.warm import WarmState, states_root
+
+
+def states(tmp_path: Path) -> list[Path]:
+    return sorted(states_root(tmp_path / "cache").glob("*/state.bin"))
+
+
+def test_cold_boot_saves_and_the_next_run_starts_warm(tmp_path: Path) -> None:
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    sc = scenario(tmp_path)
+    first = run_scenario(sc, tmp_path / "a", services=services)
+    assert first.verdict == "pass", first.message
+    assert first.provenance["machine"]["start"] == "cold"
+    [state] = states(tmp_path)
+    assert world.machines[0].saved and state.read_bytes().startswith(b"fake machine state")
+    second = run_scenario(sc, tmp_path / "b", services=services)
+    assert second.verdict == "pass", second.message
+    assert second.provenance["machine"]["start"] == "warm"
+    assert second.provenance["machine"]["state"] == state.parent.name
+    assert world.machines[-1].config.incoming == state
+    assert len(world.machines[-1].saved) == 0                # nothing saved again
+    # the per-boot symbols and facts came from the state, not from the guest
+    assert (second.artifacts / "symbols.kept.json").exists()
+    assert (second.artifacts / "facts.kept.json").exists()
+    typed = [c for c in world.guest.typed if "address sizes" in c]
+    assert len(typed) == 1                                   # read in the first run only
+
+
+def test_cold_opts_out(tmp_path: Path) -> None:
+    world = FakeWorld()
+    res = run_scenario(scenario(tmp_path), tmp_path / "a", services=world.services(tmp_path),
+                       warm=False)
+    assert res.verdict == "pass" and res.provenance["machine"]["start"] == "cold (--cold)"
+    assert states(tmp_path) == [] and world.machines[0].saved == []
+
+
+def test_another_boot_id_falls_back_to_a_cold_boot_with_a_note(tmp_path: Path) -> None:
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    sc = scenario(tmp_path)
+    run_scenario(sc, tmp_path / "a", services=services)
+    world.boot_id = "fake-boot-2"                  # the restored guest is not that boot
+    res = run_scenario(sc, tmp_path / "b", services=services)
+    assert res.verdict == "pass", res.message
+    assert res.provenance["machine"]["start"] == "cold"
+    assert "boot id" in res.properties["machine.warm_fallback"]
+    assert "booting cold" in res.provenance["machine"]["warm_fallback"]
+    [state] = states(tmp_path)                     # saved again, from the new boot
+    assert '"boot_id": "fake-boot-2"' in (state.parent / "meta.json").read_text()
+
+
+class _Unloadable(FakeMachine):
+    """A machine that cannot load a state that is not its own (as QEMU refuses one)."""
+
+    def __enter__(self) -> FakeMachine:
+        inc = self.config.incoming
+        if inc is not None and not inc.read_bytes().startswith(b"fake machine state"):
+            raise InfraError("load of migration failed: Invalid argument")
+        return super().__enter__()
+
+
+def _unloadable(m: FakeMachine) -> FakeMachine:
+    m.__class__ = _Unloadable
+    return m
+
+
+def test_a_state_that_does_not_load_is_dropped_and_the_run_boots_cold(tmp_path: Path) -> None:
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    machines: Registry[object] = Registry("machine backend")
+    machines.add("qemu", lambda config: _unloadable(world.machine(config)))
+    services = type(services)(services.guests, services.hypervisors, services.models,
+                              machines, services.build_image, states=services.states)  # type: ignore[arg-type]
+    sc = scenario(tmp_path)
+    run_scenario(sc, tmp_path / "a", services=services)
+    [state] = states(tmp_path)
+    state.write_bytes(b"X" * state.stat().st_size)           # same size, not a state
+    res = run_scenario(sc, tmp_path / "b", services=services)
+    assert res.verdict == "pass", res.message
+    assert "load of migration failed" in res.properties["machine.warm_fallback"]
+    assert res.provenance["machine"]["start"] == "cold"
+    assert state.read_bytes().startswith(b"fake machine state")   # replaced by a good one
+
+
+def test_a_truncated_state_is_not_used(tmp_path: Path) -> None:
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    sc = scenario(tmp_path)
+    run_scenario(sc, tmp_path / "a", services=services)
+    [state] = states(tmp_path)
+    state.write_bytes(state.read_bytes()[:5])                 # an interrupted copy
+    res = run_scenario(sc, tmp_path / "b", services=services)
+    assert res.provenance["machine"]["start"] == "cold"
+    assert "machine.warm_fallback" not in res.properties      # never tried
+
+
+def image(tmp_path: Path, files: dict[str, str]) -> Image:
+    return Image(name="img", arch="x86_64", dir=tmp_path, kernel=tmp_path / "k",
+                 initrd=None, modules=tmp_path, manifest={"files": files},
+                 kernel_release="6.1")
+
+
+def test_the_key_covers_image_content_machine_and_append(tmp_path: Path) -> None:
+    base = WarmState.for_key(image(tmp_path, {"k": "aa"}), {"version": "7.2"}, "", tmp_path)
+    assert base == WarmState.for_key(image(tmp_path, {"k": "aa"}), {"version": "7.2"}, "",
+                                     tmp_path)
+    others = [WarmState.for_key(image(tmp_path, {"k": "ab"}), {"version": "7.2"}, "", tmp_path),
+              WarmState.for_key(image(tmp_path, {"k": "aa"}), {"version": "8.0"}, "", tmp_path),
+              WarmState.for_key(image(tmp_path, {"k": "aa"}), {"version": "7.2"}, "x",
+                                tmp_path)]
+    assert len({base.dir, *(o.dir for o in others)}) == 4
+
+
+def test_concurrent_saves_write_one_complete_state(tmp_path: Path) -> None:
+    warm = WarmState.for_key(image(tmp_path, {}), {"m": "1"}, "", tmp_path)
+    started, results = threading.Event(), []
+
+    def slow(path: Path) -> None:
+        started.set()
+        path.write_bytes(b"a" * 1000)
+        time.sleep(0.3)
+
+    t = threading.Thread(target=lambda: results.append(warm.save(slow, "boot-1")))
+    t.start()
+    started.wait(5)
+    assert not warm.ready()                                   # not visible half written
+    assert warm.save(lambda p: p.write_bytes(b"b"), "boot-2") is False   # lock taken
+    t.join(5)
+    assert results == [True] and warm.ready() and warm.boot_id() == "boot-1"
+    assert warm.state.read_bytes() == b"a" * 1000
+    assert [p.name for p in warm.dir.iterdir() if p.name.startswith(".state")] == []
+    assert warm.save(lambda p: p.write_bytes(b"c"), "boot-3") is False   # already saved
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def offsetof(self, spec: str, path: str) -> int:
+        self.calls += 1
+        if path == "missing":
+            raise TypeLookupError(f"{spec} has no member {path}")
+        return 40
+
+    def sizeof(self, spec: object) -> int:
+        self.calls += 1
+        return 8 if str(spec) == "u64" else 4096
+
+    def member_type(self, spec: str, path: str) -> str:
+        self.calls += 1
+        return "u64"
+
+    def is_signed(self, spec: object) -> bool:
+        self.calls += 1
+        return False
+
+
+def test_type_answers_are_recorded_and_read_back_without_parsing(tmp_path: Path) -> None:
+    real = _Counting()
+    first = RecordedTypes(lambda: real, tmp_path / "types.json")
+    assert first.offsetof("struct kvm", "vm_list") == 40
+    ref = first.member_type("struct kvm", "nr")
+    assert (first.sizeof(ref), first.is_signed(ref), first.sizeof("struct kvm")) == \
+        (8, False, 4096)
+    with pytest.raises(TypeLookupError, match="no member missing"):
+        first.offsetof("struct kvm", "missing")
+    again = RecordedTypes(lambda: None, tmp_path / "types.json")   # would fail to parse
+    assert again.offsetof("struct kvm", "vm_list") == 40
+    assert again.sizeof(again.member_type("struct kvm", "nr")) == 8
+    with pytest.raises(TypeLookupError, match="no member missing"):
+        again.offsetof("struct kvm", "missing")
+    assert not again.loaded
+    with pytest.raises(TypeLookupError):                      # not recorded: must parse
+        again.offsetof("struct kvm", "other")
+
+
+def test_fake_machine_key_is_its_options(tmp_path: Path) -> None:
+    from fakes import machine_config
+    cfg = machine_config(tmp_path)
+    m = FakeMachine(cfg, FakeWorld().guest, FakeWorld().target)
+    other = FakeMachine(MachineConfig(arch=cfg.arch, boot=cfg.boot, artifacts=tmp_path,
+                                      cpu="other"), FakeWorld().guest, FakeWorld().target)
+    assert m.state_key() != other.state_key()
