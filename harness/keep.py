@@ -24,17 +24,30 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.artifacts import write_json
+from harness.context import RunContext
 from harness.machines.base import Machine
 from harness.replay import CORE_DIR, Keepable, save_core
 
-if TYPE_CHECKING:
-    from harness.repeat import Engine, Iteration
+__all__ = ["keep", "attach_command", "wait_kept", "Failure"]
 
-__all__ = ["keep", "attach_command", "wait_kept"]
+
+@dataclass(frozen=True)
+class Failure:
+    """A failing iteration to keep: its boot's machine and what the run knows of it."""
+
+    machine: Machine                 # the boot's machine (kept paused)
+    ctx: RunContext                  # the failing iteration's context
+    iteration: int
+    seed: int
+    it_dir: Path                     # the iteration's artifact directory
+    scenario: Path                   # its reproducer, or the scenario file
+    run_dir: Path                    # the repeated run's directory (keep.json)
+    keep_for: float | None           # seconds to keep it (None: until Ctrl-C)
 
 
 def attach_command(gdb: str, architecture: str, socket: Path) -> str:
@@ -77,22 +90,18 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def keep(engine: Engine, it: Iteration, say: Callable[[str], None] = _say,
-         wait: Callable[[Machine, float | None], str] = wait_kept) -> None:
-    """Keep the failure of iteration *it* (see the module)."""
-    boot = engine.boot
-    ctx = it.ctx
-    assert boot is not None and ctx is not None and it.result.artifacts is not None
-    machine = boot.ctx.require_machine()
+def keep(failure: Failure, say: Callable[[str], None] = _say,
+           wait: Callable[[Machine, float | None], str] = wait_kept) -> None:
+    """Keep *failure* (see the module)."""
+    machine, ctx = failure.machine, failure.ctx
     if not isinstance(machine, Keepable):
         say(f"cannot keep the failure: the {machine.describe().get('emulator')} machine "
             "cannot be kept")
         return
-    it_dir = it.result.artifacts
-    scenario = it.reproducer or engine.sc.path
+    it_dir, scenario = failure.it_dir, failure.scenario
     arch = ctx.hypervisor.arch_record
     info: dict[str, Any] = {
-        "iteration": it.index, "seed": it.seed, "run_dir": str(engine.run_dir),
+        "iteration": failure.iteration, "seed": failure.seed, "run_dir": str(failure.run_dir),
         "socket": str(machine.debug_socket()), "core": None,
         "attach": attach_command(arch.gdb, arch.gdb_architecture, machine.debug_socket()),
         "emulator_pid": getattr(machine, "pid", None), "since": time.time()}
@@ -101,8 +110,8 @@ def keep(engine: Engine, it: Iteration, say: Callable[[str], None] = _say,
     except Exception as e:      # noqa: BLE001 - the machine is kept even without a core
         info["core_error"] = f"{type(e).__name__}: {e}"
         say(f"could not save the core: {info['core_error']}")
-    write_json(engine.run_dir / "keep.json", info)
+    write_json(failure.run_dir / "keep.json", info)
     say(_instructions(info))
-    info["ended"] = wait(machine, engine.plan.keep_for)
-    write_json(engine.run_dir / "keep.json", info)
+    info["ended"] = wait(machine, failure.keep_for)
+    write_json(failure.run_dir / "keep.json", info)
     say(f"keep ended: {info['ended']}")

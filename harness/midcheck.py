@@ -39,9 +39,9 @@ from harness.check import (
 from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError
 from harness.findings import Finding
+from harness.holding import release_command, wait_released
 from harness.observe import ObservedVM
 from harness.scenario.spec import CheckStep, MidPoint
-from harness.steps import release_command, wait_released
 from harness.target import Breakpoints
 from harness.workload import SlotReport, VMReport
 

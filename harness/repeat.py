@@ -38,6 +38,8 @@ from harness.context import Progress, RunContext, Services, StepTimeout, default
 from harness.deadline import deadline, signals_deferred
 from harness.errors import InfraError, exit_status_of, verdict_of
 from harness.findings import Finding
+from harness.holding import guest_shell_wait, read_report
+from harness.keep import Failure, keep
 from harness.oracles import TableHistory, report_findings
 from harness.provenance import flatten, host_provenance
 from harness.rates import Rate
@@ -45,7 +47,7 @@ from harness.result import ScenarioResult
 from harness.runner import record_ending, run_steps, write_artifacts
 from harness.scenario.spec import BootStep, CheckStep, InjectStep, ReleaseStep, Scenario
 from harness.scenario.yamlsource import read_yaml
-from harness.steps import HANDLERS, guest_shell_wait, prepare_image, read_report
+from harness.steps import HANDLERS, prepare_image
 from harness.vary import Drawn, apply, draw, dump_scenario, new_seed, reproducer, seeds
 
 __all__ = ["RepeatPlan", "Iteration", "Engine", "run_repeated", "write_reproducer"]
@@ -353,7 +355,7 @@ def _repeat_json(plan: RepeatPlan, its: list[Iteration], engine: Engine,
                          for it in failing[:50]]}
 
 
-Keeper = Callable[[Engine, Iteration], None]
+Keeper = Callable[[Failure], None]
 
 
 def run_repeated(sc: Scenario, artifacts_root: Path, plan: RepeatPlan,
@@ -404,9 +406,17 @@ def _loop(engine: Engine, its: list[Iteration], first_seed: int, t0: float,
         if it.result.stop:
             raise KeyboardInterrupt("interrupted during an iteration")
         if it.failed and plan.keep_on_failure:
-            from harness.keep import keep
-            (keeper or keep)(engine, it)
+            (keeper or keep)(_failure(engine, it))
         it.ctx = None
+
+
+def _failure(engine: Engine, it: Iteration) -> Failure:
+    """What keeping iteration *it*'s failure needs."""
+    assert engine.boot is not None and it.ctx is not None and it.result.artifacts is not None
+    return Failure(machine=engine.boot.ctx.require_machine(), ctx=it.ctx, iteration=it.index,
+                   seed=it.seed, it_dir=it.result.artifacts,
+                   scenario=it.reproducer or engine.sc.path, run_dir=engine.run_dir,
+                   keep_for=engine.plan.keep_for)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -22,6 +22,15 @@ from harness.check import run_check, run_inject
 from harness.console import Console
 from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError, SlatcheckError, StepFailed
+from harness.holding import (
+    exited_cond,
+    guest_shell_wait,
+    held_cond,
+    read_report,
+    release_command,
+    report_tail,
+    wait_released,
+)
 from harness.images import Image
 from harness.machines import MachineConfig
 from harness.machines.base import Machine, MachineFactory
@@ -38,8 +47,7 @@ from harness.scenario.spec import (
 from harness.warm import WarmState
 from harness.workload import parse_report, workload_argv
 
-__all__ = ["HANDLERS", "guest_shell_wait", "prepare_image", "release_command", "wait_released",
-           "read_report"]
+__all__ = ["HANDLERS", "prepare_image"]
 
 S = TypeVar("S", bound=StepSpec)
 Handler = Callable[[RunContext, Any], None]
@@ -228,34 +236,7 @@ def step_wait(ctx: RunContext, step: WaitStep) -> None:
     ctx.console().expect(step.pattern, timeout=ctx.step_timeout(step))
 
 
-POLL = 0.05          # seconds between two tests of a guest condition
-
-
-def guest_shell_wait(console: Console, cond: str, timeout: float) -> None:
-    """Poll a guest shell condition until it holds, in one guest command (every 50 ms:
-    a warm scenario is a second long, and each wait would otherwise add up to 0.2 s)."""
-    loops = max(1, int(timeout / POLL))
-    cmd = (f"i=0; while ! {{ {cond}; }}; do i=$((i+1)); [ $i -ge {loops} ] && exit_=1 && break; "
-           f"sleep {POLL}; done; [ -z \"$exit_\" ]")
-    res = console.run(cmd, timeout=timeout + 30, check=False)
-    console.run("unset exit_ i", timeout=30, check=False)
-    if res.status != 0:
-        raise InfraError(f"guest condition not met within {timeout:.0f} s: {cond}")
-
-
 # ---- the workload ------------------------------------------------------------------------
-
-EXIT_EVENT = '"event":"exit_status"'
-
-
-def _exited(run: WorkloadRun) -> str:
-    return f"grep -q '{EXIT_EVENT}' {shlex.quote(run.out)}"
-
-
-def _held(run: WorkloadRun, holds: int) -> str:
-    """Guest condition: the workload printed its *holds*-th hold event."""
-    return f"[ $(grep -c '\"event\":\"hold\"' {shlex.quote(run.out)}) -ge {holds} ]"
-
 
 @handles(WorkloadStep)
 def step_workload(ctx: RunContext, step: WorkloadStep) -> None:
@@ -276,32 +257,14 @@ def step_workload(ctx: RunContext, step: WorkloadStep) -> None:
                 f"\\\"status\\\":$?}}\" ) >{out} 2>&1 &", timeout=30)
     run.pid = int(console.run("echo $!", timeout=30).output.strip().splitlines()[-1])
     ctx.workloads[step.id] = run
-    cond = _exited(run) if not step.holds else f"{_held(run, 1)} || {_exited(run)}"
+    cond = exited_cond(run) if not step.holds else f"{held_cond(run, 1)} || {exited_cond(run)}"
     guest_shell_wait(console, cond, ctx.step_timeout(step))
-    _read_report(ctx, run)
+    read_report(ctx, run)
     if run.status not in (None, 0):
-        raise InfraError(f"{step.label}: workload exited {run.status}:\n{_tail(ctx, run)}")
+        raise InfraError(f"{step.label}: workload exited {run.status}:\n{report_tail(ctx, run)}")
     if step.holds and run.exited:
         raise InfraError(f"{step.label}: workload {step.id} exited instead of holding:\n"
-                         f"{_tail(ctx, run)}")
-
-
-def _read_report(ctx: RunContext, run: WorkloadRun) -> None:
-    text = ctx.console().run(f"cat {shlex.quote(run.out)}", timeout=60).output
-    (ctx.run_dir / f"workload-{run.id}.out").write_text(text)
-    run.report = parse_report(text.splitlines())
-    m = re.findall(r'"event":\s*"exit_status",\s*"status":\s*(\d+)', text)
-    run.status = int(m[-1]) if m else None
-
-
-def _tail(ctx: RunContext, run: WorkloadRun) -> str:
-    return "\n".join((ctx.run_dir / f"workload-{run.id}.out").read_text().splitlines()[-15:])
-
-
-def release_command(run: WorkloadRun) -> str:
-    """The guest command that releases a holding workload (the FIFO opened read-write:
-    never blocks, even if the workload is gone)."""
-    return f"echo go 1<>{shlex.quote(run.fifo)}"
+                         f"{report_tail(ctx, run)}")
 
 
 def _start_vmd(ctx: RunContext, step: WorkloadStep, run: WorkloadRun) -> None:
@@ -385,25 +348,10 @@ def step_release(ctx: RunContext, step: ReleaseStep) -> None:
     for run in runs:
         if not run.holding:
             raise InfraError(f"{step.label}: workload {run.id} is not holding "
-                             f"(exit status {run.status}):\n{_tail(ctx, run)}")
+                             f"(exit status {run.status}):\n{report_tail(ctx, run)}")
         console.run(release_command(run), timeout=30)
         run.holds_left -= 1
     wait_released(ctx, runs, step)
-
-
-def wait_released(ctx: RunContext, runs: list[WorkloadRun], step: StepSpec) -> None:
-    """Wait until each released workload holds again (next cycle, or its race's end)
-    or exits, and read its report."""
-    console = ctx.console()
-    for run in runs:
-        released = run.spec.holds - run.holds_left
-        cond = _exited(run) if not run.holds_left else \
-            f"{_held(run, released + 1)} || {_exited(run)}"
-        guest_shell_wait(console, cond, ctx.step_timeout(step))
-        _read_report(ctx, run)
-        if run.status not in (None, 0) or (run.holds_left == 0 and not run.exited):
-            raise InfraError(f"{step.label}: workload {run.id} exited {run.status}:\n"
-                             f"{_tail(ctx, run)}")
 
 
 # ---- check and inject ----------------------------------------------------------------------
@@ -429,4 +377,3 @@ def step_inject(ctx: RunContext, step: InjectStep) -> None:
     run_inject(ctx, step)
 
 
-read_report = _read_report   # a check during a release reads reports too

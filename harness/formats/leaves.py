@@ -11,7 +11,7 @@ appends a whole table page of leaves with a few array operations and
 ``flags`` packs the booleans: bit 0 r, 1 w, 2 x, 3 accessed, 4 dirty, 5 accessed
 is known (not None), 6 dirty is known; ``memtype`` is -1 for None.
 
->>> from harness.formats.base import Mapping
+>>> from harness.formats.mapping import Mapping
 >>> m = Mapping(0x1000, 0x5000, 4096, True, False, True, 1, 0x5005, None, True, None, 0x9000, 1)
 >>> lv = Leaves.from_mappings([m]); int(lv.gpa[0]), int(lv.flags[0])
 (4096, 45)
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from harness.formats.base import Mapping
+from harness.formats.mapping import Mapping
 
 __all__ = ["Leaves", "F_R", "F_W", "F_X", "F_A", "F_D", "F_A_KNOWN", "F_D_KNOWN", "U64",
            "pack_flags"]

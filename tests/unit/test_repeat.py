@@ -173,8 +173,8 @@ def test_keep_saves_a_core_that_replay_checks_offline(tmp_path: Path) -> None:
     said: list[str] = []
     from harness import keep as keep_module
 
-    def keeper(engine: Any, it: Any) -> None:
-        keep_module.keep(engine, it, say=said.append, wait=lambda m, s: "test")
+    def keeper(failure: Any) -> None:
+        keep_module.keep(failure, say=said.append, wait=lambda m, s: "test")
     res = run_repeated(load_scenario(path), tmp_path / "art",
                        RepeatPlan(until_fail=True, seed=5, keep_on_failure=True), quiet,
                        world.services(tmp_path), keeper=keeper)
