@@ -25,7 +25,8 @@ from harness.arch import Arch
 from harness.console import ConsoleEndpoint
 from harness.target import Target
 
-__all__ = ["KernelBoot", "DiskBoot", "BootSpec", "MachineConfig", "Machine", "MachineFactory"]
+__all__ = ["KernelBoot", "DiskBoot", "CdromBoot", "BootSpec", "MachineConfig", "Machine",
+           "MachineFactory"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,17 @@ class DiskBoot:
     network: tuple[str, ...] = ()     # extra emulator networking arguments (user net, tftp)
 
 
-BootSpec = KernelBoot | DiskBoot
+@dataclass(frozen=True)
+class CdromBoot:
+    """Boot a CD-ROM image through the firmware (an ISOLINUX ISO holding kernel and initrd).
+
+    For emulators without direct kernel boot (Bochs); the command line is inside the ISO.
+    """
+
+    iso: Path
+
+
+BootSpec = KernelBoot | DiskBoot | CdromBoot
 
 
 @dataclass(frozen=True)
