@@ -160,6 +160,13 @@ class RunContext:
         """The console, once the machine runs (boot)."""
         self._console = console
 
+    def detach_machine(self) -> None:
+        """Forget the machine, its console and target (a start that was undone)."""
+        self.machine = None
+        self._console = None
+        self._target = None
+        self._ram = None
+
     def console(self) -> Console:
         """The guest console; an InfraError before boot."""
         if self._console is None:

@@ -11,6 +11,8 @@ import re
 import shlex
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from harness.artifacts import write_json
@@ -29,9 +31,12 @@ from harness.scenario.spec import (
     WaitStep,
     WorkloadStep,
 )
+from harness.warmstart import WarmState, warm_state
 from harness.workload import parse_report, workload_argv
 
 __all__ = ["HANDLERS", "guest_shell_wait"]
+
+RESTORE_SHELL = 120.0      # seconds for a restored L1's shell to answer
 
 S = TypeVar("S", bound=StepSpec)
 Handler = Callable[[RunContext, Any], None]
@@ -51,7 +56,8 @@ def handles(kind: type[S]) -> Callable[[Callable[[RunContext, S], None]],
 
 @handles(BootStep)
 def step_boot(ctx: RunContext, step: BootStep) -> None:
-    """Build (or reuse) the image, start the machine, wait for the shell."""
+    """Build (or reuse) the image, start the machine (restored from a warm start when
+    :mod:`harness.warmstart` has one), wait for the shell."""
     sc = ctx.scenario
     t = time.monotonic()
     image = ctx.image = ctx.services.build_image(sc.guest.image, _build_log(ctx))
@@ -63,19 +69,76 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
         arch=arch, boot=image.boot_spec(sc.guest.append), artifacts=ctx.run_dir,
         cpu=m.cpu or arch.cpu, memory=m.memory, smp=m.smp, accel=m.accel, name=sc.name,
         fault_log=ctx.hypervisor.fault_log if m.vmrun_log is None else m.vmrun_log)
-    machine = ctx.machine = ctx.stack.enter_context(ctx.services.machines[m.emulator](config))
+    boot_timeout = step.timeout or sc.timeouts.boot
+    warm = warm_state(image, config, m.emulator)
+    if warm is None:
+        _start(ctx, config, boot_timeout, ctx.stack)
+    elif not (warm.saved() and _restore(ctx, config, warm)):
+        with warm.cold_boot_lock(boot_timeout):     # one cold boot; the others restore it
+            if not (warm.saved() and _restore(ctx, config, warm)):
+                _start(ctx, config, boot_timeout, ctx.stack)
+                _save(ctx, warm)
+    console = ctx.console()
+    ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+
+
+def _start(ctx: RunContext, config: MachineConfig, boot_timeout: float,
+           stack: ExitStack) -> None:
+    """Start the machine and its console in *stack*; a cold boot waits for the shell."""
+    machine = ctx.machine = stack.enter_context(
+        ctx.services.machines[ctx.scenario.machine.emulator](config))
     for key, value in machine.describe().items():
         ctx.properties[f"machine.{key}"] = value
-    console = ctx.stack.enter_context(Console.connect(
+    console = stack.enter_context(Console.connect(
         machine.console, log_path=ctx.run_dir / "console.log", profile=ctx.guest.console))
     ctx.attach_console(console)
-    boot_timeout = step.timeout or sc.timeouts.boot
+    ctx.properties["machine.start"] = "cold" if config.incoming is None else "warm"
+    if config.incoming is not None:
+        return
     # probes typed before /init opens the console can wedge the arm64 PL011's input (seen:
     # no echo ever after); wait for init's line first, then probe for the shell
+    image = ctx.require_image()
     if image.ready:
         console.expect(re.escape(image.ready), timeout=boot_timeout)
     console.wait_for_shell(timeout=boot_timeout)
-    ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
+
+
+def _restore(ctx: RunContext, config: MachineConfig, warm: WarmState) -> bool:
+    """Start from the saved state; False (state discarded) if it does not come up as the
+    image's booted L1 with an answering shell."""
+    t = time.monotonic()
+    with ExitStack() as attempt:
+        try:
+            _start(ctx, replace(config, incoming=warm.state), RESTORE_SHELL, attempt)
+            console = ctx.console()
+            console.wait_for_shell(timeout=RESTORE_SHELL)
+            release = console.run("uname -r", timeout=RESTORE_SHELL).output.strip()
+            if release != ctx.require_image().kernel_release:
+                raise InfraError(f"the saved L1 runs {release!r}, the image "
+                                 f"{ctx.require_image().kernel_release!r}")
+        except InfraError as exc:
+            ctx.progress(f"warm start from {warm.dir} failed, booting cold: {exc}")
+            ctx.detach_machine()
+            warm.discard()
+            return False
+        ctx.stack.enter_context(attempt.pop_all())
+    ctx.add_phase("restore", time.monotonic() - t)
+    return True
+
+
+def _save(ctx: RunContext, warm: WarmState) -> None:
+    """Save the freshly booted L1 for the next runs (a failure only costs their speed)."""
+    t = time.monotonic()
+    try:
+        ctx.require_machine().save_state(warm.begin())
+        warm.finish({"image": ctx.require_image().name,
+                     "image_hash": ctx.require_image().manifest.get("hash", ""),
+                     "machine": ctx.require_machine().describe(), "saved": time.time()})
+    except InfraError as exc:
+        ctx.progress(f"saving the booted L1 for warm starts failed: {exc}")
+        warm.discard()
+        return
+    ctx.add_phase("save", time.monotonic() - t)
 
 
 def _build_log(ctx: RunContext) -> Callable[[str], None]:

@@ -1,0 +1,147 @@
+"""Warm starts: boot an L1 once, save it, and restore it for every later scenario.
+
+A booted L1 (kernel up, modules loaded, shell at its prompt) is the same for
+every scenario of an image and machine, so only the first run pays the cold
+boot: it saves the machine (:meth:`~harness.machines.base.Machine.save_state`)
+into the state cache, and later runs start from it
+(:attr:`~harness.machines.base.MachineConfig.incoming`).  A restore that does not
+come up with an answering shell of the image's kernel is discarded and the run
+boots cold instead (and saves a fresh state).
+
+The cache: ``$XDG_CACHE_HOME/slatcheck/states/<image>-<hash>-<emulator>-<key>/``
+(default ``~/.cache``) holding ``state`` (what the backend saved: a file or a
+directory) and ``meta.json`` (written last: a state without it is unfinished).
+*key* covers the image's hash, the emulator and the machine configuration (CPU,
+memory, CPUs, accelerator, boot spec).  Concurrent runs serialise the cold
+boot on ``<dir>.lock``: the second waits for the first's state.
+
+Warm starts are on for the emulators in :data:`WARM_EMULATORS` (``bochs``,
+whose cold boot takes minutes); ``SLATCHECK_COLD=1`` turns them off.
+
+>>> WarmState(Path("/c/linux-amd64-vmx-2456d281cb6f-bochs-0123abcd")).state
+PosixPath('/c/linux-amd64-vmx-2456d281cb6f-bochs-0123abcd/state')
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InfraError
+from harness.images import Image
+from harness.images.build import cache_root
+from harness.machines.base import MachineConfig
+
+__all__ = ["WARM_EMULATORS", "FORMAT", "WarmState", "warm_state", "state_key", "sparsify"]
+
+WARM_EMULATORS = frozenset({"bochs"})
+FORMAT = 1                       # bump when what a state holds changes
+ZERO_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WarmState:
+    """One cached state of one (image, emulator, machine configuration)."""
+
+    dir: Path
+
+    @property
+    def state(self) -> Path:
+        """What the machine saved (a file or a directory)."""
+        return self.dir / "state"
+
+    @property
+    def meta(self) -> Path:
+        return self.dir / "meta.json"
+
+    def saved(self) -> bool:
+        """A finished state is there."""
+        return self.meta.is_file()
+
+    def discard(self) -> None:
+        """Remove a state that did not restore."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @contextmanager
+    def cold_boot_lock(self, timeout: float) -> Iterator[None]:
+        """Hold ``<dir>.lock`` while one run boots cold and saves; others wait *timeout*."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.dir.with_name(self.dir.name + ".lock"), "a") as f:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise InfraError(f"another run held {f.name} for {timeout:g} s "
+                                         "(a cold boot that never saved?)") from None
+                    time.sleep(0.5)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def begin(self) -> Path:
+        """A fresh empty ``state`` to save into (an unfinished old one is removed)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        return self.state
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        """Make the saved state usable: compact it, then write ``meta.json`` last."""
+        for path in ([self.state] if self.state.is_file() else self.state.rglob("*")):
+            if path.is_file() and path.stat().st_size >= ZERO_CHUNK:
+                sparsify(path)
+        tmp = self.meta.with_name(".meta.json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.meta)
+
+
+def state_key(image: Image, config: MachineConfig, emulator: str) -> str:
+    """12 hex digits over what makes a saved L1 reusable."""
+    facts = {"format": FORMAT, "emulator": emulator, "image": image.name,
+             "image_hash": image.manifest.get("hash", ""), "cpu": config.cpu,
+             "memory": config.memory, "smp": config.smp, "accel": config.accel,
+             "boot": repr(config.boot), "arch": config.arch.name}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def warm_state(image: Image, config: MachineConfig, emulator: str,
+               cache_dir: Path | None = None) -> WarmState | None:
+    """The cache entry for this boot, or None when warm starts are off for it."""
+    if emulator not in WARM_EMULATORS or os.environ.get("SLATCHECK_COLD"):
+        return None
+    root = cache_root(cache_dir).parent / "states"
+    name = f"{image.name}-{image.manifest.get('hash', 'nohash')}-{emulator}-" \
+           f"{state_key(image, config, emulator)}"
+    return WarmState(root / name)
+
+
+def sparsify(path: Path) -> None:
+    """Turn runs of zero MiB in *path* into holes (a saved RAM image is mostly zeros).
+
+    The content is unchanged; the file then takes the space of its data and
+    reads fast.
+    """
+    tmp = path.with_name(f".{path.name}.sparse")
+    zero = bytes(ZERO_CHUNK)
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        size = 0
+        while chunk := src.read(ZERO_CHUNK):
+            if chunk == zero[:len(chunk)]:
+                dst.seek(len(chunk), os.SEEK_CUR)
+            else:
+                dst.write(chunk)
+            size += len(chunk)
+        dst.truncate(size)
+    os.replace(tmp, path)
