@@ -22,9 +22,11 @@ from harness.arch import ARCHES, Arch
 from harness.console import Console
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
+from harness.discovery import linux_kvm_vmx as discovery_vmx
 from harness.observe import KernelView, ObservedVM
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
+from harness.observe import linux_kvm_vmx as observe_vmx
 from harness.registry import Registry
 
 __all__ = ["Hypervisor", "HYPERVISORS", "default_hypervisor", "no_facts"]
@@ -67,6 +69,14 @@ HYPERVISORS.add("linux-kvm-svm", Hypervisor(
     observe=observe_svm.observe, symbols=discovery_svm.NEEDED_SYMBOLS,
     type_modules=discovery_svm.BTF_MODULES, facts=observe_svm.facts, fault_log=True,
     model_options={"format": "npt"}))
+HYPERVISORS.add("linux-kvm-vmx", Hypervisor(
+    name="linux-kvm-vmx", guest_os="linux", arch="x86_64", format="ept", models=("kvm-x86",),
+    description="Linux KVM on Intel VMX with EPT, TDP MMU: vm_list -> vcpu_vmx.vmcs01 / "
+                "arch.mmu->root.hpa, cross-checked with the EPT pointer in the VMCS region "
+                "and the debugger's current VMCS (Bochs)",
+    observe=observe_vmx.observe, symbols=discovery_vmx.NEEDED_SYMBOLS,
+    type_modules=discovery_vmx.BTF_MODULES, facts=observe_vmx.facts, fault_log=True,
+    model_options={"format": "ept"}))
 HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
     name="linux-kvm-arm64", guest_os="linux", arch="aarch64", format="stage2",
     models=("kvm-arm64",),
@@ -77,8 +87,13 @@ HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
     type_modules=discovery_arm64.BTF_MODULES))
 
 
-def default_hypervisor(guest_os: str, arch: str) -> str | None:
-    """The hypervisor a scenario gets when it names none (None: no such pair)."""
+def default_hypervisor(guest_os: str, arch: str, image_hypervisor: str | None = None
+                       ) -> str | None:
+    """The hypervisor a scenario gets when it names none: the one its image is made for
+    (recipe key ``hypervisor``), else the first for the guest OS and architecture
+    (None: no such pair)."""
+    if image_hypervisor is not None:
+        return image_hypervisor
     for name, hv in HYPERVISORS.items():
         if hv.guest_os == guest_os and hv.arch == arch:
             return name
