@@ -41,6 +41,7 @@ __all__ = ["BochsDebugger", "BochsTarget", "DebuggerError", "parse_xp", "parse_r
            "clean_output"]
 
 PROMPT = re.compile(r"<bochs:\d+> ")
+CONT_ECHO = re.compile(r"c\r*\n")
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 XP_LINE = re.compile(r"^0x([0-9a-f]+) <[^>]*>:((?:\s+0x[0-9a-f]{8})+)\s*$", re.M)
 REG_LINE = re.compile(r"^([a-z0-9]+)\s*: ([0-9a-f]{8})_([0-9a-f]{8})\s*$", re.M)
@@ -176,9 +177,18 @@ class BochsDebugger:
             self.running = False
 
     def cont(self) -> None:
-        """Let the simulation run (``c``: no prompt until the next stop)."""
+        """Let the simulation run (``c``: no prompt until the next stop).
+
+        Waits for readline's echo of the line: a Ctrl-C typed before the debugger read
+        ``c`` would flush it from the terminal (ISIG), and no prompt would ever come.
+        """
         if not self.running:
             self.child.sendline("c")
+            try:
+                self.child.expect(CONT_ECHO, timeout=self.timeout)
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                raise DebuggerError("Bochs's debugger did not take the `c` command; last "
+                                    f"output: {str(self.child.before)[-300:]!r}") from None
             self.running = True
 
 
