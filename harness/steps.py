@@ -16,10 +16,11 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from harness.artifacts import write_json
-from harness.check import run_check, run_inject
+from harness.check import kernel_facts, run_check, run_inject
 from harness.console import Console
-from harness.context import RunContext, WorkloadRun
+from harness.context import KernelFacts, RunContext, WorkloadRun
 from harness.errors import InfraError, StepFailed
+from harness.kallsyms import Symbol, Symbols
 from harness.machines import MachineConfig
 from harness.scenario.spec import (
     BootStep,
@@ -77,6 +78,7 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
         with warm.cold_boot_lock(boot_timeout):     # one cold boot; the others restore it
             if not (warm.saved() and _restore(ctx, config, warm)):
                 _start(ctx, config, boot_timeout, ctx.stack)
+                kernel_facts(ctx)     # per-boot: kept with the state, valid after a restore
                 _save(ctx, warm)
     console = ctx.console()
     ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
@@ -122,8 +124,35 @@ def _restore(ctx: RunContext, config: MachineConfig, warm: WarmState) -> bool:
             warm.discard()
             return False
         ctx.stack.enter_context(attempt.pop_all())
+    _restore_kernel_facts(ctx, warm)
     ctx.add_phase("restore", time.monotonic() - t)
     return True
+
+
+def _restore_kernel_facts(ctx: RunContext, warm: WarmState) -> None:
+    """The symbols and facts read in the saved boot: a restore is the same boot (same
+    KASLR offsets, same module addresses), so they need not be read again."""
+    saved = warm.load_meta().get("kernel", {}).get(ctx.hypervisor.name)
+    guest, hv = ctx.guest, ctx.hypervisor
+    if saved is None or guest.types is None or not set(hv.symbols) <= set(saved["symbols"]):
+        return
+    symbols = Symbols(Symbol(int(a, 16), t, n, m) for n, (a, t, m) in saved["symbols"].items())
+    (ctx.run_dir / "kallsyms.txt").write_text("".join(
+        f"{int(a, 16):016x} {t} {n}" + (f"\t[{m}]" if m else "") + "\n"
+        for n, (a, t, m) in saved["symbols"].items()))
+    ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(ctx.require_image(),
+                                                                 hv.type_modules),
+                             facts=dict(saved["facts"]))
+
+
+def _kernel_json(ctx: RunContext) -> dict[str, Any]:
+    """The boot's symbols (address, type, module) and facts, for the state's meta."""
+    k = kernel_facts(ctx)
+    symbols = k.symbols
+    records = {n: symbols.symbol(n) if isinstance(symbols, Symbols) else Symbol(symbols[n], "?", n)
+               for n in symbols}
+    return {"symbols": {n: [f"{r.addr:#x}", r.type, r.module] for n, r in records.items()},
+            "facts": dict(k.facts)}
 
 
 def _save(ctx: RunContext, warm: WarmState) -> None:
@@ -133,7 +162,8 @@ def _save(ctx: RunContext, warm: WarmState) -> None:
         ctx.require_machine().save_state(warm.begin())
         warm.finish({"image": ctx.require_image().name,
                      "image_hash": ctx.require_image().manifest.get("hash", ""),
-                     "machine": ctx.require_machine().describe(), "saved": time.time()})
+                     "machine": ctx.require_machine().describe(), "saved": time.time(),
+                     "kernel": {ctx.hypervisor.name: _kernel_json(ctx)}})
     except InfraError as exc:
         ctx.progress(f"saving the booted L1 for warm starts failed: {exc}")
         warm.discard()

@@ -67,6 +67,14 @@ class WarmState:
         """A finished state is there."""
         return self.meta.is_file()
 
+    def load_meta(self) -> dict[str, Any]:
+        """What was recorded with the state (see :meth:`finish`)."""
+        try:
+            meta = json.loads(self.meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise InfraError(f"unreadable warm-start record {self.meta}: {exc}") from exc
+        return meta if isinstance(meta, dict) else {}
+
     def discard(self) -> None:
         """Remove a state that did not restore."""
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -16,6 +16,7 @@ from test_runner import scenario
 
 from harness.errors import InfraError
 from harness.images import Image
+from harness.kallsyms import Symbols, parse_kallsyms
 from harness.machines.fake import FakeMachine
 from harness.registry import Registry
 from harness.runner import run_scenario
@@ -116,11 +117,24 @@ class WarmWorld(FakeWorld):
         m.save_state = lambda path: (path.mkdir(), (path / "config").write_text("fake"))  # type: ignore[method-assign]
         return m
 
+    symbol_reads = 0
+
+    def symbols(self, *args: object) -> Symbols:
+        """The boot's kallsyms, counting how often the guest is asked."""
+        WarmWorld.symbol_reads += 1
+        return parse_kallsyms(KALLSYMS)
+
     def services(self, tmp_path: Path) -> Any:
         base = super().services(tmp_path)
         machines: Registry[Any] = Registry("machine backend")
         machines.add("bochs", self.machine)
-        return replace(base, machines=machines)
+        guests: Registry[Any] = Registry("guest OS")
+        for name, guest in base.guests.items():
+            guests.add(name, replace(guest, symbols=self.symbols) if name == "linux" else guest)
+        return replace(base, machines=machines, guests=guests)
+
+
+KALLSYMS = "ffffffffb1c15740 D page_offset_base\nffffffffc0a1b2c0 d vm_list\t[kvm]\n"
 
 
 def bochs_scenario(tmp_path: Path) -> Any:
@@ -140,11 +154,17 @@ def test_first_run_boots_cold_and_saves_later_runs_restore(
               if p.is_dir()]
     assert len(states) == 1 and (states[0] / "meta.json").is_file()
     assert (states[0] / "state" / "config").read_text() == "fake"
+    meta = json.loads((states[0] / "meta.json").read_text())
+    assert meta["kernel"]["linux-kvm-svm"]["symbols"]["vm_list"] == \
+        ["0xffffffffc0a1b2c0", "d", "kvm"]
+    reads = WarmWorld.symbol_reads
     second = run_scenario(bochs_scenario(tmp_path), tmp_path / "a2",
                           services=world.services(tmp_path))
     assert second.verdict == "pass", second.message
     assert second.properties["machine.start"] == "warm" and "restore" in second.phases
     assert [c.incoming for c in world.configs] == [None, states[0] / "state"]
+    assert WarmWorld.symbol_reads == reads            # the saved boot's symbols were used
+    assert "d vm_list\t[kvm]" in (second.artifacts / "kallsyms.txt").read_text()
 
 
 def test_a_state_that_does_not_restore_is_replaced_by_a_cold_boot(
