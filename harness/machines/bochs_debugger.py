@@ -41,7 +41,8 @@ __all__ = ["BochsDebugger", "BochsTarget", "DebuggerError", "parse_xp", "parse_r
            "clean_output"]
 
 PROMPT = re.compile(r"<bochs:\d+> ")
-CONT_ECHO = re.compile(r"c\r*\n")
+BREAK_RETRY = 5.0               # seconds before Ctrl-C is typed again
+LINE_TAKEN = re.compile(r"\n")   # readline ends an accepted line with a newline
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 XP_LINE = re.compile(r"^0x([0-9a-f]+) <[^>]*>:((?:\s+0x[0-9a-f]{8})+)\s*$", re.M)
 REG_LINE = re.compile(r"^([a-z0-9]+)\s*: ([0-9a-f]{8})_([0-9a-f]{8})\s*$", re.M)
@@ -170,22 +171,38 @@ class BochsDebugger:
         return out
 
     def stop(self, timeout: float | None = None) -> None:
-        """Break into the debugger (Ctrl-C on its terminal) and wait for the prompt."""
-        if self.running:
+        """Break into the debugger (Ctrl-C on its terminal) and wait for the prompt.
+
+        Bochs clears its break request when ``c`` starts running, so a Ctrl-C that
+        arrives in between is lost: Ctrl-C is repeated every :data:`BREAK_RETRY` seconds
+        (one that reaches the prompt only makes readline print ``^C``).
+        """
+        if not self.running:
+            return
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
             self.child.sendcontrol("c")
-            self.wait_prompt(timeout)
-            self.running = False
+            left = deadline - time.monotonic()
+            try:
+                self.wait_prompt(max(0.1, min(BREAK_RETRY, left)))
+                break
+            except DebuggerError:
+                if time.monotonic() >= deadline or not self.child.isalive():
+                    raise
+        self.running = False
 
     def cont(self) -> None:
         """Let the simulation run (``c``: no prompt until the next stop).
 
-        Waits for readline's echo of the line: a Ctrl-C typed before the debugger read
-        ``c`` would flush it from the terminal (ISIG), and no prompt would ever come.
+        Waits until readline took the line (it prints a newline: the terminal's own echo
+        is off, so readline does not echo the characters): a Ctrl-C typed before the
+        debugger read ``c`` would flush it from the terminal (ISIG), and no prompt would
+        ever come.
         """
         if not self.running:
             self.child.sendline("c")
             try:
-                self.child.expect(CONT_ECHO, timeout=self.timeout)
+                self.child.expect(LINE_TAKEN, timeout=self.timeout)
             except (pexpect.TIMEOUT, pexpect.EOF):
                 raise DebuggerError("Bochs's debugger did not take the `c` command; last "
                                     f"output: {str(self.child.before)[-300:]!r}") from None

@@ -183,7 +183,7 @@ def main() -> int:
         line = sys.stdin.readline()
         if not line:
             return 0
-        sys.stdout.write(line.rstrip("\n") + "\r\n")       # readline's echo
+        sys.stdout.write("\x1b[?2004l\r\r\n")        # what readline prints (echo off)
         sys.stdout.flush()
         if line.strip() == "c":
             if not said_hello:
