@@ -85,6 +85,7 @@ SAVE_BUTTON = 48                        # x from the right edge: the second 32-p
 HEADER_Y = 8                            # inside the 32-px header bar
 SAVE_SETTLE = 0.5                       # seconds between the click and the typing
 SAVE_ROUND = 5.0                        # seconds to wait for the state before clicking again
+RFB_WAIT = 30.0                         # seconds for the RFB thread to log its port
 PR_SET_PDEATHSIG = 1
 RFB_PORT_LINE = re.compile(r"listening for connections on port (\d+)")
 VERSION_LINE = re.compile(r"Bochs x86 Emulator ([0-9][^\s]*)")
@@ -345,12 +346,21 @@ class BochsMachine:
         if self._slave is not None:            # Bochs holds COM1 open now
             os.close(self._slave)
             self._slave = None
-        port = rfb_port(self.log_path.read_text(errors="replace"))
+        port = self._rfb_port()
         if port is None:
             raise self._launch_error("Bochs's RFB display did not say which port it took")
         self._rfb = RfbClient(port)
         self._rfb.connect()
         self.debugger.cont()
+
+    def _rfb_port(self) -> int | None:
+        """The RFB server's port, from the log its thread writes (maybe after the prompt)."""
+        deadline = time.monotonic() + RFB_WAIT
+        while True:
+            port = rfb_port(self.log_path.read_text(errors="replace"))
+            if port is not None or time.monotonic() > deadline or not self.alive():
+                return port
+            time.sleep(0.05)
 
     # -- state ---------------------------------------------------------------------------
 

@@ -206,6 +206,7 @@ def test_launch_failures_clean_up(tmp_path: Path, fake_bin: Path,
                                   words: str) -> None:
     monkeypatch.setenv("FAKE_BOCHS_MODE", mode)
     monkeypatch.setattr(BochsMachine, "launch_timeout", 3.0)
+    monkeypatch.setattr(bochs_mod, "RFB_WAIT", 1.0)
     m = BochsMachine(config(tmp_path))
     with pytest.raises(BochsLaunchError, match=words) as info:
         m.launch()
