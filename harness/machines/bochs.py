@@ -30,11 +30,12 @@ as the barrier (the prompt comes only after the dialog closed).  A config with
 ``incoming`` restores such a directory with ``bochs-bin -r``: the saved
 ``config`` (Bochs's own bochsrc of the saved machine) is rewritten for this run
 (COM1's pty, the log), every other file is linked.  COM1's input survives the
-restore only because no optional plugin but ``serial`` is loaded: Bochs
-restores timers by index, and a cold start and a restore load optional plugins
-in different orders (``usb_uhci`` before ``serial`` on restore), which gives
-COM1's receive timer the saved state of another device's timer (seen: input
-dead after restore).
+restore only because the optional plugins load in the cold start's order: Bochs
+restores timers by index, and a restore loads optional plugins in another order
+than a cold start (``usb_uhci``, which the i440FX chipset adds, before
+``serial``), which gives COM1's receive timer the saved state of USB's timer
+(seen: input dead after restore): :func:`restore_config` lists them in the cold
+start's order.
 
 Shutdown: ``q`` at the debugger prompt, then SIGTERM, then SIGKILL; Bochs dies
 with the harness (PR_SET_PDEATHSIG); the private directory (bochsrc, restore
@@ -86,6 +87,7 @@ HEADER_Y = 8                            # inside the 32-px header bar
 SAVE_SETTLE = 0.5                       # seconds between the click and the typing
 SAVE_ROUND = 5.0                        # seconds to wait for the state before clicking again
 RFB_WAIT = 30.0                         # seconds for the RFB thread to log its port
+COLD_ORDER_KNOWN = frozenset({"serial", "usb_uhci"})   # optional plugins a cold start loads
 PR_SET_PDEATHSIG = 1
 RFB_PORT_LINE = re.compile(r"listening for connections on port (\d+)")
 VERSION_LINE = re.compile(r"Bochs x86 Emulator ([0-9][^\s]*)")
@@ -127,7 +129,6 @@ def bochsrc(config: MachineConfig, *, com1: str, log: Path) -> str:
         # every optional plugin off but serial: see the module docstring (restore)
         "plugin_ctrl: unmapped=0, biosdev=0, speaker=0, extfpuirq=0, parallel=0, "
         "gameport=0, iodebug=0",
-        "usb_uhci: enabled=0",            # the i440FX loads it; disabled, it unloads
         "config_interface: textconfig",
         'display_library: rfb, options="timeout=0"',
         f"memory: guest={mib}, host={mib}",
@@ -146,30 +147,42 @@ def bochsrc(config: MachineConfig, *, com1: str, log: Path) -> str:
 
 
 def restore_config(saved: str, *, com1: str, log: Path) -> str:
-    """A saved state's ``config`` for this run: COM1's pty and the log path replaced.
+    """A saved state's ``config`` for this run: COM1's pty and the log path replaced, and
+    the optional plugins listed in the order a cold start initialised them.
 
-    Refuses a state whose machine loaded optional plugins other than ``serial``: a
-    restore would hand their timers' saved state to each other (module docstring).
+    Bochs restores timers by index, and a restore loads optional plugins in the order of
+    the ``plugin_ctrl`` line it wrote, where ``usb_uhci`` (which the i440FX chipset adds
+    after the others, and which cannot be disabled there) comes before ``serial``: COM1's
+    receive timer would get USB's saved state (seen: console input dead after a restore).
+    ``usb_uhci`` goes last, as in a cold start; a state with other optional plugins loaded
+    is refused.
     """
     out, seen = [], set()
     for line in saved.splitlines():
         key = line.split(":", 1)[0].strip()
         if key == "plugin_ctrl":
-            loaded = [kv.split("=")[0].strip() for kv in line.split(":", 1)[1].split(",")
-                      if kv.strip().endswith("=true")]
-            if loaded != ["serial"]:
-                raise InfraError(f"the saved Bochs machine loaded optional plugins {loaded}: "
-                                 "restoring it would mix up their timers; boot cold")
-        if key == "com1":
+            line = _plugin_ctrl_in_cold_order(line)
+        elif key == "com1":
             line = f"com1: enabled=1, mode=term, dev={com1}"
         elif key == "log":
             line = f"log: {log}"
         seen.add(key)
         out.append(line)
-    missing = {"com1", "log"} - seen
+    missing = {"com1", "log", "plugin_ctrl"} - seen
     if missing:
         raise InfraError(f"the saved Bochs config has no {sorted(missing)} line")
     return "\n".join(out) + "\n"
+
+
+def _plugin_ctrl_in_cold_order(line: str) -> str:
+    """``plugin_ctrl:`` with ``usb_uhci`` moved last; only serial and usb_uhci may load."""
+    entries = [kv.strip() for kv in line.split(":", 1)[1].split(",") if kv.strip()]
+    loaded = [kv.split("=")[0] for kv in entries if kv.endswith("=true")]
+    if not set(loaded) <= COLD_ORDER_KNOWN:
+        raise InfraError(f"the saved Bochs machine loaded optional plugins {loaded}; only "
+                         f"{sorted(COLD_ORDER_KNOWN)} restore in a known order: boot cold")
+    last = [kv for kv in entries if kv.split("=")[0] == "usb_uhci"]
+    return "plugin_ctrl: " + ", ".join([kv for kv in entries if kv not in last] + last)
 
 
 def ram_ranges(memory: int) -> list[tuple[int, int]]:
