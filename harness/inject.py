@@ -35,9 +35,11 @@ INJECT_BITS: Registry[InjectBits] = Registry("injectable format")
 # MAXPHYADDR 52 (QEMU's TCG CPUs have 40 physical address bits).
 INJECT_BITS.add("npt", InjectBits(drop_clear={"r": 1 << 2, "w": 1 << 1},
                                   drop_set={"x": 1 << 63}))
-# Intel EPT: R/W/X are bits 0..2; memory type 2 (bits 5:3) is reserved in a leaf.
+# Intel EPT: R/W/X are bits 0..2; memory type 7 (bits 5:3 all set) is reserved in a leaf,
+# whatever type the leaf had (ORing type 2 into KVM's WB leaves, type 6, left them WB:
+# seen on a live VMX L1 under Bochs).
 INJECT_BITS.add("ept", InjectBits(drop_clear={"r": 0b011, "w": 1 << 1, "x": 1 << 2},
-                                  reserved=2 << 3))
+                                  reserved=7 << 3))
 # arm64 stage-2: S2AP read bit 6, write bit 7; XN bit 54; OA bits 51:48 are RES0 with a
 # 48-bit output size.
 INJECT_BITS.add("stage2", InjectBits(drop_clear={"r": 1 << 6, "w": 1 << 7},
