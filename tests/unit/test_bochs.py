@@ -306,3 +306,49 @@ def test_registry_and_describe(tmp_path: Path) -> None:
     d = BochsMachine(config(tmp_path, smp=2)).describe()
     assert (d["emulator"], d["cpu"], d["smp"]) == ("bochs", "corei7_skylake_x", "2")
     assert bochs_mod.BOCHS == "bochs-bin"
+
+
+# -- the Target and observer over the recorded transcript -------------------------------
+
+class ReplayChild:
+    """A pexpect child that answers each command with its recorded output."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.pending = ""
+        self.before = ""
+        self.typed: list[str] = []
+
+    def sendline(self, line: str) -> None:
+        self.typed.append(line)
+        self.pending = self.answers[line] if line in self.answers else "<no such command>"
+
+    def sendcontrol(self, ch: str) -> None:
+        self.pending = "^CNext at t=1\n"
+
+    def expect(self, pattern: object, timeout: float | None = None) -> int:
+        self.before, self.pending = self.pending, ""
+        return 0
+
+    def isalive(self) -> bool:
+        return True
+
+
+def test_current_vmcs_from_the_recorded_debugger() -> None:
+    from harness.discovery.linux_kvm_vmx import CurrentVmcs
+    from harness.machines.bochs_debugger import BochsDebugger, BochsTarget
+    from harness.observe.linux_kvm_vmx import current_vmcs
+    t = transcript()
+    answers = {'show "cpu0.VMX.vmcsptr"': t['show "cpu0.VMX.vmcsptr"'],
+               'show "cpu0.VMX.VMCS_CACHE.VMEXEC_CTRLS.eptptr"':
+                   t['show "cpu0.VMX.VMCS_CACHE.VMEXEC_CTRLS.eptptr"'],
+               "sreg": t["sreg"], "creg": t["creg"]}
+    child = ReplayChild(answers)
+    dbg = BochsDebugger(child)  # type: ignore[arg-type]
+    dbg.running = True
+    target = BochsTarget(dbg, workdir=Path("/nonexistent"), ram=ram_ranges(512 * MIB))
+    assert current_vmcs(target) == (CurrentVmcs(0, 0x30976000, 0x3094D05E),)
+    assert target.register("cs") == 0x10 and target.register("cr3") == 0x31410002
+    assert [c for c in child.typed if c != "c"][:2] == [
+        'show "cpu0.VMX.vmcsptr"', 'show "cpu0.VMX.VMCS_CACHE.VMEXEC_CTRLS.eptptr"']
+    assert child.typed.count("c") == 4 and dbg.running   # each read stopped and resumed
