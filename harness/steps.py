@@ -12,15 +12,13 @@ import shlex
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from harness.artifacts import write_json
-from harness.check import kernel_facts, run_check, run_inject
+from harness.check import run_check, run_inject
 from harness.console import Console
-from harness.context import KernelFacts, RunContext, WorkloadRun
+from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError, StepFailed
-from harness.kallsyms import Symbol, Symbols
 from harness.machines import MachineConfig
 from harness.scenario.spec import (
     BootStep,
@@ -32,12 +30,10 @@ from harness.scenario.spec import (
     WaitStep,
     WorkloadStep,
 )
-from harness.warmstart import WarmState, warm_state
+from harness.warmstart import warm_boot, warm_state
 from harness.workload import parse_report, workload_argv
 
 __all__ = ["HANDLERS", "guest_shell_wait"]
-
-RESTORE_SHELL = 120.0      # seconds for a restored L1's shell to answer
 
 S = TypeVar("S", bound=StepSpec)
 Handler = Callable[[RunContext, Any], None]
@@ -74,12 +70,8 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
     warm = warm_state(image, config, m.emulator)
     if warm is None:
         _start(ctx, config, boot_timeout, ctx.stack)
-    elif not (warm.saved() and _restore(ctx, config, warm)):
-        with warm.cold_boot_lock(boot_timeout):     # one cold boot; the others restore it
-            if not (warm.saved() and _restore(ctx, config, warm)):
-                _start(ctx, config, boot_timeout, ctx.stack)
-                kernel_facts(ctx)     # per-boot: kept with the state, valid after a restore
-                _save(ctx, warm)
+    else:
+        warm_boot(ctx, config, warm, boot_timeout, _start)
     console = ctx.console()
     ctx.properties["guest.uname"] = console.run("uname -r", timeout=30).output.strip()
 
@@ -103,72 +95,6 @@ def _start(ctx: RunContext, config: MachineConfig, boot_timeout: float,
     if image.ready:
         console.expect(re.escape(image.ready), timeout=boot_timeout)
     console.wait_for_shell(timeout=boot_timeout)
-
-
-def _restore(ctx: RunContext, config: MachineConfig, warm: WarmState) -> bool:
-    """Start from the saved state; False (state discarded) if it does not come up as the
-    image's booted L1 with an answering shell."""
-    t = time.monotonic()
-    with ExitStack() as attempt:
-        try:
-            _start(ctx, replace(config, incoming=warm.state), RESTORE_SHELL, attempt)
-            console = ctx.console()
-            console.wait_for_shell(timeout=RESTORE_SHELL)
-            release = console.run("uname -r", timeout=RESTORE_SHELL).output.strip()
-            if release != ctx.require_image().kernel_release:
-                raise InfraError(f"the saved L1 runs {release!r}, the image "
-                                 f"{ctx.require_image().kernel_release!r}")
-        except InfraError as exc:
-            ctx.progress(f"warm start from {warm.dir} failed, booting cold: {exc}")
-            ctx.detach_machine()
-            warm.discard()
-            return False
-        ctx.stack.enter_context(attempt.pop_all())
-    _restore_kernel_facts(ctx, warm)
-    ctx.add_phase("restore", time.monotonic() - t)
-    return True
-
-
-def _restore_kernel_facts(ctx: RunContext, warm: WarmState) -> None:
-    """The symbols and facts read in the saved boot: a restore is the same boot (same
-    KASLR offsets, same module addresses), so they need not be read again."""
-    saved = warm.load_meta().get("kernel", {}).get(ctx.hypervisor.name)
-    guest, hv = ctx.guest, ctx.hypervisor
-    if saved is None or guest.types is None or not set(hv.symbols) <= set(saved["symbols"]):
-        return
-    symbols = Symbols(Symbol(int(a, 16), t, n, m) for n, (a, t, m) in saved["symbols"].items())
-    (ctx.run_dir / "kallsyms.txt").write_text("".join(
-        f"{int(a, 16):016x} {t} {n}" + (f"\t[{m}]" if m else "") + "\n"
-        for n, (a, t, m) in saved["symbols"].items()))
-    ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(ctx.require_image(),
-                                                                 hv.type_modules),
-                             facts=dict(saved["facts"]))
-
-
-def _kernel_json(ctx: RunContext) -> dict[str, Any]:
-    """The boot's symbols (address, type, module) and facts, for the state's meta."""
-    k = kernel_facts(ctx)
-    symbols = k.symbols
-    records = {n: symbols.symbol(n) if isinstance(symbols, Symbols) else Symbol(symbols[n], "?", n)
-               for n in symbols}
-    return {"symbols": {n: [f"{r.addr:#x}", r.type, r.module] for n, r in records.items()},
-            "facts": dict(k.facts)}
-
-
-def _save(ctx: RunContext, warm: WarmState) -> None:
-    """Save the freshly booted L1 for the next runs (a failure only costs their speed)."""
-    t = time.monotonic()
-    try:
-        ctx.require_machine().save_state(warm.begin())
-        warm.finish({"image": ctx.require_image().name,
-                     "image_hash": ctx.require_image().manifest.get("hash", ""),
-                     "machine": ctx.require_machine().describe(), "saved": time.time(),
-                     "kernel": {ctx.hypervisor.name: _kernel_json(ctx)}})
-    except InfraError as exc:
-        ctx.progress(f"saving the booted L1 for warm starts failed: {exc}")
-        warm.discard()
-        return
-    ctx.add_phase("save", time.monotonic() - t)
 
 
 def _build_log(ctx: RunContext) -> Callable[[str], None]:

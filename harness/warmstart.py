@@ -30,22 +30,30 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.check import kernel_facts
+from harness.context import KernelFacts, RunContext
 from harness.errors import InfraError
 from harness.images import Image
 from harness.images.build import cache_root
+from harness.kallsyms import Symbol, Symbols
 from harness.machines.base import MachineConfig
 
-__all__ = ["WARM_EMULATORS", "FORMAT", "WarmState", "warm_state", "state_key", "sparsify"]
+__all__ = ["WARM_EMULATORS", "FORMAT", "WarmState", "warm_state", "state_key", "sparsify",
+           "warm_boot", "Starter", "RESTORE_SHELL"]
 
 WARM_EMULATORS = frozenset({"bochs"})
 FORMAT = 1                       # bump when what a state holds changes
 ZERO_CHUNK = 1 << 20
+RESTORE_SHELL = 120.0            # seconds for a restored L1's shell to answer
+
+Starter = Callable[[RunContext, MachineConfig, float, ExitStack], None]
+"""The boot step's start of a machine and its console (a cold one waits for the shell)."""
 
 
 @dataclass(frozen=True)
@@ -153,3 +161,85 @@ def sparsify(path: Path) -> None:
             size += len(chunk)
         dst.truncate(size)
     os.replace(tmp, path)
+
+
+# -- the boot step's side -----------------------------------------------------------------
+
+def warm_boot(ctx: RunContext, config: MachineConfig, warm: WarmState, boot_timeout: float,
+              start: Starter) -> None:
+    """Restore *warm*'s state, or boot cold with *start* (one run at a time) and save it."""
+    if warm.saved() and _restore(ctx, config, warm, start):
+        return
+    with warm.cold_boot_lock(boot_timeout):       # one cold boot; the others restore it
+        if warm.saved() and _restore(ctx, config, warm, start):
+            return
+        start(ctx, config, boot_timeout, ctx.stack)
+        kernel_facts(ctx)       # per boot: kept with the state, valid after a restore
+        _save(ctx, warm)
+
+
+def _restore(ctx: RunContext, config: MachineConfig, warm: WarmState,
+             start: Starter) -> bool:
+    """Start from the saved state; False (state discarded) if it does not come up as the
+    image's booted L1 with an answering shell."""
+    t = time.monotonic()
+    with ExitStack() as attempt:
+        try:
+            start(ctx, replace(config, incoming=warm.state), RESTORE_SHELL, attempt)
+            console = ctx.console()
+            console.wait_for_shell(timeout=RESTORE_SHELL)
+            release = console.run("uname -r", timeout=RESTORE_SHELL).output.strip()
+            if release != ctx.require_image().kernel_release:
+                raise InfraError(f"the saved L1 runs {release!r}, the image "
+                                 f"{ctx.require_image().kernel_release!r}")
+        except InfraError as exc:
+            ctx.progress(f"warm start from {warm.dir} failed, booting cold: {exc}")
+            ctx.detach_machine()
+            warm.discard()
+            return False
+        ctx.stack.enter_context(attempt.pop_all())
+    _restore_kernel_facts(ctx, warm)
+    ctx.add_phase("restore", time.monotonic() - t)
+    return True
+
+
+def _restore_kernel_facts(ctx: RunContext, warm: WarmState) -> None:
+    """The symbols and facts read in the saved boot: a restore is the same boot (same
+    KASLR offsets, same module addresses), so they need not be read again."""
+    saved = warm.load_meta().get("kernel", {}).get(ctx.hypervisor.name)
+    guest, hv = ctx.guest, ctx.hypervisor
+    if saved is None or guest.types is None or not set(hv.symbols) <= set(saved["symbols"]):
+        return
+    symbols = Symbols(Symbol(int(a, 16), t, n, m) for n, (a, t, m) in saved["symbols"].items())
+    (ctx.run_dir / "kallsyms.txt").write_text("".join(
+        f"{int(a, 16):016x} {t} {n}" + (f"\t[{m}]" if m else "") + "\n"
+        for n, (a, t, m) in saved["symbols"].items()))
+    ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(ctx.require_image(),
+                                                                 hv.type_modules),
+                             facts=dict(saved["facts"]))
+
+
+def _kernel_json(ctx: RunContext) -> dict[str, Any]:
+    """The boot's symbols (address, type, module) and facts, for the state's meta."""
+    k = kernel_facts(ctx)
+    symbols = k.symbols
+    records = {n: symbols.symbol(n) if isinstance(symbols, Symbols) else Symbol(symbols[n], "?", n)
+               for n in symbols}
+    return {"symbols": {n: [f"{r.addr:#x}", r.type, r.module] for n, r in records.items()},
+            "facts": dict(k.facts)}
+
+
+def _save(ctx: RunContext, warm: WarmState) -> None:
+    """Save the freshly booted L1 for the next runs (a failure only costs their speed)."""
+    t = time.monotonic()
+    try:
+        ctx.require_machine().save_state(warm.begin())
+        warm.finish({"image": ctx.require_image().name,
+                     "image_hash": ctx.require_image().manifest.get("hash", ""),
+                     "machine": ctx.require_machine().describe(), "saved": time.time(),
+                     "kernel": {ctx.hypervisor.name: _kernel_json(ctx)}})
+    except InfraError as exc:
+        ctx.progress(f"saving the booted L1 for warm starts failed: {exc}")
+        warm.discard()
+        return
+    ctx.add_phase("save", time.monotonic() - t)
