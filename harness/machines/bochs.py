@@ -73,7 +73,8 @@ from harness.machines.rfb import RfbClient
 from harness.mem import PhysMem
 from harness.target import PhysView, Target
 
-__all__ = ["BochsMachine", "BochsLaunchError", "bochsrc", "bochsrc_cpu", "restore_config",
+__all__ = ["BochsMachine", "BochsLaunchError", "bochsrc", "bochsrc_cpu", "bochs_model",
+           "restore_config",
            "ram_ranges", "BOCHS", "DEFAULT_MODEL", "rfb_port"]
 
 BOCHS = "bochs-bin"                     # Debian's binary (`bochs` is a wrapper adding -q)
@@ -106,13 +107,19 @@ class BochsLaunchError(InfraError):
         super().__init__(msg)
 
 
-def bochsrc_cpu(cpu: str, count: int) -> str:
-    """The ``cpu:`` line; *cpu* ``max`` (the x86 default) is :data:`DEFAULT_MODEL`."""
+def bochs_model(cpu: str) -> str:
+    """The Bochs CPU model for machine.cpu *cpu*: ``max`` (the x86 default) is
+    :data:`DEFAULT_MODEL`, anything else must be a Bochs model name."""
     model = DEFAULT_MODEL if cpu == "max" else cpu
     if not re.fullmatch(r"[a-z0-9_]+", model):
         raise InfraError(f"machine.cpu {cpu!r} is not a Bochs CPU model "
                          "(`bochs-bin --help cpu` lists them)")
-    return f"cpu: model={model}, count={count}, ips={IPS}, ignore_bad_msrs=1"
+    return model
+
+
+def bochsrc_cpu(cpu: str, count: int) -> str:
+    """The ``cpu:`` line (unknown MSRs are logged, not fatal: Linux probes a few)."""
+    return f"cpu: model={bochs_model(cpu)}, count={count}, ips={IPS}, ignore_bad_msrs=1"
 
 
 def bochsrc(config: MachineConfig, *, com1: str, log: Path) -> str:
@@ -430,8 +437,7 @@ class BochsMachine:
     def describe(self) -> dict[str, str]:
         """Provenance: binary, version, CPU model and count."""
         return {"emulator": "bochs", "binary": BOCHS, "version": self.version(),
-                "accel": "emulation", "cpu": bochsrc_cpu(self.config.cpu, self.config.smp)
-                .split("model=")[1].split(",")[0],
+                "accel": "emulation", "cpu": bochs_model(self.config.cpu),
                 "smp": str(self.config.smp)}
 
     @contextlib.contextmanager
