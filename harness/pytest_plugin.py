@@ -27,7 +27,6 @@ from harness.errors import ScenarioError
 from harness.result import ScenarioResult, matches_expectation
 from harness.runner import run_scenario
 from harness.scenario import Scenario, load_scenario
-from harness.warmstart import WARM_EMULATORS
 
 __all__ = ["ScenarioFile", "ScenarioItem", "BadScenario"]
 
@@ -81,10 +80,6 @@ class ScenarioFile(pytest.File):
             return
         item = ScenarioItem.from_parent(self, name=sc.name, scenario=sc)
         item.add_marker(pytest.mark.boot)
-        if sc.machine.emulator in WARM_EMULATORS:
-            # one pytest-xdist worker runs them all (--dist loadgroup): one cold boot, then
-            # restores, and no other worker sits waiting for the cold boot's lock
-            item.add_marker(pytest.mark.xdist_group(sc.machine.emulator))
         yield item
 
 

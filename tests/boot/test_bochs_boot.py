@@ -30,7 +30,6 @@ from harness.machines.bochs import BOCHS, BochsMachine
 
 pytestmark = [
     pytest.mark.boot,
-    pytest.mark.xdist_group("bochs"),     # with the Bochs scenarios: one cold boot, then restores
     pytest.mark.skipif(shutil.which(BOCHS) is None, reason=f"{BOCHS} is not installed"),
 ]
 

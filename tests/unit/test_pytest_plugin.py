@@ -81,11 +81,3 @@ def test_a_file_named_on_the_command_line_is_collected_anywhere(
                                       "--slat-artifacts", str(project.path / "art"))
     res.assert_outcomes(passed=1)
 
-
-def test_bochs_scenarios_share_one_xdist_group(project: pytest.Pytester) -> None:
-    d = project.path / "scenarios"
-    (d / "vmx.yaml").write_text(SCENARIO.format(name="vmx", expect="", inject="").replace(
-        "guest:", "machine: {emulator: bochs}\nguest:"))
-    items, _ = project.inline_genitems("scenarios")
-    groups = {i.name: [m.args for m in i.iter_markers("xdist_group")] for i in items}
-    assert groups["vmx"] == [("bochs",)] and groups["ok"] == []
