@@ -346,6 +346,7 @@ class BochsMachine:
         except (OSError, pexpect.ExceptionPexpect) as exc:
             raise BochsLaunchError(str(exc), self._cmdline) from exc
         self._child.logfile_read = self._dbglog
+        self._child.delaybeforesend = None     # pexpect's default 50 ms per command
         self.debugger = BochsDebugger(self._child)
 
     def _launch_error(self, reason: str) -> BochsLaunchError:
