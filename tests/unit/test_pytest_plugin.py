@@ -80,4 +80,3 @@ def test_a_file_named_on_the_command_line_is_collected_anywhere(
     res = project.runpytest_inprocess("elsewhere/mine.yaml", "-p", "no:cacheprovider",
                                       "--slat-artifacts", str(project.path / "art"))
     res.assert_outcomes(passed=1)
-
