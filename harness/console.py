@@ -21,7 +21,8 @@ step checks the status itself).  Losing the console is a :class:`ConsoleError`;
 waiting too long a :class:`ConsoleTimeout` (verdict ``timeout``).
 
 The console is reached through a :data:`ConsoleEndpoint`: a unix socket (QEMU),
-a loopback TCP port or a pty (other emulators).
+a loopback TCP port, a pty the emulator opened, or the master of a pty the
+machine opened for the emulator (Bochs).
 
 >>> with Console.connect(UnixEndpoint(sock), log_path=out / "console.log",
 ...                      profile=GUEST_OSES["linux"].console) as con:
@@ -56,6 +57,7 @@ __all__ = [
     "UnixEndpoint",
     "TcpEndpoint",
     "PtyEndpoint",
+    "FdEndpoint",
     "open_endpoint",
     "LINE_START",
     "CmdResult",
@@ -208,7 +210,16 @@ class PtyEndpoint:
     path: Path
 
 
-ConsoleEndpoint = UnixEndpoint | TcpEndpoint | PtyEndpoint
+@dataclass(frozen=True)
+class FdEndpoint:
+    """A console stream the machine holds open: the master side of a pty whose slave
+    the emulator opened by name (Bochs's ``com1: mode=term``).  A console works on a
+    duplicate of *fd*; the machine closes the original when it shuts down."""
+
+    fd: int
+
+
+ConsoleEndpoint = UnixEndpoint | TcpEndpoint | PtyEndpoint | FdEndpoint
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -218,6 +229,8 @@ def open_endpoint(ep: ConsoleEndpoint) -> int:
         fd = os.open(ep.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         tty.setraw(fd)          # bytes as they come: no line editing, no echo
         return fd
+    if isinstance(ep, FdEndpoint):
+        return os.dup(ep.fd)
     if isinstance(ep, TcpEndpoint):
         if ep.host not in LOOPBACK:
             raise ConsoleError(f"console endpoint {ep.host}:{ep.port} is not on loopback")

@@ -23,6 +23,7 @@ from harness.console import Console
 from harness.discovery import freebsd_bhyve as discovery_bhyve
 from harness.discovery import linux_kvm_arm64 as discovery_arm64
 from harness.discovery import linux_kvm_svm as discovery_svm
+from harness.discovery import linux_kvm_vmx as discovery_vmx
 from harness.discovery import openbsd_vmm as discovery_openbsd
 from harness.guests.linux_frames import ARM64_FRAMES, X86_FRAMES
 from harness.images.dragonfly import PROC_SYMBOLS as DRAGONFLY_PROC_SYMBOLS
@@ -31,6 +32,7 @@ from harness.observe import dragonfly_vkernel as observe_vkernel
 from harness.observe import freebsd_bhyve as observe_bhyve
 from harness.observe import linux_kvm_arm64 as observe_arm64
 from harness.observe import linux_kvm_svm as observe_svm
+from harness.observe import linux_kvm_vmx as observe_vmx
 from harness.observe import openbsd_vmm as observe_openbsd
 from harness.oracles import FrameRefs
 from harness.registry import Registry
@@ -88,6 +90,14 @@ HYPERVISORS.add("linux-kvm-svm", Hypervisor(
     observe=observe_svm.observe, symbols=discovery_svm.NEEDED_SYMBOLS + X86_FRAMES.symbols,
     type_modules=discovery_svm.BTF_MODULES, facts=observe_svm.facts, fault_log=True,
     model_options={"format": "npt"}, frames=X86_FRAMES))
+HYPERVISORS.add("linux-kvm-vmx", Hypervisor(
+    name="linux-kvm-vmx", guest_os="linux", arch="x86_64", format="ept", models=("kvm-x86",),
+    description="Linux KVM on Intel VMX with EPT, TDP MMU: vm_list -> vcpu_vmx.vmcs01 / "
+                "arch.mmu->root.hpa, cross-checked with the EPT pointer in the VMCS region "
+                "and the debugger's current VMCS (Bochs)",
+    observe=observe_vmx.observe, symbols=discovery_vmx.NEEDED_SYMBOLS,
+    type_modules=discovery_vmx.BTF_MODULES, facts=observe_vmx.facts, fault_log=True,
+    model_options={"format": "ept"}, frames=X86_FRAMES))
 HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
     name="linux-kvm-arm64", guest_os="linux", arch="aarch64", format="stage2",
     models=("kvm-arm64",),
@@ -140,8 +150,13 @@ HYPERVISORS.add("dragonfly-vkernel", Hypervisor(
     prepare=observe_vkernel.prepare))
 
 
-def default_hypervisor(guest_os: str, arch: str) -> str | None:
-    """The hypervisor a scenario gets when it names none (None: no such pair)."""
+def default_hypervisor(guest_os: str, arch: str, image_hypervisor: str | None = None
+                       ) -> str | None:
+    """The hypervisor a scenario gets when it names none: the one its image is made for
+    (recipe key ``hypervisor``), else the first for the guest OS and architecture
+    (None: no such pair)."""
+    if image_hypervisor is not None:
+        return image_hypervisor
     for name, hv in HYPERVISORS.items():
         if hv.guest_os == guest_os and hv.arch == arch:
             return name

@@ -122,6 +122,7 @@ def _start_cold(ctx: RunContext, machine: Machine, boot_timeout: float) -> None:
     image = ctx.require_image()
     # probes typed before /init opens the console can wedge the arm64 PL011's input (seen:
     # no echo ever after); wait for init's line first, then probe for the shell
+    image = ctx.require_image()
     if image.ready:
         console.expect(re.escape(image.ready), timeout=boot_timeout)
     if ctx.guest.login is not None:         # a getty (the BSDs): log in first

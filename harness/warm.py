@@ -23,7 +23,7 @@ symbols and facts read once for that boot are kept beside the state.
 
 Layout of ``$XDG_CACHE_HOME/slatcheck/states/<image>-<key>/``::
 
-    state.bin       the saved machine
+    state.bin       the saved machine (a file; a directory for Bochs)
     meta.json       key inputs, boot id, size, creation time
     symbols-<h>.json, facts-<name>.json   per-boot facts of this boot
     .lock           held while saving or removing
@@ -39,6 +39,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ class WarmState:
         """The recorded meta data of a complete state, or None."""
         try:
             meta = json.loads((self.dir / META).read_text())
-            size = self.state.stat().st_size
+            size = _size(self.state)
         except (OSError, ValueError):
             return None
         if not isinstance(meta, dict) or meta.get("size") != size or size == 0 \
@@ -137,22 +138,23 @@ class WarmState:
             tmp = self.dir / f".{STATE}.{os.getpid()}"
             try:
                 write(tmp)
-                size = tmp.stat().st_size
+                size = _size(tmp)
                 for old in self.dir.glob("*.json"):      # facts of an older boot
                     old.unlink(missing_ok=True)
+                _remove(self.state)
                 os.replace(tmp, self.state)
                 meta = {"inputs": dict(self.inputs), "boot_id": boot_id, "size": size,
                         "created": time.time()}
                 _write_atomic(self.dir / META, json.dumps(meta, indent=1))
             finally:
-                tmp.unlink(missing_ok=True)
+                _remove(tmp)
         return True
 
     def discard(self) -> None:
         """Remove a broken or stale state (readers keep their open copy)."""
         with self._locked(wait=True):
-            for name in (META, STATE):
-                (self.dir / name).unlink(missing_ok=True)
+            (self.dir / META).unlink(missing_ok=True)
+            _remove(self.state)
             for old in self.dir.glob("*.json"):
                 old.unlink(missing_ok=True)
 
@@ -178,6 +180,21 @@ class WarmState:
         with contextlib.suppress(OSError):
             _write_atomic(self.dir / f"{what}.json",
                           json.dumps({"boot_id": boot_id, "value": value}))
+
+
+def _size(state: Path) -> int:
+    """A state's size: a file's, or the sum of a directory's files (Bochs saves one)."""
+    if state.is_dir():
+        return sum(p.stat().st_size for p in state.rglob("*") if p.is_file())
+    return state.stat().st_size
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

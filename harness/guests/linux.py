@@ -28,6 +28,9 @@ from harness.typecache import RecordedTypes
 __all__ = ["LINUX", "linux_symbols", "linux_types", "parse_types", "pagemap_backing",
            "linux_boot_id"]
 
+# seconds for the grep of /proc/kallsyms: 1 s under QEMU, a minute or more under Bochs
+KALLSYMS_TIMEOUT = 600
+
 CONSOLE = ConsoleProfile(
     name="linux", prompt=r"[#$] $",
     panic=(LINE_START + r"Kernel panic - not syncing", LINE_START + r"BUG: ",
@@ -45,7 +48,7 @@ CONSOLE = ConsoleProfile(
 def linux_symbols(console: Console, image: Image, names: Sequence[str],
                   artifacts: Path) -> Mapping[str, int]:
     """The needed kallsyms lines of the running kernel; ``kallsyms.txt`` keeps them."""
-    out = console.run(kallsyms_command(names), timeout=60).output
+    out = console.run(kallsyms_command(names), timeout=KALLSYMS_TIMEOUT).output
     (artifacts / "kallsyms.txt").write_text(out)
     return parse_kallsyms(out)
 

@@ -3,6 +3,7 @@
 Layout of ``$XDG_CACHE_HOME/slatcheck/images/<name>-<hash>/`` (default ``~/.cache``)::
 
     vmlinuz  initramfs.cpio.gz  modules/*.ko  slat-workload  manifest.json
+    slatcheck.iso      (recipes with ``iso:``: an ISOLINUX CD-ROM of the two above)
 
 The hash covers the recipe file, the workload sources and this builder's code,
 so a change to any of them builds a new directory.  Concurrent builds of the same
@@ -29,8 +30,9 @@ from harness.images import kmod
 from harness.images.apt import AptContext, Package, sha256_file
 from harness.images.host import run_tool
 from harness.images.initramfs import READY_LINE, InitramfsContents, build_initramfs
+from harness.images.iso import ISO_NAME, build_iso
 from harness.images.recipe import WORKLOAD_DIR, Recipe, load_recipe
-from harness.machines.base import BootSpec, DiskBoot, KernelBoot
+from harness.machines.base import BootSpec, CdromBoot, DiskBoot, KernelBoot
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
 
@@ -57,13 +59,22 @@ class Image:
     os: str = "linux"              # the guest OS it holds (GUEST_OSES name)
     disk: Path | None = None       # a disk image booted through the firmware (BSD guests)
     disk_format: str = "qcow2"
+    iso: Path | None = None        # ISOLINUX CD-ROM of kernel and initramfs (recipes with iso:)
 
     def boot_spec(self, extra_append: str = "") -> BootSpec:
-        """How a machine boots it: its disk, or the kernel, initramfs and command line."""
+        """How a machine boots it: its disk; the kernel, the initramfs and the command
+        line; or, for an image with a CD-ROM (for emulators without direct kernel boot),
+        the ISO, whose command line is fixed at build time (*extra_append* is refused)."""
         if self.disk is not None:
             return DiskBoot(self.disk, self.disk_format)
-        append = " ".join(filter(None, [self.append, extra_append]))
-        return KernelBoot(self.kernel, self.initrd, append)
+        if self.iso is None:
+            append = " ".join(filter(None, [self.append, extra_append]))
+            return KernelBoot(self.kernel, self.initrd, append)
+        if extra_append:
+            raise InfraError(f"image {self.name} boots from a CD-ROM whose command line is "
+                             f"fixed at build time: guest.append {extra_append!r} cannot "
+                             "be added")
+        return CdromBoot(self.iso)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -111,7 +122,8 @@ def _image_from(recipe: Recipe, final: Path) -> Image:
                  kernel=final / "vmlinuz", initrd=final / "initramfs.cpio.gz",
                  modules=final / "modules", manifest=manifest,
                  kernel_release=manifest["kernel_release"], append=recipe.append,
-                 console=recipe.console, prompt=recipe.prompt, os=recipe.os)
+                 console=recipe.console, prompt=recipe.prompt, os=recipe.os,
+                 iso=final / ISO_NAME if (final / ISO_NAME).is_file() else None)
 
 
 def _unpack(pkg: Package, dest: Path) -> Path:
@@ -183,6 +195,14 @@ def _compile_workload(recipe: Recipe, out: Path, progress: Callable[[str], None]
     run_tool([spec.cc, *spec.cflags, "-o", str(out), *sources], packages=spec.cc_packages)
 
 
+def _from_packages(roots: list[Path], rel: str, image: str) -> Path:
+    """The file *rel* in the first unpacked package holding it."""
+    for root in roots:
+        if (root / rel).is_file():
+            return root / rel
+    raise InfraError(f"no package of {image} holds {rel}")
+
+
 def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
               progress: Callable[[str], None]) -> dict[str, Any]:
     """Fetch, unpack, compile and write every output file into *out*; the manifest."""
@@ -203,10 +223,7 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
     for name in order:
         shutil.copyfile(moddir / paths[name], out / "modules" / paths[name].name)
     _compile_workload(recipe, out / "slat-workload", progress)
-    busybox = next((r / recipe.busybox for r in roots[1:] if (r / recipe.busybox).is_file()),
-                   None)
-    if busybox is None:
-        raise InfraError(f"no package of {recipe.name} holds {recipe.busybox}")
+    busybox = _from_packages(roots[1:], recipe.busybox, recipe.name)
     progress("writing initramfs")
     contents = InitramfsContents(
         busybox=busybox.read_bytes(), workload=(out / "slat-workload").read_bytes(),
@@ -214,14 +231,21 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
         modules={str(paths[n]): (moddir / paths[n]).read_bytes() for n in order},
         modules_dep=kmod.modules_dep(order, paths, depends))
     build_initramfs(recipe, contents, out / "initramfs.cpio.gz")
+    if recipe.iso is not None:
+        progress("writing ISOLINUX CD-ROM")
+        build_iso(out / ISO_NAME, kernel=out / "vmlinuz", initrd=out / "initramfs.cpio.gz",
+                  append=recipe.append, work=work,
+                  isolinux_bin=_from_packages(roots[1:], recipe.iso.isolinux, recipe.name),
+                  ldlinux_c32=_from_packages(roots[1:], recipe.iso.ldlinux, recipe.name))
     return {"packages": [p.manifest() for p in packages], "kernel_release": release,
             "modules": [{"name": n, "path": str(paths[n])} for n in order]}
 
 
 def _manifest(recipe: Recipe, digest: str, out: Path, built: dict[str, Any]) -> None:
     """Write ``manifest.json`` with the hashes of the produced files."""
-    files = {name: sha256_file(out / name)
-             for name in ("vmlinuz", "initramfs.cpio.gz", "slat-workload")}
+    names = ["vmlinuz", "initramfs.cpio.gz", "slat-workload"]
+    names += [ISO_NAME] if recipe.iso is not None else []
+    files = {name: sha256_file(out / name) for name in names}
     for ko in sorted((out / "modules").glob("*.ko*")):
         files[f"modules/{ko.name}"] = sha256_file(ko)
     manifest = {"recipe": recipe.name, "hash": digest, "builder_version": BUILDER_VERSION,

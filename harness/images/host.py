@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.errors import InfraError
@@ -19,6 +20,7 @@ TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
     "dpkg-deb": ("dpkg",),
     "gcc": ("gcc", "libc6-dev"),
     "aarch64-linux-gnu-gcc": ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
+    "xorriso": ("xorriso",),
 }
 
 
@@ -33,12 +35,16 @@ def require_tool(tool: str, packages: Sequence[str] = ()) -> str:
 
 
 def run_tool(argv: Sequence[str], cwd: Path | None = None,
-             packages: Sequence[str] = ()) -> str:
-    """Run a host tool to completion and return its stdout; failures raise InfraError."""
+             packages: Sequence[str] = (), env: Mapping[str, str] | None = None) -> str:
+    """Run a host tool to completion and return its stdout; failures raise InfraError.
+
+    *env* adds variables to the inherited environment.
+    """
     exe = require_tool(argv[0], packages)
     try:
         proc = subprocess.run([exe, *argv[1:]], cwd=cwd, capture_output=True,
-                              text=True, timeout=900, check=False)
+                              text=True, timeout=900, check=False,
+                              env=None if env is None else {**os.environ, **env})
     except subprocess.TimeoutExpired as exc:
         raise InfraError(f"{' '.join(argv)}: timed out") from exc
     if proc.returncode != 0:

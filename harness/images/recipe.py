@@ -22,6 +22,7 @@ __all__ = [
     "IMAGES",
     "ModuleLoad",
     "KernelSpec",
+    "IsoSpec",
     "WorkloadSpec",
     "Recipe",
     "parse_recipe",
@@ -65,6 +66,19 @@ class KernelSpec:
 
 
 @dataclass(frozen=True)
+class IsoSpec:
+    """A bootable ISOLINUX CD-ROM holding the kernel and the initramfs.
+
+    For emulators without direct kernel boot (Bochs): the kernel command line is
+    written into ``isolinux.cfg``.  The two boot files come from Debian packages
+    listed in the recipe's ``packages`` (``isolinux``, ``syslinux-common``).
+    """
+
+    isolinux: str = "usr/lib/ISOLINUX/isolinux.bin"           # in package isolinux
+    ldlinux: str = "usr/lib/syslinux/modules/bios/ldlinux.c32"  # in syslinux-common
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     """How the workload is compiled."""
 
@@ -90,6 +104,8 @@ class Recipe:
     append: str                    # kernel command line
     prompt: str                    # shell prompt (PS1) on the console
     os: str = "linux"              # the guest OS the image holds (GUEST_OSES name)
+    hypervisor: str | None = None  # HYPERVISORS name this image is made for (None: the default)
+    iso: IsoSpec | None = None     # also build an ISOLINUX CD-ROM (boot through the firmware)
     path: Path = field(default=Path(), compare=False)
 
 
@@ -129,6 +145,21 @@ def _modules(items: list[Any]) -> tuple[ModuleLoad, ...]:
     return tuple(loads)
 
 
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _iso(doc: Any) -> IsoSpec | None:
+    """The optional ``iso:`` block (``iso: {}`` takes Debian's default paths)."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise InfraError("iso: a mapping with optional 'isolinux' and 'ldlinux' paths")
+    default = IsoSpec()
+    return IsoSpec(isolinux=str(doc.get("isolinux", default.isolinux)),
+                   ldlinux=str(doc.get("ldlinux", default.ldlinux)))
+
+
 def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     """Parse the YAML text of a recipe; *where* names it in errors."""
     try:
@@ -147,7 +178,8 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         workload=_workload(_need(doc, "workload", where), where),
         console=str(_need(doc, "console", where)),
         append=str(_need(doc, "append", where)),
-        prompt=str(doc.get("prompt", "slat# ")), os=str(doc.get("os", "linux")))
+        prompt=str(doc.get("prompt", "slat# ")), os=str(doc.get("os", "linux")),
+        hypervisor=_opt_str(doc.get("hypervisor")), iso=_iso(doc.get("iso")))
 
 
 def load_recipe(name: str) -> Recipe:
@@ -167,6 +199,7 @@ class ImageFacts:
     os: str                        # GUEST_OSES name of the guest it holds
     arch: str                      # "x86_64", "aarch64"
     builder: str                   # how it is made ("debian-initramfs", ...)
+    hypervisor: str | None = None  # the hypervisor it is made for (None: the OS/arch default)
 
 
 def image_facts(name: str) -> ImageFacts:
@@ -179,7 +212,8 @@ def image_facts(name: str) -> ImageFacts:
     if not isinstance(doc, dict) or "arch" not in doc:
         raise InfraError(f"{path}: a recipe is a mapping with at least 'arch'")
     return ImageFacts(name, str(doc.get("os", "linux")), str(doc["arch"]),
-                      str(doc.get("builder", "debian-initramfs")))
+                      str(doc.get("builder", "debian-initramfs")),
+                      _opt_str(doc.get("hypervisor")))
 
 
 def _discover() -> Registry[Path]:

@@ -27,7 +27,8 @@ from harness.arch import Arch
 from harness.console import ConsoleEndpoint
 from harness.target import Target
 
-__all__ = ["KernelBoot", "DiskBoot", "BootSpec", "MachineConfig", "Machine", "MachineFactory"]
+__all__ = ["KernelBoot", "DiskBoot", "CdromBoot", "BootSpec", "MachineConfig", "Machine",
+           "MachineFactory"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,17 @@ class DiskBoot:
     writable: bool = False            # write the disk itself, no overlay (image builders only)
 
 
-BootSpec = KernelBoot | DiskBoot
+@dataclass(frozen=True)
+class CdromBoot:
+    """Boot a CD-ROM image through the firmware (an ISOLINUX ISO holding kernel and initrd).
+
+    For emulators without direct kernel boot (Bochs); the command line is inside the ISO.
+    """
+
+    iso: Path
+
+
+BootSpec = KernelBoot | DiskBoot | CdromBoot
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from qemu.qmp import QMPClient
 
 from harness.console import ConsoleEndpoint, UnixEndpoint
 from harness.errors import InfraError
-from harness.machines.base import DiskBoot, KernelBoot, MachineConfig
+from harness.machines.base import CdromBoot, DiskBoot, KernelBoot, MachineConfig
 from harness.scratch import private_dir
 from harness.target import Target
 
@@ -251,13 +251,16 @@ class QemuMachine:
                 *chardev("gdb0", self.gdb_path), "-gdb", "chardev:gdb0"]
 
     def _boot_args(self) -> list[str]:
-        """Direct kernel boot, or a disk (behind its overlay) through the firmware."""
+        """Direct kernel boot, a CD-ROM, or a disk (behind its overlay) through the firmware."""
         boot = self.config.boot
         if isinstance(boot, KernelBoot):
             args = ["-kernel", str(boot.kernel)]
             if boot.initrd is not None:
                 args += ["-initrd", str(boot.initrd)]
             return args + (["-append", boot.append] if boot.append else [])
+        if isinstance(boot, CdromBoot):
+            return ["-drive", f"file={boot.iso},format=raw,media=cdrom,readonly=on",
+                    "-boot", "d"]
         disk = (f"file={boot.disk},format={boot.format}" if boot.writable
                 else f"file={self._sock('overlay.qcow2')},format=qcow2")
         args = ["-drive", f"{disk},if=virtio"]

@@ -71,7 +71,8 @@ def resolve_names(doc: dict[str, Any], add: Add) -> tuple[str, str]:
                 "expect", "findings", i, "kind")
     if guest is None or facts is None:
         return "", ""
-    name = doc.get("hypervisor") or default_hypervisor(guest.name, facts.arch)
+    name = doc.get("hypervisor") or default_hypervisor(guest.name, facts.arch,
+                                                       facts.hypervisor)
     if name is None:
         add(f"no hypervisor is known for the {guest.name} guest on {facts.arch}", "guest")
         return "", ""

@@ -94,15 +94,16 @@ def shuffled() -> Layout:
 # -- layout -> BTF ----------------------------------------------------------------
 
 
-def build_btf(lay: Layout) -> Btf:
-    """vmlinux + kvm + kvm_amd split BTF for *lay* (vcpu_svm sees kvm_vcpu as a FWD)."""
+def build_btf(lay: Layout, layers: dict[str, int] = LAYER) -> Btf:
+    """vmlinux + kvm + kvm_amd split BTF for *lay* (vcpu_svm sees kvm_vcpu as a FWD);
+    *layers* puts each struct in vmlinux (0), kvm (1) or the vendor module (2)."""
     base = BtfBuilder()
     prim = {n: base.int_(n, s, n in SIGNED) for n, s in PRIM.items() if n not in ("ptr", "pid_t")}
     prim["ptr"] = base.ptr(0)
     prim["pid_t"] = base.ref(Kind.TYPEDEF, prim["int"], "pid_t")
     builders = {0: base}
     ids: dict[tuple[int, str], int] = {}
-    for name, layer in LAYER.items():
+    for name, layer in layers.items():
         b = builders.get(layer) or builders.setdefault(layer, BtfBuilder(base))
         size, members = lay[name]
         enc = [(m, _type_id(b, layer, t, prim, ids), off * 8) for m, (off, t) in members.items()]

@@ -212,3 +212,36 @@ def test_every_format_with_an_editor_is_injectable() -> None:
     with pytest.raises(ValueError, match="unknown injection"):
         corrupt(NptCodec(NptParams()), "bogus",
                 Mapping(0, 0x5000, PAGE, True, True, True, 1, 0x5E67))
+
+
+# Leaves as read on live L1s: KVM on Intel VMX under Bochs (RWX, WB, IPAT, A, D, bits 11 57
+# 58) and KVM on AMD SVM under QEMU's TCG (P RW US A D, bit 11).  Each injection must change
+# them in a way the walker sees (ORing memory type 2 into WB, 6, left a live leaf unchanged).
+LIVE_LEAF = {"ept": (0x0600_0000_0E3B_1B77, EptParams(flavour="kvm", maxphyaddr=40,
+                                                       ad_enabled=True)),
+             "npt": (0x0000_0000_0E3B_1E67, NptParams(flavour="kvm", maxphyaddr=40))}
+
+
+@pytest.mark.parametrize("fmt", sorted(LIVE_LEAF))
+@pytest.mark.parametrize("kind", INJECT_KINDS)
+def test_each_injection_changes_a_live_leaf(fmt: str, kind: str) -> None:
+    raw, params = LIVE_LEAF[fmt]
+    table = {"ept": 0x907, "npt": 0x867}[fmt]            # KVM's non-leaf entries
+    mem = DictMem(size=1 << 29)
+    for parent, child in ((0x1000, 0x2000), (0x2000, 0x3000), (0x3000, 0x4000)):
+        mem.write_u64(parent, child | table)
+    mem.write_u64(0x4000 + 8 * 0x81, raw)
+    [m] = FORMATS[fmt].walk(mem, 0x1000, params).mappings
+    assert (m.gpa, m.hpa) == (0x81000, 0x0E3B_1000)
+    bad = corrupt(FORMATS[fmt].editor(params), kind, m)        # type: ignore[misc]
+    assert bad != raw
+    mem.write_u64(m.entry, bad)
+    after = FORMATS[fmt].walk(mem, 0x1000, params)
+    if kind == "reserved_bit":
+        assert "reserved_bits" in [f.kind for f in after.findings] and after.mappings == []
+    elif kind == "frame":
+        assert [(x.gpa, x.hpa) for x in after.mappings] == [(0x81000, 0x0E3B_0000)]
+    elif kind == "clear":
+        assert after.mappings == [] and after.findings == []
+    else:
+        assert after.mappings != [m]

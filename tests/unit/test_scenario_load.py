@@ -252,8 +252,8 @@ def test_shipped_scenarios_validate() -> None:
 @pytest.mark.parametrize("old, new, field, valid", [
     ("image: linux-amd64", "image: linux-amd46", "guest.image", "linux-amd64"),
     ("os: linux", "os: linus", "guest.os", "linux"),
-    ("name: t\n", "name: t\nhypervisor: linux-kvm-vmx\n", "hypervisor", "linux-kvm-svm"),
-    ("name: t\n", "name: t\nmachine: {emulator: bochs}\n", "machine.emulator", "qemu"),
+    ("name: t\n", "name: t\nhypervisor: linux-kvm-tdx\n", "hypervisor", "linux-kvm-svm"),
+    ("name: t\n", "name: t\nmachine: {emulator: simics}\n", "machine.emulator", "qemu"),
 ])
 def test_unknown_registry_names_list_the_valid_ones(tmp_path: Path, old: str, new: str,
                                                     field: str, valid: str) -> None:
