@@ -95,7 +95,7 @@ HYPERVISORS.add("linux-kvm-vmx", Hypervisor(
     description="Linux KVM on Intel VMX with EPT, TDP MMU: vm_list -> vcpu_vmx.vmcs01 / "
                 "arch.mmu->root.hpa, cross-checked with the EPT pointer in the VMCS region "
                 "and the debugger's current VMCS (Bochs)",
-    observe=observe_vmx.observe, symbols=discovery_vmx.NEEDED_SYMBOLS,
+    observe=observe_vmx.observe, symbols=discovery_vmx.NEEDED_SYMBOLS + X86_FRAMES.symbols,
     type_modules=discovery_vmx.BTF_MODULES, facts=observe_vmx.facts, fault_log=True,
     model_options={"format": "ept"}, frames=X86_FRAMES))
 HYPERVISORS.add("linux-kvm-arm64", Hypervisor(

@@ -424,3 +424,10 @@ def test_rbtree_inorder_of_a_balanced_tree() -> None:
     img.put(0x700, "rb_node", "rb_left", 0x400)                # corrupt: a cycle
     with pytest.raises(WalkLimitError):
         list(rbtree_inorder(img.mem, btf, 0x10))
+
+
+def test_every_hypervisor_reads_the_symbols_its_frame_oracle_needs() -> None:
+    from harness.hypervisors import HYPERVISORS
+    for name, hv in HYPERVISORS.items():
+        if hv.frames is not None:
+            assert set(hv.frames.symbols) <= set(hv.symbols), name

@@ -32,8 +32,13 @@ def recipe_build(name: str, tmp_path: Path) -> Path:
     return out
 
 
-def test_linux_amd64_workload_builds_and_reports(tmp_path: Path) -> None:
-    binary = recipe_build("linux-amd64", tmp_path)
+LINUX_X86 = sorted(p.parent.name for p in (ROOT / "images").glob("linux-*/recipe.yaml")
+                   if yaml.safe_load(p.read_text()).get("arch") == "x86_64")
+
+
+@pytest.mark.parametrize("name", LINUX_X86)
+def test_every_linux_x86_workload_builds_and_reports(tmp_path: Path, name: str) -> None:
+    binary = recipe_build(name, tmp_path)
     proc = subprocess.run([str(binary), "--slot", "0x1000:4K:bogus"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 1
