@@ -248,7 +248,8 @@ class Engine:
         concrete = apply(base, drawn)
         it_dir = self.run_dir / f"iter-{index:04d}"
         it_dir.mkdir()
-        res = ScenarioResult(name=f"{base.name}#{index}", path=base.path, expect=base.expect,
+        res = ScenarioResult(name=f"{base.name}#{index}", path=base.path,
+                             hypervisor=base.hypervisor, expect=base.expect,
                              provenance={})
         ctx = replace(boot.ctx, scenario=concrete, run_dir=it_dir, workloads={}, injected=[],
                       checks=[], findings=[], phases={}, properties={"seed": str(seed)},
@@ -364,7 +365,8 @@ def run_repeated(sc: Scenario, artifacts_root: Path, plan: RepeatPlan,
     """Run *sc* repeatedly inside one boot (see the module); never raises for the run's
     own failures.  *keeper* keeps the first failure (default :func:`harness.keep.keep`)."""
     t0 = time.monotonic()
-    res = ScenarioResult(name=sc.name, path=sc.path, expect=sc.expect,
+    res = ScenarioResult(name=sc.name, path=sc.path, hypervisor=sc.hypervisor,
+                         expect=sc.expect,
                          provenance=host_provenance())
     try:
         run_dir = make_run_dir(artifacts_root, sc.name)

@@ -274,7 +274,8 @@ def replay(run_dir: Path, progress: Progress = print,
     n = 1 + len(list(core.glob("replay-*")))
     out = core / f"replay-{n}"
     out.mkdir()
-    res = ScenarioResult(name=f"replay of {core}", path=core / "scenario.yaml")
+    res = ScenarioResult(name=f"replay of {core}", path=core / "scenario.yaml",
+                         hypervisor=meta["hypervisor"])
     ctx = _context(core, meta, out, progress, services or default_services())
     step = CheckStep(index=0, line=0, name=f"replay of {meta['failed_step'] or 'the core'}")
     with ctx.stack:
@@ -288,6 +289,6 @@ def replay(run_dir: Path, progress: Progress = print,
     res.findings = list(ctx.findings)
     res.artifacts = out
     write_json(out / "slat.json", slat_json(ctx))
-    write_json(out / "findings.json", [f.to_json() for f in ctx.findings])
+    write_json(out / "findings.json", res.findings_json())
     write_json(out / "result.json", res.to_json())
     return res

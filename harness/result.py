@@ -9,6 +9,7 @@ from typing import Any
 from harness.errors import exit_status_of
 from harness.findings import Finding
 from harness.scenario.spec import Expect
+from harness.signature import signature
 
 __all__ = ["ScenarioResult", "matches_expectation"]
 
@@ -19,7 +20,8 @@ class ScenarioResult:
 
     name: str
     path: Path
-    verdict: str = "error"
+    hypervisor: str = ""               # the scenario's hypervisor (part of each finding's
+    verdict: str = "error"             # signature, harness.signature)
     message: str = ""
     failed_step: str = ""
     findings: list[Finding] = field(default_factory=list)
@@ -85,9 +87,18 @@ class ScenarioResult:
             lines.append(f"  artifacts: {self.artifacts}")
         return "\n".join(lines)
 
+    def findings_json(self) -> list[dict[str, Any]]:
+        """The ``findings.json`` form: each finding with its signature's id and title."""
+        out = []
+        for f in self.findings:
+            sig = signature(self.name, self.hypervisor, f)
+            out.append(f.to_json() | {"signature": sig.id, "title": sig.title})
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` form."""
-        return {"scenario": self.name, "file": str(self.path), "verdict": self.verdict,
+        return {"scenario": self.name, "file": str(self.path), "hypervisor": self.hypervisor,
+                "verdict": self.verdict,
                 "outcome": self.outcome, "as_expected": self.as_expected,
                 "message": self.message, "failed_step": self.failed_step,
                 "duration": round(self.duration, 3),

@@ -128,7 +128,7 @@ def _finish(ctx: RunContext, res: ScenarioResult) -> None:
     res.artifacts = ctx.run_dir
     failed: list[str] = []
     for name, data in (("slat.json", lambda: slat_json(ctx)),
-                       ("findings.json", lambda: [f.to_json() for f in ctx.findings]),
+                       ("findings.json", res.findings_json),
                        ("result.json", res.to_json)):
         if name == "result.json" and failed:
             _artifacts_failed(res, failed)
@@ -162,7 +162,8 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
     t0 = time.monotonic()
     sweep_stale()                       # scratch directories of runs that were killed
     sc = _drawn(sc)
-    res = ScenarioResult(name=sc.name, path=sc.path, expect=sc.expect,
+    res = ScenarioResult(name=sc.name, path=sc.path, hypervisor=sc.hypervisor,
+                         expect=sc.expect,
                          provenance=host_provenance())
     try:
         run_dir = make_run_dir(artifacts_root, sc.name)
