@@ -1,4 +1,5 @@
-"""Linux's count of references to a physical frame: ``struct page._refcount``.
+"""Linux's count of references to a physical frame: ``struct page._refcount`` (of the
+head page, for a tail page of a compound page).
 
 The ``struct page`` of frame *pfn* is ``vmemmap + pfn`` (``CONFIG_SPARSEMEM_VMEMMAP``),
 read through the kernel's own types (BTF: ``sizeof(struct page)``, the offset of
@@ -38,12 +39,23 @@ MASK64 = (1 << 64) - 1
 
 
 def refcounts_at(view: KernelView, vmemmap: int, frames: Sequence[int]) -> dict[int, int]:
-    """``page_ref_count(pfn_to_page(frame >> 12))`` of each frame."""
+    """``folio_ref_count(page_folio(pfn_to_page(frame >> 12)))`` of each frame.
+
+    A tail page of a compound page (a THP backing 4 KiB leaves: a dirty-logged huge
+    slot) holds no count of its own, its ``_refcount`` is 0; the count is its head's,
+    found through ``compound_head`` (the head's address with bit 0 set, as
+    ``PageTail`` tests it).
+    """
     size = view.types.sizeof("struct page")
     off = view.types.offsetof("struct page", "_refcount")
+    head_off = view.types.offsetof("struct page", "compound_head")
     out = {}
     for frame in frames:
-        raw = view.mem.kernel.read((vmemmap + (frame >> PAGE_SHIFT) * size + off) & MASK64, 4)
+        page = (vmemmap + (frame >> PAGE_SHIFT) * size) & MASK64
+        head = read_u64(view.mem.kernel, page + head_off)
+        if head & 1:
+            page = head - 1
+        raw = view.mem.kernel.read((page + off) & MASK64, 4)
         out[frame] = int.from_bytes(raw, "little", signed=True)
     return out
 
