@@ -2,14 +2,15 @@
 
 Layout of ``$XDG_CACHE_HOME/slatcheck/images/<name>-<hash>/`` (default ``~/.cache``)::
 
-    vmlinuz  vmlinux.btf  initramfs.cpio.gz  modules/*.ko  slat-workload  manifest.json
+    vmlinuz  vmlinux.btf  config  initramfs.cpio.gz  modules/*.ko  slat-workload  manifest.json
     slatcheck.iso      (recipes with ``iso:``: an ISOLINUX CD-ROM of the two above)
 
 The hash covers the recipe file, the workload sources and this builder's code,
 so a change to any of them builds a new directory; with a kernel given by path
 (``--kernel``), also the kernel's content (boot image, modules, configuration),
 so a rebuilt kernel gets a new image.  ``vmlinux.btf`` holds the kernel's types
-(from its ``vmlinux`` or its boot image); modules are kept decompressed.
+(from its ``vmlinux`` or its boot image), ``config`` its configuration; modules are
+kept decompressed.
 Concurrent builds of the same image serialise on ``<name>-<hash>.lock``; each
 builds in a private temporary directory beside the final one and renames it into
 place.
@@ -270,6 +271,7 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
     progress("unpacking")
     roots = [_unpack(pkg, work / "root") for pkg in packages]
     shutil.copyfile(files.boot_image, out / "vmlinuz")
+    (out / "config").write_text(files.config)
     _vmlinux_btf(files, out)
     (out / "modules").mkdir()
     modules, modules_dep = _install_modules(recipe, files, work, out, progress)

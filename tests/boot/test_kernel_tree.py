@@ -71,3 +71,19 @@ def test_smoke_passes_on_a_build_tree(tmp_path: Path) -> None:
     assert manifest["files"]["vmlinuz"] == hashlib.sha256(
         (tree / "arch/x86/boot/bzImage").read_bytes()).hexdigest()
     assert {m["name"] for m in manifest["modules"]} >= {"kvm", "kvm_amd"}
+
+
+@pytest.mark.parametrize("image, scenario", [("linux-amd64-6.12", "kvm-npt-smoke"),
+                                             ("linux-arm64-6.12", "kvm-s2-smoke")])
+def test_smoke_on_the_612_line(tmp_path: Path, image: str, scenario: str) -> None:
+    """Debian's 6.12 kernels (bookworm-backports): modules are .ko.xz, their split BTF
+    is read from the compressed files' .BTF (struct vcpu_svm is kvm_amd's)."""
+    res = subprocess.run([sys.executable, "-m", "harness", "run", "--image", image,
+                          "--artifacts", str(tmp_path),
+                          str(ROOT / "scenarios" / "linux" / f"{scenario}.yaml")],
+                         cwd=ROOT, text=True, capture_output=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads((tmp_path / scenario / "result.json").read_text())
+    kernel = result["provenance"]["kernel"]
+    assert kernel["form"] == "package" and kernel["release"].startswith("6.12.")
+    assert "~bpo12" in kernel["version"]
