@@ -28,6 +28,7 @@ before anything boots, a kernel that lacks an option, naming every one it lacks:
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ __all__ = [
     "TREE_BOOT_IMAGES",
     "locate_kernel",
     "parse_config",
+    "config_facts",
+    "release_facts",
+    "CONFIG_FACTS",
     "missing_options",
     "refuse_unfit",
     "find_moddir",
@@ -103,6 +107,34 @@ def parse_config(text: str) -> dict[str, str]:
         if sep and name.startswith("CONFIG_"):
             options[name.removeprefix("CONFIG_")] = value
     return options
+
+
+# numeric options observers need, handed to them as facts ("CONFIG_<NAME>")
+CONFIG_FACTS = ("ARM64_VA_BITS",)
+
+
+def config_facts(text: str) -> dict[str, int]:
+    """The :data:`CONFIG_FACTS` a configuration sets, as ``{"CONFIG_NAME": value}``.
+
+    >>> config_facts("CONFIG_ARM64_VA_BITS=52\\nCONFIG_KVM=y\\n")
+    {'CONFIG_ARM64_VA_BITS': 52}
+    """
+    options = parse_config(text)
+    return {f"CONFIG_{name}": int(options[name]) for name in CONFIG_FACTS
+            if options.get(name, "").isdigit()}
+
+
+def release_facts(release: str) -> dict[str, int]:
+    """``LINUX_VERSION_CODE`` of a kernel release (``uname -r``), as a fact.
+
+    >>> hex(release_facts("6.12.95+deb12-arm64")["LINUX_VERSION_CODE"])
+    '0x60c5f'
+    """
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if m is None:
+        return {}
+    major, minor, patch = (int(g or 0) for g in m.groups())
+    return {"LINUX_VERSION_CODE": (major << 16) | (minor << 8) | min(patch, 255)}
 
 
 def missing_options(config: Mapping[str, str], required: Iterable[str]) -> list[str]:

@@ -348,3 +348,18 @@ def test_backports_suite_gets_a_sources_list_of_its_own(tmp_path: Path) -> None:
     for name in ("linux-amd64-6.12", "linux-arm64-6.12"):
         spec = load_recipe(name).kernel
         assert spec.suite == "bookworm-backports" and spec.metapackage is not None
+
+
+def test_facts_of_the_kernel_for_observers(tmp_path: Path) -> None:
+    from harness.check import _image_facts
+    from harness.images.kernel import config_facts, release_facts
+    assert release_facts("6.12.95+deb12-arm64") == {"LINUX_VERSION_CODE": 0x060C5F}
+    assert release_facts("6.1.0-57-amd64") == {"LINUX_VERSION_CODE": 0x060100}
+    assert config_facts("CONFIG_ARM64_VA_BITS=52\nCONFIG_KVM=y\n") == {
+        "CONFIG_ARM64_VA_BITS": 52}
+    image = Image(name="linux-arm64-6.12", arch="aarch64", dir=tmp_path,
+                  kernel=tmp_path / "vmlinuz", initrd=tmp_path / "i", modules=tmp_path,
+                  manifest={}, kernel_release="6.12.95+deb12-arm64")
+    assert _image_facts(image) == {"LINUX_VERSION_CODE": 0x060C5F}
+    (tmp_path / "config").write_text("CONFIG_ARM64_VA_BITS=52\n")
+    assert _image_facts(image)["CONFIG_ARM64_VA_BITS"] == 52

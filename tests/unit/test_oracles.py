@@ -183,3 +183,19 @@ def test_wilson_interval_against_published_values() -> None:
 def test_frame_facts_without_a_reader_judge_nothing() -> None:
     _, ob = world({})
     assert freed_frames("x", ob, FrameFacts(unavailable="no reader")) == []
+
+
+def test_arm64_vmemmap_of_the_reorganised_va_space() -> None:
+    """Linux 6.9 on: VMEMMAP_END = -1 GiB, sized for PAGE_OFFSET .. _PAGE_END(48).  For a
+    52-bit build with 64-byte struct pages VMEMMAP_START is 2^64 - 2^30 - 2^46 + 2^41;
+    RAM at 1 GiB (pfn 0x40000) is the array's first entry when 52 bits are in use, and
+    15 * 2^36 entries further (the linear map's offset) when the CPU falls back to 48."""
+    start = 0xFFFFC1FFC0000000
+    lpa2 = arm64_vmemmap(pgd=0xFFF0000001234000, pgd_phys=0x41234000, page_size=64,
+                         va_bits=52, top=True)
+    assert lpa2 + 0x40000 * 64 == start
+    fallback = arm64_vmemmap(pgd=0xFFFF000001234000, pgd_phys=0x41234000, page_size=64,
+                             va_bits=52, top=True)
+    assert fallback + 0x40000 * 64 == start + (0xF << 36) * 64
+    old = arm64_vmemmap(pgd=0xFFFF000001234000, pgd_phys=0x41234000, page_size=64)
+    assert old + 0x40000 * 64 == 0xFFFFFC0000000000          # 6.1: -(1 << 42)
