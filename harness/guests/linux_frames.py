@@ -5,7 +5,9 @@ The ``struct page`` of frame *pfn* is ``vmemmap + pfn`` (``CONFIG_SPARSEMEM_VMEM
 read through the kernel's own types (BTF: ``sizeof(struct page)``, the offset of
 ``_refcount``).  Where the array starts:
 
-* x86-64: ``vmemmap_base`` (a variable, randomised with KASLR; in kallsyms);
+* x86-64: ``vmemmap_base`` (a variable, randomised with KASLR; in kallsyms), or the
+  fixed 0xffffea0000000000 of a kernel without a dynamic layout (no
+  ``CONFIG_RANDOMIZE_MEMORY``, no ``CONFIG_X86_5LEVEL``: no such variable);
 * arm64: ``VMEMMAP_START - (memstart_addr >> PAGE_SHIFT)`` with ``VMEMMAP_START =
   -(1 << (VA_BITS - 6))`` (48-bit VA, 64-byte ``struct page``: 0xfffffc0000000000) and
   ``PAGE_OFFSET = -(1 << VA_BITS)``; ``memstart_addr`` is not in Debian's kallsyms
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from harness.discovery.linux_kvm_common import STATIC_VMEMMAP, x86_layout_base
 from harness.errors import InfraError
 from harness.mem import read_u64
 from harness.observe import KernelView, ObservedVM
@@ -69,7 +72,8 @@ def refcounts_at(view: KernelView, vmemmap: int, frames: Sequence[int]) -> dict[
 
 def _x86_read(view: KernelView, vms: Sequence[ObservedVM],
               frames: Sequence[int]) -> dict[int, int]:
-    return refcounts_at(view, read_u64(view.mem.kernel, view.symbols["vmemmap_base"]), frames)
+    base = x86_layout_base(view.mem.kernel, view.symbols, "vmemmap_base", STATIC_VMEMMAP)
+    return refcounts_at(view, base, frames)
 
 
 def arm64_vmemmap(pgd: int, pgd_phys: int, page_size: int,

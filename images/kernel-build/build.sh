@@ -13,6 +13,7 @@
 # The configuration starts from `make tinyconfig` and switches on, with scripts/config, what
 # the L1 guest needs: a 64-bit SMP kernel with PCI and ACPI, the 8250 serial console, an
 # initramfs (gzip), ELF and script binaries, devtmpfs/proc/sysfs, /proc/<pid>/pagemap,
+# the struct page array at a fixed address (SPARSEMEM_VMEMMAP: the frame-reference check),
 # futexes, epoll and eventfd (busybox and the workload's threads), modules, KVM with
 # kvm_amd as a module, kallsyms with data symbols, and BTF for vmlinux and the modules
 # (DWARF 5 and pahole from dwarves).  Modules are installed stripped of DWARF
@@ -44,7 +45,8 @@ make -s -C "$SRC" O="$O" ARCH=x86_64 tinyconfig
 
 ENABLE="64BIT SMP PCI ACPI TTY SERIAL_8250 SERIAL_8250_CONSOLE PRINTK EARLY_PRINTK
   BLK_DEV_INITRD RD_GZIP KERNEL_GZIP BINFMT_ELF BINFMT_SCRIPT DEVTMPFS PROC_FS SYSFS
-  PROC_PAGE_MONITOR TMPFS SHMEM FUTEX EPOLL EVENTFD SIGNALFD TIMERFD POSIX_TIMERS
+  PROC_PAGE_MONITOR SPARSEMEM_VMEMMAP TMPFS SHMEM FUTEX EPOLL EVENTFD SIGNALFD TIMERFD
+  POSIX_TIMERS
   MULTIUSER FILE_LOCKING ADVISE_SYSCALLS UNIX98_PTYS HIGH_RES_TIMERS CPU_SUP_AMD
   CPU_SUP_INTEL TRANSPARENT_HUGEPAGE MODULES MODULE_UNLOAD VIRTUALIZATION KVM
   DEBUG_KERNEL DEBUG_INFO DEBUG_INFO_DWARF5 DEBUG_INFO_BTF DEBUG_INFO_BTF_MODULES

@@ -199,3 +199,19 @@ def test_arm64_vmemmap_of_the_reorganised_va_space() -> None:
     assert fallback + 0x40000 * 64 == start + (0xF << 36) * 64
     old = arm64_vmemmap(pgd=0xFFFF000001234000, pgd_phys=0x41234000, page_size=64)
     assert old + 0x40000 * 64 == 0xFFFFFC0000000000          # 6.1: -(1 << 42)
+
+
+def test_a_kernel_without_a_dynamic_layout_uses_the_fixed_vmemmap() -> None:
+    """No CONFIG_RANDOMIZE_MEMORY nor X86_5LEVEL (a small custom kernel): no vmemmap_base
+    variable, the array is at 0xffffea0000000000 (what the constructed L1 uses too)."""
+    from dataclasses import replace
+
+    from harness.discovery.linux_kvm_common import STATIC_VMEMMAP, x86_layout_base
+    assert STATIC_VMEMMAP == VMEMMAP_VA
+    view, ob = world({0x300000: 0, 0x10000: 1})
+    view = replace(view, symbols={})
+    (f,) = freed_frames("w1/vm0", ob, gather(view, [ob], X86_FRAMES))
+    assert (f.kind, f.observed) == ("freed_frame", 0x300000)
+    mem = view.mem.kernel
+    assert x86_layout_base(mem, {"vmemmap_base": 0xFFFFFFFF82000000}, "vmemmap_base", 0) \
+        == VMEMMAP_VA                                # the variable, when there is one
