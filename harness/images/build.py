@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +332,7 @@ def build_image(name: str, progress: Callable[[str], None] = print,
         with _locked(root / f"{name}-{digest}.lock"):
             if (final / "manifest.json").is_file():
                 progress(f"image {name}: cached in {final}")
-                return _image_from(recipe, final)
+                return _given(_image_from(recipe, final), files)
             progress(f"image {name}: building into {final}")
             out, work = Path(tmp) / "out", Path(tmp) / "work"
             out.mkdir()
@@ -340,4 +340,13 @@ def build_image(name: str, progress: Callable[[str], None] = print,
             _manifest(recipe, digest, out, _assemble(recipe, root, work, out, progress, files))
             os.rename(out, final)
     progress(f"image {name}: done")
-    return _image_from(recipe, final)
+    return _given(_image_from(recipe, final), files)
+
+
+def _given(image: Image, files: KernelFiles | None) -> Image:
+    """*image* with the provenance of the kernel as given this time: an image is shared
+    by every source of the same content (a tree, its boot image and modules), and each
+    run records where its own kernel came from."""
+    if files is None:
+        return image
+    return replace(image, manifest={**image.manifest, "kernel": dict(files.provenance)})

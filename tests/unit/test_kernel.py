@@ -300,6 +300,14 @@ def test_cache_key_follows_the_kernels_content(tmp_path: Path,
     assert first.name.startswith("linux-amd64-")
     manifest = json.loads((third / "manifest.json").read_text())
     assert manifest["kernel"]["form"] == "build-tree"
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "config").write_text((tree / ".config").read_text())
+    image = tmp_path / "boot" / "bzImage"
+    image.write_bytes((tree / "arch/x86/boot/bzImage").read_bytes())
+    same = build_image("linux-amd64", progress=lambda s: None, cache_dir=cache,
+                       kernel=KernelSource(image, tmp_path / "modules"))
+    assert same.dir == third                         # the same content: the same image
+    assert same.manifest["kernel"]["form"] == "boot-image"   # but its own provenance
 
 
 # ---- command line, scenario and apt -----------------------------------------------------
