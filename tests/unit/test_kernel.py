@@ -242,9 +242,10 @@ def test_btf_of_a_compressed_module(tmp_path: Path) -> None:
 
 
 def _cached_modules() -> Path | None:
-    """The modules directory of a cached linux-amd64 image, if one was built."""
+    """The modules directory of a cached linux-amd64 image of Debian's kernel (kvm and
+    kvm_amd both modules), if one was built."""
     for d in sorted(cache_root().glob("linux-amd64-[0-9a-f]*/modules")):
-        if (d / "kvm-amd.ko").is_file() and (d.parent / "vmlinuz").is_file():
+        if all((d / m).is_file() for m in ("kvm.ko", "kvm-amd.ko", "../vmlinuz")):
             return d
     return None
 
