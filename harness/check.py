@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from harness import oracles
+from harness.arch import x86_phys_bits
 from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
 from harness.errors import InfraError, ScenarioError
@@ -55,11 +56,21 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
         names = tuple(dict.fromkeys((*hv.symbols, *guest.backing_symbols)))
         symbols = _per_boot(ctx, "symbols-" + _digest(names),
                             lambda: dict(source(console, image, names, ctx.run_dir)))
-        facts = _per_boot(ctx, "facts-" + hv.name, lambda: dict(hv.facts(console)))
+        facts = _machine_facts(ctx) | _per_boot(ctx, "facts-" + hv.name,
+                                                lambda: dict(hv.facts(console)))
         ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(image, hv.type_modules),
                                  facts=facts)
         ctx.add_phase("prepare", time.monotonic() - t)
     return ctx.kernel
+
+
+def _machine_facts(ctx: RunContext) -> dict[str, int]:
+    """What the L0 machine's configuration says of the L1's CPU, for hypervisors that
+    cannot ask the L1 (QEMU x86: MAXPHYADDR, from ``-cpu``); the L1's own answer wins."""
+    m, arch = ctx.scenario.machine, ctx.hypervisor.arch_record
+    if m.emulator != "qemu" or arch.name != "x86_64":
+        return {}
+    return {"maxphyaddr": x86_phys_bits(m.cpu or arch.cpu, m.accel)}
 
 
 def _digest(names: tuple[str, ...]) -> str:
