@@ -34,6 +34,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "console"
 PAGE = 4096
 PAGE_SIZE_STRUCT = 64            # sizeof(struct page) of the constructed kernel
 REFCOUNT_AT = 52                 # offsetof(struct page, _refcount) of it
+COMPOUND_HEAD_AT = 8             # offsetof(struct page, compound_head) of it
 VMEMMAP_VA = 0xFFFFEA0000000000
 VMEMMAP_PA = 0x800000            # where the struct page array lies in the fake L1
 
@@ -42,8 +43,8 @@ class PageTypes:
     """The constructed kernel's types: just struct page."""
 
     def offsetof(self, spec: str, path: str) -> int:
-        assert (spec, path) == ("struct page", "_refcount")
-        return REFCOUNT_AT
+        assert spec == "struct page"
+        return {"_refcount": REFCOUNT_AT, "compound_head": COMPOUND_HEAD_AT}[path]
 
     def sizeof(self, spec: Any) -> int:
         assert spec == "struct page"
@@ -96,6 +97,21 @@ def test_a_frame_reader_that_reads_garbage_fails_its_own_test() -> None:
 def test_refcounts_at_reads_struct_page_by_pfn() -> None:
     view, _ = world({0x123000: 7, 0x124000: -1})
     assert refcounts_at(view, VMEMMAP_VA, [0x123000, 0x124000]) == {0x123000: 7, 0x124000: -1}
+
+
+def test_a_tail_page_of_a_huge_page_counts_with_its_head() -> None:
+    """A 4 KiB leaf over part of a THP: the tail's own _refcount is 0 (kvm-npt-huge's
+    false freed_frame); compound_head (bit 0 set) leads to the head's count."""
+    head = 0x200000
+    counts = {head: 3, head + PAGE: 0, head + 2 * PAGE: 0}
+    view, _ = world(counts)
+    assert refcounts_at(view, VMEMMAP_VA, [head + PAGE]) == {head + PAGE: 0}   # unmarked
+    view, _ = world(counts)
+    tail_struct = VMEMMAP_PA + ((head + PAGE) >> 12) * PAGE_SIZE_STRUCT
+    head_va = VMEMMAP_VA + (head >> 12) * PAGE_SIZE_STRUCT
+    view.target.mem.write_u64(tail_struct + COMPOUND_HEAD_AT, head_va | 1)
+    counts = refcounts_at(view, VMEMMAP_VA, [head, head + PAGE, head + 2 * PAGE])
+    assert counts == {head: 3, head + PAGE: 3, head + 2 * PAGE: 0}   # the unmarked tail: 0
 
 
 def test_arm64_vmemmap_from_one_linear_map_pair() -> None:
