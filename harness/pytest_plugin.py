@@ -87,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except ScenarioError as e:
             raise pytest.UsageError(str(e)) from None
     worker = getattr(config, "workerinput", {})
-    config.stash[RUN] = new_run(config.getoption("slat_night"), worker.get("testrun_uid"))
+    config.stash[RUN] = new_run(config.getoption("slat_night"), worker.get("testrunuid"))
 
 
 def _history(config: pytest.Config) -> Path | None:
