@@ -45,3 +45,9 @@ def run(files: list[Path], art: Path, *extra: str) -> int:
     return cli.main(["run", *map(str, files), "-q", "--artifacts", str(art),
                      "--junit", str(art / "junit.xml"), *extra],
                     services=world.services(art.parent))
+
+
+def main_on_fakes(argv: list[str]) -> int:
+    """``slatcheck ARGV`` with every scenario on the scripted machine (CI examples' tests)."""
+    world = KindWorld(touched=(0x2000, 0x3000))
+    return cli.main(argv, services=world.services(Path.cwd() / ".fake"))
