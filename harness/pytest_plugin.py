@@ -96,19 +96,25 @@ def _history(config: pytest.Config) -> Path | None:
     return history_path(Path(given) if given else None, config.getoption("slat_no_history"))
 
 
+def _shard_key(item: pytest.Item) -> str:
+    """What a scenario item is sharded by: its scenario's name (a bad file's: its stem)."""
+    return item.scenario.name if isinstance(item, ScenarioItem) else item.name
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``--slat-shard I/N``: deselect the scenario items of the other shards."""
+    """``--slat-shard I/N``: deselect the scenario items (and bad scenario files) of the
+    other shards; other tests run in every shard."""
     text = config.getoption("slat_shard")
     if not text:
         return
     shard = parse_shard(text)
-    scen = [i for i in items if isinstance(i, ScenarioItem)]
+    scen = [i for i in items if isinstance(i, ScenarioItem | BadScenario)]
     path = _history(config)
     known: dict[str, float] = {}
     if path is not None and path.is_file():
         with open_store(path) as conn:
             known = durations(read_rows(conn), before_night=config.stash[RUN].night)
-    keep = dict(zip(map(id, scen), select([i.scenario.name for i in scen], shard, known),
+    keep = dict(zip(map(id, scen), select([_shard_key(i) for i in scen], shard, known),
                     strict=True))
     gone = [i for i in items if not keep.get(id(i), True)]
     if gone:

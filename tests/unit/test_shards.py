@@ -114,6 +114,16 @@ def history_view(rows: list[Any]) -> list[tuple[str, str, int, tuple[Any, ...]]]
     return sorted((r.scenario, r.verdict, r.iteration, r.findings) for r in rows)
 
 
+def test_a_shard_may_be_empty_and_still_merges(tmp_path: Path) -> None:
+    files = scenario_files(tmp_path / "src", copies=1)[:2]
+    assert run(files, tmp_path / "s3", "--shard", "3/3") == 0
+    assert ran(tmp_path / "s3") == []
+    for i in (1, 2):
+        run(files, tmp_path / f"s{i}", "--shard", f"{i}/3")
+    cli.main(["merge", str(tmp_path / "m"), *(str(tmp_path / f"s{i}") for i in (1, 2, 3))])
+    assert ran(tmp_path / "m") == ["rec-pass-0", "rec-xfail-0"]
+
+
 def test_merge_of_a_missing_shard_is_a_usage_error(tmp_path: Path) -> None:
     assert cli.main(["merge", str(tmp_path / "m"), str(tmp_path / "nope")]) == 2
 
@@ -137,21 +147,23 @@ def test_pytest_shards_cover_every_item_once(pytester: pytest.Pytester,
     d = pytester.mkdir("scenarios")
     for n in range(5):
         (d / f"s{n}.yaml").write_text(SCENARIO.format(name=f"s{n}", expect="", inject=""))
+    (d / "bad.yaml").write_text("name: bad\nsteps: []\n")   # sharded too: fails once
     db = pytester.path / "h.sqlite"
     base = ["scenarios", "-p", "no:cacheprovider", "--slat-artifacts", "art",
             "--slat-history", str(db)]
     if with_history:
         pytester.runpytest_inprocess(*base, "--slat-night", "2026-11-30").assert_outcomes(
-            passed=5)
+            passed=5, failed=1)
     seen = []
     for i in (1, 2):
         res = pytester.runpytest_inprocess(*base, "--slat-shard", f"{i}/2", "-v",
                                            "--slat-night", "2026-12-01")
         got = [ln.split("::")[1].split()[0] for ln in res.outlines
-               if "::" in ln and "PASSED" in ln]
-        res.assert_outcomes(passed=len(got), deselected=5 - len(got))
+               if ln.startswith("scenarios/") and ("PASSED" in ln or "FAILED" in ln)]
+        bad = int("bad" in got)
+        res.assert_outcomes(passed=len(got) - bad, failed=bad, deselected=6 - len(got))
         seen.append(got)
-    assert sorted(seen[0] + seen[1]) == [f"s{n}" for n in range(5)] and all(seen)
+    assert sorted(seen[0] + seen[1]) == ["bad"] + [f"s{n}" for n in range(5)] and all(seen)
     with open_store(db) as conn:
         rows = read_rows(conn)
     assert len(rows) == (10 if with_history else 5)
