@@ -2,7 +2,8 @@
 
 The *latest night* is the newest night label in the rows looked at.  For each
 scenario: the pass rate of its whole runs (skips left out), its first and last
-failing night, the kernel of its last passing run, and its findings by signature:
+failing night, the kernel of its last passing run, and the findings of its failing
+runs by signature (a negative scenario's expected findings are its success):
 
 * **new**: in the latest night, and never seen in an earlier night with the same
   inputs (scenario, kernel identity, QEMU version, machine);
@@ -54,7 +55,7 @@ class ScenarioHistory:
     first_failure: str | None
     last_failure: str | None
     last_passing_kernel: str | None
-    latest: str | None                  # the verdict of its latest whole run
+    latest: str | None                  # the outcome of its latest whole run
     new_failure: bool                   # fails in the latest night, not before, no finding
     flaky: tuple[str, ...] = ()         # the inputs it both passed and failed with
     findings: tuple[FindingHistory, ...] = field(default=())
@@ -93,7 +94,8 @@ def _findings(rows: Sequence[RunRow], latest: str, ran_latest: bool
     nights: dict[str, set[str]] = {}
     inputs: dict[str, set[str]] = {}
     first: dict[str, tuple[str, str, str]] = {}
-    for r in rows:
+    rows = [r for r in rows if r.failed]      # a negative scenario's expected findings
+    for r in rows:                            # are its success, not a finding
         for sig, title, kind in r.findings:
             nights.setdefault(sig, set()).add(r.night)
             first.setdefault(sig, (sig, title, kind))
@@ -133,7 +135,7 @@ def _scenario(name: str, rows: Sequence[RunRow], latest: str) -> ScenarioHistory
         skipped=sum(r.outcome == "skipped" for r in whole),
         first_failure=min(fails, default=None), last_failure=max(fails, default=None),
         last_passing_kernel=passing[-1].kernel_id if passing else None,
-        latest=whole[-1].verdict if whole else None,
+        latest=whole[-1].outcome if whole else None,
         new_failure=_new_failure(whole, latest), flaky=_flaky(rows),
         findings=_findings(rows, latest, ran_latest))
 

@@ -51,7 +51,7 @@ def test_an_injected_corruption_is_new_in_its_night_then_fixed(tmp_path: Path) -
     bad = _night(db, N2, "fail", tmp_path)
     [h] = _rows(db)
     assert (h.runs, h.passed, h.failed, h.pass_rate) == (2, 1, 1, 0.5)
-    assert (h.first_failure, h.last_failure, h.latest) == (N2, N2, "fail")
+    assert (h.first_failure, h.last_failure, h.latest) == (N2, N2, "failed")
     assert h.last_passing_kernel == "6.1.0-fake"
     [f] = h.new
     assert f.signature == bad.findings_json()[0]["signature"]
@@ -77,6 +77,14 @@ def test_a_finding_seen_before_with_the_same_inputs_is_not_new(tmp_path: Path) -
     [h] = _rows(db)
     assert [f.first_night for f in h.new] == [N1] and not h.flaky
     assert h.last_passing_kernel is None
+
+
+def test_a_negative_scenarios_expected_findings_are_not_news(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite"
+    _night(db, N1, "xfail", tmp_path, name="neg")
+    [h] = _rows(db)
+    assert (h.pass_rate, h.latest, h.findings) == (1.0, "xfailed", ())
+    assert not query.new_failing([h])
 
 
 def test_the_cli_records_each_night_and_history_exits_1_on_something_new(
