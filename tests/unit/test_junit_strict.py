@@ -51,6 +51,12 @@ def test_the_unadjusted_junit_xml_output_is_rejected(schema: xmlschema.XMLSchema
     errors = [str(e.reason) for e in schema.iter_errors(raw)]
     assert any("disabled" in e for e in errors) and any("'file'" in e for e in errors)
     schema.validate(strict_junit(raw))
+    tiny = JCase("t", classname="slatcheck.linux", elapsed_sec=5e-05)   # str(): '5e-05'
+    raw = to_xml_report_string([JSuite("slatcheck", [tiny], hostname="h",
+                                       timestamp="2026-12-01T10:00:00")])
+    assert 'time="5e-05"' in raw
+    assert any("5e-05" in str(e) for e in schema.iter_errors(raw))
+    assert 'time="0.000"' in strict_junit(raw) and schema.is_valid(strict_junit(raw))
     no_stamp = strict_junit(to_xml_report_string([JSuite("slatcheck", [case])]))
     assert not schema.is_valid(no_stamp)            # timestamp and hostname are required
 
