@@ -72,9 +72,12 @@ def _prepare(work: Path) -> tuple[Path, Path]:
         raise SshdUnavailable(f"no {SSHD} (apt-get install openssh-server)")
     if os.geteuid() != 0:
         raise SshdUnavailable("sshd runs as root here; this process is not root")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)     # its privilege separation dir
-    _keygen(work / "host_key")
-    _keygen(work / "client_key")
+    try:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # its privilege separation dir
+        _keygen(work / "host_key")
+        _keygen(work / "client_key")
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SshdUnavailable(f"cannot prepare sshd: {e}") from None
     (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
     config = work / "sshd_config"
     config.write_text(CONFIG.format(host_key=work / "host_key", pid=work / "sshd.pid",
