@@ -1,5 +1,5 @@
-"""Command line: ``slatcheck run|validate|replay|shrink|images|formats|models|hypervisors|
-guests``.
+"""Command line: ``slatcheck run|validate|replay|shrink|history|merge|images|formats|models|
+hypervisors|guests``.
 
 Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
 as it expects (a negative scenario that fails with its expected findings
@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from harness import nightly_cli
 from harness.context import Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="also write reporter NAME's output to PATH (see `slatcheck "
                           "reporters`); may repeat")
     _repeat_args(run)
+    nightly_cli.add_run_options(run)
     noise = run.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true",
                        help="also print image-build progress and each step's detail")
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("hypervisors", "observable hypervisors"), ("guests", "guest OSes"),
                        ("reporters", "report formats")):
         sub.add_parser(name, help=f"list {what}")
+    nightly_cli.add_commands(sub)
     return p
 
 
@@ -170,6 +173,7 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
     reports = _reports(args)
     plan = _plan(args)
     scenarios: list[Scenario] = _load_all(args.scenarios)   # all valid before any boot
+    scenarios, shard = nightly_cli.select_shard(args, scenarios)
     results: list[ScenarioResult] = []
     progress = _progress(args)
     try:
@@ -188,9 +192,21 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
                 break
     finally:
         failed = _write_reports(results, [("json", args.artifacts / "summary.json"), *reports])
+        if shard is not None:
+            _write_shard_summary(results, args.artifacts / "summary.json", shard)
+        failed += nightly_cli.record(args, results)
         if results:
             print(summary_table(results), flush=True)
     return max([r.status for r in results] + [3 if failed else 0])
+
+
+def _write_shard_summary(results: list[ScenarioResult], path: Path,
+                         shard: dict[str, object]) -> None:
+    """summary.json with the shard's place (the positions of the scenarios run)."""
+    from harness.reporters import write_summary
+    positions = shard["positions"]
+    assert isinstance(positions, list)
+    write_summary(results, path, shard | {"positions": positions[:len(results)]})
 
 
 def _drawn(sc: Scenario, seed: int | None) -> Scenario:
@@ -326,7 +342,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "validate": _cmd_validate, "images": _cmd_images}
+    "validate": _cmd_validate, "images": _cmd_images, "history": nightly_cli.cmd_history,
+    "merge": nightly_cli.cmd_merge}
 
 
 def main(argv: list[str] | None = None, services: Services | None = None) -> int:

@@ -49,10 +49,15 @@ def summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
     }
 
 
-def write_summary(results: Sequence[ScenarioResult], path: Path) -> None:
-    """``summary.json``, written atomically (nothing left behind if it cannot be)."""
+def write_summary(results: Sequence[ScenarioResult], path: Path,
+                  shard: dict[str, Any] | None = None) -> None:
+    """``summary.json``, written atomically (nothing left behind if it cannot be).
+
+    *shard*: a shard's place (``index``, ``total``, and each row's ``positions`` in the
+    unsharded order), for ``slatcheck merge``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, summary(results))
+    write_json(path, summary(results) | ({"shard": shard} if shard else {}))
 
 
 def summary_table(results: Sequence[ScenarioResult]) -> str:
