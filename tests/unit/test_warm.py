@@ -5,6 +5,7 @@ saving is safe under concurrency; type answers are recorded per image."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -196,6 +197,15 @@ def test_type_answers_are_recorded_and_read_back_without_parsing(tmp_path: Path)
     assert not again.loaded
     with pytest.raises(TypeLookupError):                      # not recorded: must parse
         again.offsetof("struct kvm", "other")
+
+
+def test_recorded_types_pickle_as_the_real_types(tmp_path: Path) -> None:
+    """A kept core's types.pickle: the loader is a closure (not picklable); the real
+    types are, and answer the same."""
+    recorded = RecordedTypes(lambda: _Counting(), tmp_path / "types.json")
+    assert recorded.offsetof("struct kvm", "vm_list") == 40
+    back = pickle.loads(pickle.dumps(recorded))
+    assert isinstance(back, _Counting) and back.offsetof("struct kvm", "vm_list") == 40
 
 
 def test_fake_machine_key_is_its_options(tmp_path: Path) -> None:
