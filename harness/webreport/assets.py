@@ -49,6 +49,7 @@ svg.spark polyline { fill: none; stroke: #4e79a7; stroke-width: 1.5; }
 svg.spark circle { fill: #4e79a7; }
 svg.spark.rate polyline { stroke: #59a14f; } svg.spark.rate circle { fill: #59a14f; }
 table.leaves td { font: 12px monospace; }
+ul.artifacts { padding-left: 0; } ul.artifacts li { display: inline-block; margin-right: 1.2em; }
 """
 
 SCRIPT = """
@@ -63,9 +64,14 @@ SCRIPT = """
     s.setAttribute("viewBox", x + " 0 " + w + " " + ROWS);
     var label = s.parentNode.querySelector(".lane-range");
     var start = Number(s.dataset.start);
-    var lo = start + Math.floor(x) * PAGE, hi = start + Math.ceil(x + w) * PAGE;
+    var lo = Math.floor(start + x * PAGE), hi = Math.ceil(start + (x + w) * PAGE);
     label.textContent = "0x" + lo.toString(16) + " .. 0x" + hi.toString(16) +
       " (" + (Math.round(w * 100) / 100) + " of " + n + " pages)";
+  }
+  function frame(s) {   /* where the plot's viewport is on screen (not its content's box) */
+    var outer = s.ownerSVGElement, r = outer.getBoundingClientRect();
+    var k = r.width / outer.viewBox.baseVal.width;
+    return {left: r.left + s.x.baseVal.value * k, width: s.width.baseVal.value * k};
   }
   function zoom(s, factor, at) {
     var v = box(s), w = v[2] * factor;
@@ -74,7 +80,7 @@ SCRIPT = """
   document.querySelectorAll("svg.plot").forEach(function (s) {
     s.addEventListener("wheel", function (e) {
       e.preventDefault();
-      var r = s.getBoundingClientRect();
+      var r = frame(s);
       zoom(s, e.deltaY < 0 ? 0.5 : 2, (e.clientX - r.left) / r.width);
     }, {passive: false});
     var drag = null;
@@ -83,8 +89,7 @@ SCRIPT = """
     });
     window.addEventListener("mousemove", function (e) {
       if (!drag) { return; }
-      var r = s.getBoundingClientRect();
-      show(s, drag.v[0] - (e.clientX - drag.x) / r.width * drag.v[2], drag.v[2]);
+      show(s, drag.v[0] - (e.clientX - drag.x) / frame(s).width * drag.v[2], drag.v[2]);
     });
     window.addEventListener("mouseup", function () { drag = null; });
     s.addEventListener("dblclick", function () { show(s, 0, Number(s.dataset.pages)); });
@@ -97,9 +102,9 @@ SCRIPT = """
     if (what === "mark") {
       var m = scope.querySelector('rect.mark[data-gpa="' + b.dataset.gpa + '"]');
       if (!m) { return; }
-      var s = m.closest("svg.plot"), x = Number(m.getAttribute("x"));
-      var w = Math.max(Number(m.getAttribute("width")) * 8, 16);
-      show(s, x - w / 2 + Number(m.getAttribute("width")) / 2, w);
+      var s = m.closest("svg.plot"), mw = Number(m.getAttribute("width"));
+      var w = Math.max(mw * 4, 4);                  /* the finding and its neighbours */
+      show(s, Number(m.getAttribute("x")) + mw / 2 - w / 2, w);
       scope.querySelectorAll("rect.mark.hit").forEach(function (h) { h.classList.remove("hit"); });
       m.classList.add("hit");
       s.scrollIntoView({block: "center"});
