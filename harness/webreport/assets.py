@@ -1,9 +1,10 @@
 """The page's inline style sheet and script (no external asset: the page opens from a file).
 
-The script zooms a lane's plot (a nested ``<svg class="plot">``) by changing its
-``viewBox``: the mouse wheel zooms around the pointer, a drag pans, a double click
-resets; the buttons above a picture zoom all its lanes; a finding's "show" button
-zooms to its marker.  The lane's range label follows what is shown.
+The script draws each lane's GPA axis (page by page when zoomed in) and zooms a
+lane's plot (a nested ``<svg class="plot">``) by changing its ``viewBox``: the
+mouse wheel zooms around the pointer, a drag pans, a double click resets; the
+buttons above a picture zoom all its lanes; a finding's "show" button zooms to its
+marker.  The lane's range label follows what is shown.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ rect.unexpected { stroke: #000; stroke-width: 2px; stroke-dasharray: 4 2; }
 rect.mark { fill: rgba(214,39,40,.25); stroke: #d62728; stroke-width: 2px;
             vector-effect: non-scaling-stroke; }
 rect.mark.hit { fill: rgba(214,39,40,.6); }
+g.ticks line { stroke: #666; } g.ticks text { font-size: 10px; fill: #555; }
 .zoom button { font: inherit; min-width: 2em; }
 table.trend td.sq { width: 1.2em; height: 1.2em; padding: 0; text-align: center; font-size: 10px; }
 td.sq.ok { background: #59a14f; } td.sq.bad { background: #d62728; }
@@ -56,6 +58,26 @@ SCRIPT = """
 (function () {
   "use strict";
   var ROWS = 3, PAGE = 4096;
+  var NS = "http://www.w3.org/2000/svg";
+  function ticks(s, x, w) {   /* GPA labels under the plot; page by page when zoomed in */
+    var g = s.parentNode.querySelector("g.ticks");
+    while (g.firstChild) { g.removeChild(g.firstChild); }
+    var step = 1;
+    while (step * 8 < w) { step *= 2; }
+    var left = s.x.baseVal.value, width = s.width.baseVal.value;
+    var y = s.y.baseVal.value + s.height.baseVal.value, start = Number(s.dataset.start);
+    for (var p = Math.ceil(x / step) * step; p <= x + w + 1e-9; p += step) {
+      var at = left + (p - x) / w * width;
+      var line = document.createElementNS(NS, "line");
+      line.setAttribute("x1", at); line.setAttribute("x2", at);
+      line.setAttribute("y1", y); line.setAttribute("y2", y + 4);
+      var text = document.createElementNS(NS, "text");
+      text.setAttribute("x", at); text.setAttribute("y", y + 14);
+      text.setAttribute("text-anchor", "middle");
+      text.textContent = "0x" + (start + p * PAGE).toString(16);
+      g.appendChild(line); g.appendChild(text);
+    }
+  }
   function box(s) { return s.getAttribute("viewBox").split(" ").map(Number); }
   function show(s, x, w) {
     var n = Number(s.dataset.pages);
@@ -67,6 +89,7 @@ SCRIPT = """
     var lo = Math.floor(start + x * PAGE), hi = Math.ceil(start + (x + w) * PAGE);
     label.textContent = "0x" + lo.toString(16) + " .. 0x" + hi.toString(16) +
       " (" + (Math.round(w * 100) / 100) + " of " + n + " pages)";
+    ticks(s, x, w);
   }
   function frame(s) {   /* where the plot's viewport is on screen (not its content's box) */
     var outer = s.ownerSVGElement, r = outer.getBoundingClientRect();
@@ -78,6 +101,7 @@ SCRIPT = """
     show(s, v[0] + (v[2] - w) * at, w);
   }
   document.querySelectorAll("svg.plot").forEach(function (s) {
+    show(s, 0, Number(s.dataset.pages));
     s.addEventListener("wheel", function (e) {
       e.preventDefault();
       var r = frame(s);

@@ -36,7 +36,7 @@ PAGE = 0x1000
 CLUSTER_GAP = 2 << 20      # mappings outside every slot closer than this share a lane
 MAX_RECTS = 4096           # past this many leaves in a VM, contiguous alike leaves share one
 ROWS = ("1G", "2M", "4K")  # a lane's rows, top to bottom
-WIDTH, LABEL_W, ROW_H, LANE_GAP = 960, 36, 16, 30
+WIDTH, LABEL_W, RIGHT, ROW_H, LANE_GAP = 960, 36, 36, 16, 44   # RIGHT: room for the axis
 
 # permission string -> fill colour (also the legend's order)
 PERM_COLOURS: dict[str, str] = {
@@ -226,11 +226,11 @@ def _mark_rect(ln: Lane, m: Mark) -> str:
 
 
 def _lane_svg(ln: Lane, lane_id: str, y: int, cap: bool) -> str:
-    plot_w = WIDTH - LABEL_W
+    plot_w = WIDTH - LABEL_W - RIGHT
     h = ROW_H * len(ROWS)
     parts = [f'<g class="lane" id="{lane_id}" transform="translate(0,{y})">',
              f'<text class="lane-label" x="0" y="-14">{escape(ln.label)}</text>',
-             f'<text class="lane-range" x="{WIDTH}" y="-14" text-anchor="end" '
+             f'<text class="lane-range" x="{WIDTH - RIGHT}" y="-14" text-anchor="end" '
              f'data-start="{ln.start}" data-pages="{ln.pages}">'
              f'{ln.start:#x} .. {ln.end:#x}</text>']
     parts += [f'<text class="row-label" x="0" y="{ROW_H * i + 12}">{r}</text>'
@@ -246,7 +246,7 @@ def _lane_svg(ln: Lane, lane_id: str, y: int, cap: bool) -> str:
     leaves = _coalesced(ln.leaves) if cap else list(ln.leaves)
     parts += [_leaf_rect(ln, lf) for lf in leaves]
     parts += [_mark_rect(ln, m) for m in ln.marks]
-    parts.append("</svg></g>")
+    parts.append('</svg><g class="ticks"></g></g>')
     return "\n".join(parts)
 
 

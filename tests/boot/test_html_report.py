@@ -168,6 +168,8 @@ def test_zoom_reaches_a_single_page(page: Path, browser: WebDriver) -> None:
     fail.find_element(By.CSS_SELECTOR, 'tr.finding button[data-zoom="mark"]').click()
     assert "hit" in (mark.get_attribute("class") or "")
     assert _viewbox(plot) == [0.5, 0, 4, 3]            # the finding's page and neighbours
+    axis = [t.text for t in fail.find_elements(By.CSS_SELECTOR, "g.ticks text")[:8]]
+    assert axis == ["0x1000", "0x2000", "0x3000", "0x4000"]    # page by page
 
 
 def test_artifact_links_resolve(page: Path, browser: WebDriver) -> None:
