@@ -107,13 +107,25 @@ def _slots(vm: dict[str, Any]) -> list[tuple[int, int, str]]:
     out = []
     for i, s in enumerate(vm.get("slots") or []):
         gpa, size = _int(s["gpa"]), _int(s["size"])
-        flags = s.get("flags") or ""
-        flags = " ".join(flags) if isinstance(flags, list) else str(flags)
+        flags = _flags(s.get("flags"))
         extra = " ".join(x for x in (str(s.get("kind", "")), flags) if x)
         label = (f"slot {s.get('id', i)}: {gpa:#x}-{gpa + size:#x} ({format_size(size)})"
                  + (f" {extra}" if extra else ""))
         out.append((gpa, gpa + size, label))
     return sorted(out)
+
+
+def _flags(v: Any) -> str:
+    """A slot's flags as its label shows them: ``log ro``, ``flags 0x2``, or nothing.
+
+    >>> _flags(["log", "ro"]), _flags(2), _flags(0), _flags("huge")
+    ('log ro', 'flags 0x2', '', 'huge')
+    """
+    if isinstance(v, list):
+        return " ".join(str(x) for x in v)
+    if isinstance(v, int):
+        return f"flags {v:#x}" if v else ""
+    return str(v or "")
 
 
 def _leaves(vm: dict[str, Any], slots: Sequence[tuple[int, int, str]]) -> list[Leaf]:

@@ -155,6 +155,13 @@ def test_lanes_place_slots_sizes_permissions_and_what_lies_outside() -> None:
     assert "0x40000000-0x80000000 1G -> 0x140000000 rwx level 3" in rects[2].text
 
 
+def test_slot_labels_name_kind_and_flags() -> None:
+    slots = [{"id": 3, "gpa": "0x0", "size": "0x1000", "flags": 2},
+             {"id": 4, "gpa": 0x100000, "size": 0x100000, "kind": "mmio", "flags": ["ro"]}]
+    assert [ln.label for ln in lanes_of({"vm": "v", "slots": slots}, [])] == [
+        "slot 3: 0x0-0x1000 (4K) flags 0x2", "slot 4: 0x100000-0x200000 (1M) mmio ro"]
+
+
 def test_without_slots_every_mapping_has_a_lane_and_none_is_unexpected() -> None:
     vm = {"vm": "v", "slots": [], "mappings": [leaf(0x0), leaf(0x5000), leaf(0x80000000)]}
     lanes = lanes_of(vm, [])
