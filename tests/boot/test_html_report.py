@@ -45,16 +45,15 @@ def _tool(name: str) -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def out(request: pytest.FixtureRequest) -> Path:
+def fresh_report_dir(config: pytest.Config) -> Path:
     """A fresh ``html-report`` directory under the tier's artifacts, with recorded runs."""
-    root = Path(request.config.getoption("--slat-artifacts")).resolve() / "html-report"
+    root = Path(config.getoption("--slat-artifacts")).resolve() / "html-report"
     shutil.rmtree(root, ignore_errors=True)
     record_all(root / "runs")
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser() -> Iterator[WebDriver]:
     opts = Options()
     opts.binary_location = _tool("chromium")
@@ -69,14 +68,25 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def page(out: Path, browser: WebDriver) -> Path:
+def write_page(out: Path) -> Path:
+    """The page of the recorded runs, with a trend of 14 constructed nights."""
     nights = [f"2026-11-{d:02d}" for d in range(1, 15)]
     trend = [HistoryRow(n, f"rec-{k}", "pass" if (i + j) % 5 else "fail", 1.0 + i % 3)
              for i, n in enumerate(nights) for j, k in enumerate(KINDS)]
-    path = write_html(sorted(load_results([out / "runs"]), key=lambda r: r.name), out, trend=trend)
-    browser.get(path.as_uri())
-    return path
+    return write_html(sorted(load_results([out / "runs"]), key=lambda r: r.name), out,
+                      trend=trend)
+
+
+def test_the_report_in_a_browser(request: pytest.FixtureRequest, browser: WebDriver) -> None:
+    """One test, one page (the boot tier runs two workers: one directory, one writer)."""
+    out = fresh_report_dir(request.config)
+    page = write_page(out)
+    browser.get(page.as_uri())
+    check_verdict_rows(browser)
+    check_vm_pictures(out, browser)
+    check_zoom_reaches_a_single_page(page, browser)
+    check_artifact_links_resolve(page, browser)
+    check_no_errors_and_screenshot(page, browser)
 
 
 def _box(driver: WebDriver, el: WebElement) -> dict[str, float]:
@@ -105,7 +115,7 @@ def _section(driver: WebDriver, scenario: str) -> WebElement:
     return driver.find_element(By.ID, anchor.rsplit("#", 1)[1])
 
 
-def test_verdict_rows(page: Path, browser: WebDriver) -> None:
+def check_verdict_rows(browser: WebDriver) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, "#verdicts tr.run")
     assert [r.get_attribute("data-scenario") for r in rows] == sorted(f"rec-{k}" for k in KINDS)
     outcome = {r.get_attribute("data-scenario"): r.find_elements(By.TAG_NAME, "td")[2].text
@@ -116,8 +126,8 @@ def test_verdict_rows(page: Path, browser: WebDriver) -> None:
     assert len(browser.find_elements(By.CSS_SELECTOR, "table.trend td.sq")) == 14 * len(KINDS)
 
 
-def test_every_vm_picture_is_drawn_with_its_leaves_and_findings(page: Path, out: Path,
-                                                                browser: WebDriver) -> None:
+def check_vm_pictures(out: Path, browser: WebDriver) -> None:
+    """Each VM picture is laid out, one rectangle per leaf and one marker per finding."""
     drawn = 0
     for run in sorted((out / "runs").iterdir()):
         slat = json.loads((run / "slat.json").read_text())
@@ -138,7 +148,7 @@ def test_every_vm_picture_is_drawn_with_its_leaves_and_findings(page: Path, out:
     assert drawn == 3                          # pass, xfail, fail checked one VM each
 
 
-def test_zoom_reaches_a_single_page(page: Path, browser: WebDriver) -> None:
+def check_zoom_reaches_a_single_page(page: Path, browser: WebDriver) -> None:
     fail = _section(browser, "rec-fail")
     plot = fail.find_element(By.CSS_SELECTOR, "svg.plot")
     whole = _viewbox(plot)
@@ -172,7 +182,7 @@ def test_zoom_reaches_a_single_page(page: Path, browser: WebDriver) -> None:
     assert axis == ["0x1000", "0x2000", "0x3000", "0x4000"]    # page by page
 
 
-def test_artifact_links_resolve(page: Path, browser: WebDriver) -> None:
+def check_artifact_links_resolve(page: Path, browser: WebDriver) -> None:
     links = [a.get_attribute("href") or "" for a in browser.find_elements(By.TAG_NAME, "a")]
     files = [h for h in links if not h.split("#")[0] == page.as_uri()]
     assert len(files) > 30
@@ -183,7 +193,7 @@ def test_artifact_links_resolve(page: Path, browser: WebDriver) -> None:
     assert {"console.log", "result.json", "findings.json", "slat.json"} <= names
 
 
-def test_no_browser_errors_and_a_screenshot(page: Path, browser: WebDriver) -> None:
+def check_no_errors_and_screenshot(page: Path, browser: WebDriver) -> None:
     browser.get(page.as_uri())                         # afresh, scrolled to the top
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
@@ -192,3 +202,18 @@ def test_no_browser_errors_and_a_screenshot(page: Path, browser: WebDriver) -> N
     shot = page.parent / "screenshot.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_the_browser_checks_catch_a_broken_page(tmp_path: Path, browser: WebDriver) -> None:
+    """The checks above fail on a page with a leaf's rectangle gone or a link to nothing."""
+    out = tmp_path / "html-report"
+    record_all(out / "runs")
+    page = write_page(out)
+    text = page.read_text()
+    page.write_text(re.sub(r'<rect class="page [^>]*>.*?</rect>', "", text, count=1))
+    browser.get(page.as_uri())
+    with pytest.raises(AssertionError):
+        check_vm_pictures(out, browser)
+    (out / "runs" / "rec-fail" / "console.log").unlink()
+    with pytest.raises(AssertionError, match="console.log"):
+        check_artifact_links_resolve(page, browser)
