@@ -105,7 +105,8 @@ SCRIPT = """
     s.addEventListener("wheel", function (e) {
       e.preventDefault();
       var r = frame(s);
-      zoom(s, e.deltaY < 0 ? 0.5 : 2, (e.clientX - r.left) / r.width);
+      var notches = e.deltaY * (e.deltaMode === 1 ? 33 : 1) / 100;   /* lines or pixels */
+      zoom(s, Math.pow(2, Math.max(-3, Math.min(3, notches))), (e.clientX - r.left) / r.width);
     }, {passive: false});
     var drag = null;
     s.addEventListener("mousedown", function (e) {

@@ -134,10 +134,16 @@ def trend_html(rows: Sequence[HistoryRow], last: int = 30) -> str:
         rate = sum(c.passed for c in counted) / max(1, sum(c.runs for c in counted))
         out.append(f'<tr class="trend-row" data-scenario="{escape(s)}"><th>{escape(s)}</th>'
                    + "".join(_square(s, n, c) for n, c in zip(nights, row, strict=True))
-                   + f"<td>{_sparkline(durations, 'duration')}</td>"
+                   + f"<td>{_sparkline(durations, 'duration')} {_last(durations)}</td>"
                    + f'<td class="rate">{100 * rate:.0f} %</td></tr>')
     out.append("</table>")
     return "\n".join(out) + _suite_rate(table, nights)
+
+
+def _last(durations: Sequence[float | None]) -> str:
+    """The latest night's mean duration, as the sparkline's reading."""
+    known = [d for d in durations if d is not None]
+    return f'<span class="last">{known[-1]:.1f} s</span>' if known else ""
 
 
 def _suite_rate(table: dict[tuple[str, str], Cell], nights: Sequence[str]) -> str:

@@ -226,6 +226,7 @@ def test_the_trend_view_from_history_rows() -> None:
         ["none", "ok", "skip"]
     assert "1/2 passed, 13.0 s" in trs["smoke"].iter("td", "sq")[1].attrs["title"]
     assert trs["smoke"].iter("td", "rate")[0].text == "50 %"
+    assert trs["smoke"].iter("span", "last")[0].text == "9.0 s"      # the latest night
     assert "0 % on 2026-12-01 (from 100 % on 2026-11-29)" in \
         doc.iter("p", "suite-rate")[0].text           # the skip counts in no rate
     assert len(trs["smoke"].iter("circle")) == 3
