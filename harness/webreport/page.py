@@ -38,6 +38,8 @@ class RunView:
     files: tuple[str, ...] = ()                 # in the run directory ("iter-0003/" a dir)
     console_tail: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()              # what could not be read (named, not fatal)
+    slat_source: str = ""                       # where slat came from, when not the run's
+    slat_findings: tuple[dict[str, Any], ...] | None = None   # and that place's findings
 
 
 def _e(v: Any) -> str:
@@ -190,8 +192,10 @@ def _run_section(i: int, v: RunView) -> str:
                      "</pre></details>")
     pics = pictures(v.slat)
     if pics:
-        parts.append("<h3>GPA space of every checked VM</h3>")
-        parts += [_vm_section(i, k, step, vm, v.findings)
+        source = f" ({_e(v.slat_source)})" if v.slat_source else ""
+        parts.append(f"<h3>GPA space of every checked VM{source}</h3>")
+        marked = v.findings if v.slat_findings is None else v.slat_findings
+        parts += [_vm_section(i, k, step, vm, marked)
                   for k, (step, vm) in enumerate(pics[:MAX_PICTURES])]
         if len(pics) > MAX_PICTURES:
             parts.append(f'<p class="note">{len(pics) - MAX_PICTURES} more checked VMs in '

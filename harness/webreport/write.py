@@ -12,9 +12,11 @@ run directories can be moved together.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.errors import ScenarioError
 from harness.result import ScenarioResult
@@ -53,13 +55,41 @@ def view_of(res: ScenarioResult, page_dir: Path) -> RunView:
     if run_dir is None or not run_dir.is_dir():
         return RunView(res, findings)
     problems: list[str] = []
+    state_dir, source = _state_dir(res, run_dir)
     try:
-        slat = load_slat(run_dir)
+        slat = load_slat(state_dir)
+        marked = None if state_dir == run_dir else _findings(state_dir)
     except ScenarioError as e:
-        slat, problems = None, [str(e)]
+        slat, marked, problems = None, None, [str(e)]
     href = Path(os.path.relpath(run_dir.resolve(), page_dir.resolve())).as_posix()
     tail = _tail(run_dir / "console.log", CONSOLE_TAIL) if res.outcome == "failed" else ()
-    return RunView(res, findings, slat, href, _files(run_dir), tail, tuple(problems))
+    return RunView(res, findings, slat, href, _files(run_dir), tail, tuple(problems),
+                   source if slat is not None else "", marked)
+
+
+def _state_dir(res: ScenarioResult, run_dir: Path) -> tuple[Path, str]:
+    """Where the pictures' ``slat.json`` is: the run's, or a repeated run's first failing
+    iteration's (``iter-NNNN/``, looked for by name when the run directory moved)."""
+    failures = (res.repeat or {}).get("failures") or []
+    if (run_dir / "slat.json").exists() or not failures or not failures[0].get("dir"):
+        return run_dir, ""
+    first = failures[0]
+    where = Path(first["dir"])
+    where = where if where.is_dir() else run_dir / where.name
+    return where, (f"iteration {first.get('iteration')} (seed {first.get('seed')}): "
+                   f"{where.name}/slat.json")
+
+
+def _findings(state_dir: Path) -> tuple[dict[str, Any], ...]:
+    """An iteration's ``findings.json`` rows (none when it has no such file)."""
+    path = state_dir / "findings.json"
+    if not path.exists():
+        return ()
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScenarioError(f"cannot read: {e}", file=str(path)) from None
+    return tuple(r for r in rows if isinstance(r, dict))
 
 
 def write_html(results: Sequence[ScenarioResult], path: Path,

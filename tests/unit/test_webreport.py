@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import pytest
 from fakes import FakeWorld
 from pagetree import Element, parse
-from recorded import KINDS, SCENARIO, record, record_all
+from recorded import INJECT, KINDS, SCENARIO, record, record_all
 
 from harness.cli import main
 from harness.findings import Finding
@@ -203,6 +203,24 @@ def test_a_repeated_run_names_its_reproducer(recorded: list[ScenarioResult]) -> 
     assert "slatcheck run art/x/iter-0017/reproducer.yaml" in commands
     assert "slatcheck shrink art/x/iter-0017/reproducer.yaml" in commands
     assert "1/20 failed" in doc.iter("tr", "run")[0].text
+
+
+def test_a_real_repeated_run_shows_its_first_failing_iteration(tmp_path: Path) -> None:
+    src = tmp_path / "s.yaml"
+    src.write_text(SCENARIO.format(name="rep", expect="", inject=INJECT))
+    world = FakeWorld(touched=(0x2000, 0x3000))
+    status = main(["run", str(src), "--repeat", "3", "--artifacts", str(tmp_path / "art"),
+                   "-q", "--report", f"html={tmp_path / 'r.html'}"],
+                  services=world.services(tmp_path))
+    assert status == 1
+    doc = parse((tmp_path / "r.html").read_text())
+    heading = [h.text for h in doc.iter("h3") if h.text.startswith("GPA space")]
+    assert heading and "iteration 1 (seed " in heading[0] and "iter-0001/slat.json" in heading[0]
+    assert len(doc.iter("rect", "page")) == 3 and len(doc.iter("rect", "mark")) == 1
+    assert len(doc.iter("tr", "finding")) == 3                    # one per failing iteration
+    commands = [p.text for p in doc.iter("pre", "cmd")]
+    assert any(c.startswith("slatcheck shrink ") and "iter-0001" in c for c in commands)
+    assert "iter-0001/" in [a.text for a in doc.iter("a")]
 
 
 def test_the_trend_view_from_history_rows() -> None:
