@@ -125,7 +125,7 @@ SCRIPT = """
     var what = b.dataset.zoom, scope = document.getElementById(b.dataset.target);
     if (!scope) { return; }
     if (what === "mark") {
-      var m = scope.querySelector('rect.mark[data-gpa="' + b.dataset.gpa + '"]');
+      var m = scope.querySelector('rect.mark[data-gpa="' + CSS.escape(b.dataset.gpa) + '"]');
       if (!m) { return; }
       var s = m.closest("svg.plot"), mw = Number(m.getAttribute("width"));
       var w = Math.max(mw * 4, 4);                  /* the finding and its neighbours */

@@ -157,7 +157,7 @@ def _vm_section(i: int, k: int, step: str, vm: dict[str, Any],
     sid = f"run-{i}-vm-{k}"
     head = (f'<h3>{_e(vm.get("vm"))} <span class="note">({_e(vm.get("observed_as"))}, '
             f'{_e(vm.get("format"))}, root {_e(vm.get("root"))}; {_e(step)}; '
-            f'{len(vm.get("mappings") or [])} leaves, {vm.get("findings", 0)} findings)'
+            f'{len(vm.get("mappings") or [])} leaves, {_e(vm.get("findings", 0))} findings)'
             f"</span></h3>")
     zoom = ('<div class="zoom">' + "".join(
         f'<button data-zoom="{z}" data-target="{sid}">{t}</button>'

@@ -82,6 +82,21 @@ def test_a_hostile_name_console_line_and_finding_are_text(recorded: list[Scenari
     assert "&lt;script&gt;" in path.read_text()
 
 
+def test_a_hostile_slat_json_is_text(recorded: list[ScenarioResult]) -> None:
+    evil = "<script>alert(3)</script>"
+    slat = json.loads((recorded[0].artifacts / "slat.json").read_text())
+    vm = slat["vms"][0] | {"vm": evil, "observed_as": evil, "format": evil, "findings": evil}
+    vm["slots"] = [{"id": evil, "gpa": "0x0", "size": "0x10000", "kind": evil, "flags": evil}]
+    vm["mappings"] = [m | {"raw": evil, "entry": evil} for m in vm["mappings"]]
+    bad = {"vm": evil, "gpa": "0x2000", "kind": evil, "title": evil}
+    view = RunView(recorded[0], findings=(bad,), slat={"vms": [vm], "checks": [
+        {"step": "", "vms": [vm]}]}, slat_source=evil)
+    doc = parse(render([view]))
+    assert len(doc.iter("script")) == 1
+    assert evil in doc.iter("g", "lane")[0].text and evil in doc.iter("table", "leaves")[0].text
+    assert doc.iter("rect", "mark")[0].attrs["data-kind"] == evil
+
+
 def test_each_picture_counts_the_leaves_and_findings_of_slat_json(
         recorded: list[ScenarioResult], tmp_path: Path) -> None:
     _, doc = page_of(recorded, tmp_path / "r")
