@@ -1,11 +1,12 @@
 """Reporters: the run's results written in one format each, in :data:`REPORTERS`.
 
-``junit`` (for CI systems, through junit-xml) and ``json`` (``summary.json``:
-counts per verdict and outcome, one row per scenario) today; text, mail, TAP and
-HTML reporters plug in the same way.
+``junit`` (for CI systems, through junit-xml), ``json`` (``summary.json``:
+counts per verdict and outcome, one row per scenario) and ``html`` (a
+self-contained page to look at: :mod:`harness.webreport`); text, mail and TAP
+reporters plug in the same way.
 
 >>> REPORTERS.names()
-['json', 'junit']
+['html', 'json', 'junit']
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from harness.artifacts import write_json
 from harness.junit import write_junit
 from harness.registry import Registry
 from harness.result import ScenarioResult
+from harness.webreport import write_html
 
 __all__ = ["Reporter", "REPORTERS", "summary", "write_summary", "summary_table"]
 
@@ -73,8 +75,16 @@ def summary_table(results: Sequence[ScenarioResult]) -> str:
     return "\n".join(rows)
 
 
+def _write_html(results: Sequence[ScenarioResult], path: Path) -> None:
+    write_html(results, path)
+
+
 REPORTERS: Registry[Reporter] = Registry("reporter")
 REPORTERS.add("junit", Reporter("junit", "JUnit XML (one test case per scenario)",
                                 lambda rs, p: write_junit(list(rs), p)))
 REPORTERS.add("json", Reporter("json", "summary.json: verdicts, outcomes, one row per scenario",
                                write_summary))
+REPORTERS.add("html", Reporter("html", "index.html to look at: verdicts, findings, provenance, "
+                               "artifact links, each VM's GPA space (PATH: a directory "
+                               "or a .html file)",
+                               _write_html))
