@@ -6,15 +6,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import InfraError
 from harness.result import ScenarioResult
 from harness.scenario import Scenario
 
+if TYPE_CHECKING:
+    from harness.history.store import RunRow
+    from harness.webreport.trend import HistoryRow
+
 __all__ = ["add_run_options", "add_commands", "select_shard", "record", "cmd_history",
-           "cmd_merge"]
+           "cmd_merge", "trend_rows"]
 
 
 def _history_options(p: argparse._ActionsContainer, what: str) -> None:
@@ -40,6 +45,9 @@ def add_commands(sub: Any) -> None:
     _history_options(h, "to read")
     h.add_argument("--scenario", metavar="S", help="only scenario S")
     h.add_argument("--format", choices=("text", "json"), default="text")
+    h.add_argument("--html", type=Path, metavar="FILE",
+                   help="also write the trend page (pass rate and duration per scenario "
+                        "over nights) as a self-contained HTML file")
     m = sub.add_parser("merge", help="join the outputs of shards into one run's")
     m.add_argument("out", type=Path, metavar="OUT_DIR")
     m.add_argument("shards", type=Path, nargs="+", metavar="SHARD_DIR",
@@ -92,6 +100,22 @@ def record(args: argparse.Namespace, results: list[ScenarioResult]) -> list[str]
     return []
 
 
+def trend_rows(rows: Sequence[RunRow], scenario: str | None = None) -> list[HistoryRow]:
+    """The history's whole runs (not their iterations) as the HTML trend's rows."""
+    from harness.webreport.trend import HistoryRow
+    return [HistoryRow(r.night, r.scenario, r.verdict, r.duration, r.outcome) for r in rows
+            if r.iteration == 0 and (scenario is None or r.scenario == scenario)]
+
+
+def _trend_of(store: Path | None) -> list[HistoryRow] | None:
+    """The trend rows of the history at *store*, if there is one."""
+    from harness.history.store import open_store, read_rows
+    if store is None or not store.is_file():
+        return None
+    with open_store(store) as conn:
+        return trend_rows(read_rows(conn))
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """``slatcheck history``: exit 1 when the latest night has something new failing."""
     from harness.history import query
@@ -103,6 +127,11 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = read_rows(conn)
     hs = query.histories(rows, args.scenario)
     latest = query.latest_night(rows)
+    if args.html is not None:
+        from harness.webreport import write_html
+        page = write_html([], args.html, trend=trend_rows(rows, args.scenario),
+                          title="slatcheck history")
+        print(f"trend page: {page}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(query.to_json(hs, latest), indent=2))
     else:
@@ -114,8 +143,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """``slatcheck merge``: the merged summary's exit status (0: all came out as expected)."""
     from harness.merge import merge
     from harness.reporters import summary_table
-    res = merge(args.out, args.shards, junit=args.junit, history=_store(args))
+    from harness.webreport import write_html
+    store = _store(args)
+    res = merge(args.out, args.shards, junit=args.junit, history=store)
     print(summary_table(res.results), flush=True)
+    page = write_html(res.results, args.out / "index.html", trend=_trend_of(store),
+                      title=f"slatcheck: {args.out.name}")
+    print(f"report: {page}")
     print(f"merged {len(res.results)} run(s) from {len(args.shards)} shard(s) into {args.out}"
           + (f"; JUnit {res.junit}" if res.junit else "")
           + (f"; {res.history_rows} history row(s) from {len(res.stores)} store(s)"

@@ -110,6 +110,9 @@ def test_the_cli_records_each_night_and_history_exits_1_on_something_new(
     data = json.loads(capsys.readouterr().out)
     assert data["new_failing"] and data["scenarios"][0]["first_failure"] == N2
     assert cli.main(["history", "--history", str(db), "--scenario", "other"]) == 0
+    assert cli.main(["history", "--history", str(db), "--html", str(tmp_path / "t.html")]) == 1
+    page = (tmp_path / "t.html").read_text()
+    assert 'data-scenario="cli-nightly"' in page and N1 in page and N2 in page
 
 
 def test_no_history_records_nothing(tmp_path: Path) -> None:

@@ -90,6 +90,10 @@ def test_merge_gives_back_the_unsharded_report(tmp_path: Path) -> None:
         assert history_view(read_rows(a)) == history_view(read_rows(b))
     for p in sorted((tmp_path / "all").iterdir()):
         assert (merged / p.name).exists(), p.name
+    page = (merged / "index.html").read_text()          # the night's page, with its trend
+    assert all(f'data-scenario="{r["scenario"]}"' in page
+               for r in comparable(merged)["scenarios"])
+    assert '<h2 id="trend">Trend</h2>' in page
 
 
 def comparable(art: Path) -> dict[str, Any]:
