@@ -1,5 +1,4 @@
-"""Command line: ``slatcheck run|validate|replay|shrink|images|formats|models|hypervisors|
-guests``.
+"""Command line: ``slatcheck run|validate|replay|shrink|compare|report|images|...``.
 
 Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
 as it expects (a negative scenario that fails with its expected findings
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from harness.context import Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
+from harness.report_cli import add_parsers, cmd_compare, cmd_report
 from harness.result import ScenarioResult
 from harness.scenario import Scenario
 
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     shr.add_argument("--budget", type=int, default=60, help="candidates to run at most (60)")
     shr.add_argument("--out", type=Path, help="where the smallest goes (FILE.min.yaml)")
     shr.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    add_parsers(sub)
     val = sub.add_parser("validate", help="validate scenario files without booting anything")
     val.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     img = sub.add_parser("images", help="list or build guest images")
@@ -232,9 +233,10 @@ def _write_reports(results: list[ScenarioResult],
     for name, path in reports:
         try:
             REPORTERS[name].write(results, path)
-        except OSError as e:
+        except (OSError, ScenarioError) as e:
             failed.append(str(path))
-            print(f"slatcheck: cannot write the {name} report {path}: {e.strerror or e}",
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            print(f"slatcheck: cannot write the {name} report {path}: {why}",
                   file=sys.stderr)
     return failed
 
@@ -326,7 +328,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "validate": _cmd_validate, "images": _cmd_images}
+    "validate": _cmd_validate, "images": _cmd_images, "compare": cmd_compare,
+    "report": cmd_report}
 
 
 def main(argv: list[str] | None = None, services: Services | None = None) -> int:

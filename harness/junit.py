@@ -6,9 +6,10 @@ from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from harness.artifacts import write_text
 from harness.result import ScenarioResult, matches_expectation
 
-__all__ = ["write_junit"]
+__all__ = ["write_junit", "junit_text"]
 
 
 def _case(res: ScenarioResult) -> TestCase:
@@ -29,8 +30,8 @@ def _case(res: ScenarioResult) -> TestCase:
     return case
 
 
-def write_junit(results: list[ScenarioResult], path: Path, name: str = "slatcheck") -> None:
-    """Write one test suite with a test case per scenario.
+def junit_text(results: list[ScenarioResult], name: str = "slatcheck") -> str:
+    """One test suite with a test case per scenario, as XML text.
 
     Properties: image hashes, package versions, guest kernel version and the
     artifact directory of each scenario (prefixed with the scenario name).
@@ -42,11 +43,10 @@ def write_junit(results: list[ScenarioResult], path: Path, name: str = "slatchec
         if res.artifacts:
             props[f"{res.name}.artifacts"] = str(res.artifacts)
     suite = TestSuite(name, [_case(r) for r in results], properties=props)
+    return str(to_xml_report_string([suite], prettyprint=True))
+
+
+def write_junit(results: list[ScenarioResult], path: Path, name: str = "slatcheck") -> None:
+    """:func:`junit_text` written to *path* atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(to_xml_report_string([suite], prettyprint=True))
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text(path, junit_text(results, name))
