@@ -184,8 +184,8 @@ def _side(label: str, path: str, found: Sequence[Origin]) -> list[str]:
 
 def render_text(cmp: Comparison) -> str:
     """What ``slatcheck compare`` prints."""
-    out = _side("base", cmp.base_path, cmp.base_origins) + \
-        _side("new ", cmp.new_path, cmp.new_origins)
+    out = _side("baseline", cmp.base_path, cmp.base_origins) + \
+        _side("new", cmp.new_path, cmp.new_origins)
     changed = [v for v in cmp.scenarios if v.changed]
     out += ["", f"verdicts: {len(changed)} changed, "
                 f"{len(cmp.scenarios) - len(changed)} unchanged"]

@@ -6,9 +6,10 @@ git's ``user.name`` and ``user.email``), ``To``/``Cc``, ``Subject: Re: <original
 ``Message-ID``.  The plain-text body keeps every line within :data:`WIDTH` columns:
 a one-line summary, ``Tested-on:`` (emulator, L1 CPU, L1 kernel and where it came
 from, slatcheck), the summary table (with the baseline's outcome per scenario when
-given), each finding of every failing scenario, the command that reproduces the
-run, and -- only when every scenario came out as it expects -- a ``Tested-by:``
-trailer.  :func:`write_mbox` writes it as an mbox file for ``git send-email``.
+given), each finding of every failing scenario, why a scenario was skipped, the
+command that reproduces the run, and -- only when every scenario came out as it
+expects -- a ``Tested-by:`` trailer.  :func:`write_mbox` writes it as an mbox file
+for ``git send-email``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ def _body(results: Sequence[ScenarioResult], options: ReportOptions, sender: str
                 fit_all(summary_table(results, options.baseline), WIDTH)]
     sections += [[p for line in _failure(r) for p in fit(line, WIDTH)]
                  for r in failing(results)]
+    skipped = [f"  {r.name}: {' '.join(r.message.split())}" for r in results
+               if r.outcome == "skipped"]
+    sections.append(["Skipped:", *(p for line in skipped for p in fit(line, WIDTH))]
+                    if skipped else [])
     sections.append(_reproduce(results))
     if all_passed(results):
         sections.append([f"Tested-by: {sender}"])

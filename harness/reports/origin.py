@@ -67,11 +67,12 @@ def kernel_source(kernel: dict[str, Any]) -> str:
     'the package file linux-image.deb (sha256 cdcdcdcdcdcd)'
     """
     source = kernel.get("source", "")
-    sha = kernel.get("sha256") or kernel.get("config_sha256")
     if source == "tree":
+        sha = str(kernel.get("config_sha256") or "")
         what = f"the tree {kernel.get('describe') or kernel.get('file') or '?'}"
         return what + (f" (config sha256 {sha[:12]})" if sha else "")
     if source == "deb":
+        sha = str(kernel.get("sha256") or "")
         name = " ".join(str(x) for x in (kernel.get("package") or kernel.get("file"),
                                         kernel.get("version")) if x)
         return f"the package file {name}" + (f" (sha256 {sha[:12]})" if sha else "")

@@ -151,3 +151,13 @@ def test_bad_input_is_exit_2_naming_the_file(tmp_path: Path, capsys: pytest.Capt
     assert main(["compare", str(tmp_path / "base"), str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
     assert words in err and str(tmp_path / "new") in err
+
+
+def test_the_newest_of_several_runs_of_a_scenario_stands_for_it(tmp_path: Path) -> None:
+    old = _run("fail", tmp_path / "base")
+    edit_json(old / "result.json",
+              lambda d: d["provenance"].update(timestamp="2020-01-01T00:00:00+00:00"))
+    newer = _run("pass", tmp_path / "base")
+    assert newer.name == "rec-x-2"
+    side = load_side(tmp_path / "base")
+    assert [(r.result.name, r.result.verdict) for r in side] == [("rec-x", "pass")]

@@ -162,6 +162,7 @@ def test_mail_body_says_what_failed_and_how_to_reproduce(
     assert "    GPA 0x2000: expected 0x202000, observed 0x203000" in lines
     assert "    entry at 0x13010 = 0x0000000000203e07 (level 1)" in lines
     assert "To reproduce:" in lines
+    assert lines[lines.index("Skipped:") + 1].startswith("  rec-skip: SkipScenario: bhyve")
     assert "Tested-by:" not in body
 
 
@@ -326,3 +327,18 @@ def test_shlex_is_what_text_reproduces(runs: Path, capsys: pytest.CaptureFixture
     command = json.loads((runs / "rec-fail" / "result.json").read_text())["provenance"][
         "command"]
     assert shlex.split(line.removeprefix("  reproduce: ")) == command
+
+
+@pytest.mark.parametrize("kernel, said", [
+    ({"release": "6.12.9-amd64", "source": "package", "package": "linux-image-6.12.9-amd64",
+      "version": "6.12.9-1~bpo12+1"},
+     "the Debian package linux-image-6.12.9-amd64 6.12.9-1~bpo12+1"),
+    ({"release": "6.12.0", "source": "deb", "file": "linux-image-6.12.0_1_amd64.deb",
+      "sha256": "ab" * 32}, "the package file linux-image-6.12.0_1_amd64.deb (sha256 abababab"),
+    ({"release": "6.12.0+", "source": "tree", "describe": "v6.12-1-g5a2e0c7d",
+      "config_sha256": "cd" * 32, "sha256": "ef" * 32},
+     "the tree v6.12-1-g5a2e0c7d (config sha256 cdcdcdcdcdcd)"),
+])
+def test_every_kernel_source_is_said(kernel: dict[str, str], said: str) -> None:
+    from harness.reports.origin import kernel_source
+    assert kernel_source(kernel).startswith(said)
