@@ -14,23 +14,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.errors import ScenarioError
+
+if TYPE_CHECKING:
+    from harness.reports.options import ReportOptions
+
 
 __all__ = ["add_parsers", "cmd_compare", "cmd_report"]
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``compare`` and ``report`` subcommands on *sub* (argparse's subparsers)."""
     from harness.reporters import REPORTERS
     cmp = sub.add_parser("compare", help="compare two recorded runs: verdicts, findings, "
                          "mapped state, provenance")
-    cmp.add_argument("base", type=Path, metavar="BASE_DIR")
-    cmp.add_argument("new", type=Path, metavar="NEW_DIR")
+    cmp.add_argument("base", type=Path, metavar="BASE_DIR",
+                     help="the baseline's runs: an artifacts root or a run directory")
+    cmp.add_argument("new", type=Path, metavar="NEW_DIR", help="the new runs, the same way")
     cmp.add_argument("--format", choices=("text", "json"), default="text")
     rep = sub.add_parser("report", help="write a report of recorded runs")
-    rep.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    rep.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                     help="a run directory, or an artifacts root holding several")
     rep.add_argument("--format", default="text", choices=REPORTERS.names(),
                      help="the reporter (`slatcheck reporters`; default text)")
     rep.add_argument("-o", "--output", type=Path, metavar="FILE",
@@ -38,10 +44,12 @@ def add_parsers(sub: Any) -> None:
     rep.add_argument("--baseline", type=Path, metavar="DIR",
                      help="recorded runs of the baseline: their outcome per scenario")
     mail = rep.add_argument_group("mail (--format mail)")
-    mail.add_argument("--from", dest="sender", default="",
+    mail.add_argument("--from", dest="sender", default="", metavar="ADDRESS",
                       help="'Name <email>' (default: git config user.name/user.email)")
-    mail.add_argument("--to", action="append", default=[])
-    mail.add_argument("--cc", action="append", default=[])
+    mail.add_argument("--to", action="append", default=[], metavar="ADDRESS",
+                      help="a recipient; may repeat")
+    mail.add_argument("--cc", action="append", default=[], metavar="ADDRESS",
+                      help="a copy recipient; may repeat")
     mail.add_argument("--subject", default="", help="the original subject (reply: Re: ...)")
     mail.add_argument("--in-reply-to", default="", metavar="MSGID")
     mail.add_argument("--references", action="append", default=[], metavar="MSGID",
@@ -61,7 +69,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return cmp.exit_status
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace) -> ReportOptions:
+    """The baseline (``--baseline``) and the mail headers of the command line."""
     from harness.compare import load_side
     from harness.reports.options import MailHeaders, ReportOptions
     baseline = None
