@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ScenarioError
-from harness.reports.origin import Origin, origins
+from harness.reports.origin import Origin, origin_lines, origins
 from harness.result import ScenarioResult
 from harness.rundir import load_results, load_slat
 from harness.signature import Signature, signature
@@ -179,7 +179,7 @@ def compare(base: Sequence[Recorded], new: Sequence[Recorded], base_path: str = 
 
 
 def _side(label: str, path: str, found: Sequence[Origin]) -> list[str]:
-    return [f"{label}: {path}"] + [f"    {line}" for o in found for line in o.lines()]
+    return [f"{label}: {path}"] + [f"    {line}" for line in origin_lines(found)]
 
 
 def render_text(cmp: Comparison) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from harness.errors import ScenarioError
 from harness.findings import Finding
 from harness.reports.options import MailHeaders, ReportOptions
-from harness.reports.origin import origins
+from harness.reports.origin import origin_lines, origins
 from harness.reports.table import summary_table
 from harness.reports.text import failing, reproduce
 from harness.reports.wrap import fit, fit_all, shell_lines
@@ -91,8 +91,8 @@ def _headline(results: Sequence[ScenarioResult]) -> str:
 
 def _finding(res: ScenarioResult, f: Finding) -> list[str]:
     """One finding: what and where, expected and observed, the entry, the signature."""
-    vm = f" in {f.vm}" if f.vm else ""
-    lines = [f"  {f.kind}{vm} at {where_of(f) or 'no GPA'}"]
+    vm = f" in {f.vm}" if f.vm.strip("-") else ""
+    lines = [f"  {f.kind}{vm}" + (f" at {where_of(f)}" if f.gpa is not None else "")]
     if f.gpa is not None:
         lines.append(f"    GPA {f.gpa:#x}: expected {f.to_json()['expected']}, "
                      f"observed {f.to_json()['observed']}")
@@ -113,7 +113,8 @@ def _failure(res: ScenarioResult) -> list[str]:
     """A failing scenario: why, then each of its findings."""
     step = f" in {res.failed_step}" if res.failed_step else ""
     lines = [f"{res.name}: {res.verdict}{step}"]
-    lines += [f"  {line}" for line in res.message.splitlines()[:12]]
+    message = res.message.splitlines()           # the findings below say the rest
+    lines += [f"  {line}" for line in message[:1 if res.findings else 12]]
     if res.expect.verdict != "pass":
         lines.append(f"  {matches_expectation(res)[1]}")
     for f in res.findings[:MAX_FINDINGS]:
@@ -132,12 +133,20 @@ def _reproduce(results: Sequence[ScenarioResult]) -> list[str]:
     return lines
 
 
+def _table(results: Sequence[ScenarioResult], options: ReportOptions) -> str:
+    """The summary table, without its time column when that makes it too wide."""
+    table = summary_table(results, options.baseline)
+    if max(len(line) for line in table.splitlines()) <= WIDTH:
+        return table
+    return summary_table(results, options.baseline, times=False)
+
+
 def _body(results: Sequence[ScenarioResult], options: ReportOptions, sender: str) -> str:
     """The plain-text body, every line within :data:`WIDTH` columns."""
-    tested_on = list(dict.fromkeys(line for o in origins(results) for line in o.lines()))
+    tested_on = origin_lines(origins(results))
     sections = [fit(_headline(results), WIDTH),
                 ["Tested-on:", *(p for line in tested_on for p in fit(f"  {line}", WIDTH))],
-                fit_all(summary_table(results, options.baseline), WIDTH)]
+                fit_all(_table(results, options), WIDTH)]
     sections += [[p for line in _failure(r) for p in fit(line, WIDTH)]
                  for r in failing(results)]
     skipped = [f"  {r.name}: {' '.join(r.message.split())}" for r in results

@@ -16,13 +16,17 @@ __all__ = ["summary_table"]
 
 
 def summary_table(results: Sequence[ScenarioResult],
-                  baseline: Mapping[str, ScenarioResult] | None = None) -> str:
-    """The table; with *baseline*, a ``baseline`` column (``-`` where it did not run)."""
+                  baseline: Mapping[str, ScenarioResult] | None = None,
+                  times: bool = True) -> str:
+    """The table; with *baseline*, a ``baseline`` column (``-`` where it did not run);
+    without *times*, no time column (a mail's narrow lines)."""
     width = max([len(r.name) for r in results] + [8])
-    head = f"{'scenario':<{width}}  {'verdict':<14} {'outcome':<8} {'time':>8}"
-    rows = [head + ("  baseline" if baseline is not None else "")]
+    head = f"{'scenario':<{width}}  {'verdict':<14} {'outcome':<8}"
+    rows = [head + (f" {'time':>8}" if times else "")
+            + ("  baseline" if baseline is not None else "")]
     for r in results:
-        row = f"{r.name:<{width}}  {r.verdict:<14} {r.outcome:<8} {r.duration:7.1f}s"
+        row = f"{r.name:<{width}}  {r.verdict:<14} {r.outcome:<8}"
+        row += f" {r.duration:7.1f}s" if times else ""
         if baseline is not None:
             base = baseline.get(r.name)
             row += f"  {base.outcome if base else '-'}"

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Sequence
 
 from harness.reports.options import ReportOptions
-from harness.reports.origin import origins
+from harness.reports.origin import origin_lines, origins
 from harness.reports.table import summary_table
 from harness.result import ScenarioResult
 
@@ -48,7 +48,7 @@ def render_text(results: Sequence[ScenarioResult], options: ReportOptions | None
     options = options or ReportOptions()
     parts = [summary_table(results, options.baseline)]
     parts += [_failure(r) for r in failing(results)]
-    where = [line for o in origins(results) for line in o.lines()]
+    where = origin_lines(origins(results))
     if where:
         parts.append("tested on:\n" + "\n".join(f"  {line}" for line in where))
     return "\n\n".join(parts) + "\n"

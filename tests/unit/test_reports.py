@@ -333,12 +333,53 @@ def test_shlex_is_what_text_reproduces(runs: Path, capsys: pytest.CaptureFixture
     ({"release": "6.12.9-amd64", "source": "package", "package": "linux-image-6.12.9-amd64",
       "version": "6.12.9-1~bpo12+1"},
      "the Debian package linux-image-6.12.9-amd64 6.12.9-1~bpo12+1"),
+    ({"form": "package", "name": "linux-image-6.12.95+deb12-amd64-unsigned",
+      "release": "6.12.95+deb12-amd64", "version": "6.12.95-1~bpo12+1"},
+     "the Debian package linux-image-6.12.95+deb12-amd64-unsigned 6.12.95-1~bpo12+1"),
     ({"release": "6.12.0", "source": "deb", "file": "linux-image-6.12.0_1_amd64.deb",
-      "sha256": "ab" * 32}, "the package file linux-image-6.12.0_1_amd64.deb (sha256 abababab"),
+      "sha256": "ab" * 32},
+     "the package file linux-image-6.12.0_1_amd64.deb (sha256 abababababab)"),
+    ({"form": "deb", "filename": "k.deb", "sha256": "ab" * 32, "package": "linux-image-6.12.0",
+      "version": "6.12.0-1", "release": "6.12.0"},
+     "the package file k.deb (linux-image-6.12.0 6.12.0-1, sha256 abababababab)"),
     ({"release": "6.12.0+", "source": "tree", "describe": "v6.12-1-g5a2e0c7d",
       "config_sha256": "cd" * 32, "sha256": "ef" * 32},
      "the tree v6.12-1-g5a2e0c7d (config sha256 cdcdcdcdcdcd)"),
+    ({"form": "build-tree", "path": "/src/linux", "release": "6.12.0+",
+      "config_sha256": "cd" * 32}, "the tree /src/linux (config sha256 cdcdcdcdcdcd)"),
+    ({"form": "boot-image", "filename": "bzImage", "release": "6.12.0", "sha256": "ef" * 32,
+      "config_sha256": "cd" * 32},
+     "the boot image bzImage (sha256 efefefefefef, config sha256 cdcdcdcdcdcd)"),
 ])
 def test_every_kernel_source_is_said(kernel: dict[str, str], said: str) -> None:
     from harness.reports.origin import kernel_source
-    assert kernel_source(kernel).startswith(said)
+    assert kernel_source(kernel) == said
+
+
+def test_origins_say_each_thing_once() -> None:
+    from harness.reports.origin import origin_lines, origin_of
+    from harness.result import ScenarioResult
+
+    def res(cpu: str) -> ScenarioResult:
+        return ScenarioResult("s", Path("s.yaml"), properties={"guest.uname": "6.1.0-57-amd64"},
+                              provenance={"machine": {"emulator": "qemu", "accel": "tcg",
+                                                      "version": "7.2.22Debian 1:7.2+dfsg-7",
+                                                      "cpu": cpu},
+                                          "slatcheck": {"version": "0.1.0",
+                                                        "commit": "ab" * 20 + "-dirty"}})
+    lines = origin_lines([origin_of(res("max,-la57")), origin_of(res("max"))])
+    assert lines == ["QEMU 7.2.22 (Debian 1:7.2+dfsg-7), accelerator tcg, L1 CPUs max,-la57; max",
+                     "L1 kernel 6.1.0-57-amd64", "slatcheck 0.1.0 (commit abababababab-dirty)"]
+
+
+def test_a_wide_table_loses_its_time_column_in_the_mail(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = "kvm-npt-" + "x" * 25
+    record("pass", tmp_path / "art", name=name)
+    text = _report(capsys, str(tmp_path / "art"), "--baseline", str(tmp_path / "art"))
+    assert text.splitlines()[0].split()[-2:] == ["time", "baseline"]
+    body = _body(_mail(capsys, str(tmp_path / "art"), "--from", ANN, "--baseline",
+                       str(tmp_path / "art")))
+    head = next(line for line in body.splitlines() if line.startswith("scenario"))
+    assert head.split() == ["scenario", "verdict", "outcome", "baseline"]
+    assert max(len(line) for line in body.splitlines()) <= 72
