@@ -37,6 +37,23 @@ def _escape(text: str) -> str:
     return " ".join(text.split()).replace("\\", "\\\\").replace("#", "\\#")
 
 
+class _YAMLish(yaml.SafeDumper):
+    """YAML as TAP's YAMLish readers take it (TAP::Parser's among them): a multi-line
+    string is one double-quoted scalar with ``\\n`` escapes, never folded over lines, and
+    a list is indented under its key."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data,
+                                   style='"' if "\n" in data else None)
+
+
+_YAMLish.add_representer(str, _str)
+
+
 def _diagnostics(res: ScenarioResult, base: ScenarioResult | None) -> dict[str, Any]:
     """What a ``not ok`` point's YAML block holds."""
     out: dict[str, Any] = {"verdict": res.verdict, "message": res.message,
@@ -65,7 +82,8 @@ def _point(n: int, res: ScenarioResult, base: ScenarioResult | None) -> list[str
         return [f"ok {n} {name} # SKIP {_escape(res.message) or 'skipped'}"]
     if res.outcome != "failed":
         return [f"ok {n} {name}"]
-    block = yaml.safe_dump(_diagnostics(res, base), sort_keys=False, width=1000)
+    block = yaml.dump(_diagnostics(res, base), Dumper=_YAMLish, sort_keys=False,
+                      width=1 << 16, allow_unicode=True)
     return [f"not ok {n} {name}", "  ---",
             *(f"  {line}" for line in block.splitlines()), "  ..."]
 

@@ -383,3 +383,36 @@ def test_a_wide_table_loses_its_time_column_in_the_mail(
     head = next(line for line in body.splitlines() if line.startswith("scenario"))
     assert head.split() == ["scenario", "verdict", "outcome", "baseline"]
     assert max(len(line) for line in body.splitlines()) <= 72
+
+
+TAP_PARSER = r"""
+use TAP::Parser; use JSON::PP;
+my $p = TAP::Parser->new({source => $ARGV[0]});
+my @yaml;
+while (my $r = $p->next) { push @yaml, $r->data if $r->is_yaml; }
+print JSON::PP->new->canonical->encode({version => $p->version, plan => $p->plan,
+    passed => [$p->passed], failed => [$p->failed], skipped => [$p->skipped],
+    errors => [$p->parse_errors], yaml => \@yaml});
+"""
+
+
+def test_perls_tap_parser_reads_the_stream(runs: Path, tmp_path: Path) -> None:
+    """TAP::Parser (what `prove` uses), an independent reader, agrees with the stream."""
+    if subprocess.run(["perl", "-MTAP::Parser", "-MJSON::PP", "-e", "1"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("perl with TAP::Parser and JSON::PP is not installed")
+    root = tmp_path / "art"
+    for kind in ("pass", "fail", "skip", "error", "xfail"):
+        copy_run(runs / f"rec-{kind}", root)
+    edit_json(root / "rec-error" / "result.json", lambda d: d.update(
+        message="InfraError: lost the GDB session\n  at: 'x' \"y\"\tz  \nlast: line"))
+    assert main(["report", str(root), "--format", "tap", "-o", str(tmp_path / "t.tap")]) == 0
+    out = subprocess.run(["perl", "-e", TAP_PARSER, str(tmp_path / "t.tap")],
+                         capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert (got["version"], got["plan"], got["errors"]) == (13, "1..5", [])
+    assert (got["passed"], got["failed"], got["skipped"]) == ([3, 4, 5], [1, 2], [4])
+    error, fail = got["yaml"]
+    assert error["message"] == "InfraError: lost the GDB session\n  at: 'x' \"y\"\tz  \n" \
+        "last: line"
+    assert fail["findings"][0]["gpa"] == "0x2000" and fail["verdict"] == "fail"
