@@ -4,25 +4,26 @@ Built with the standard library's :mod:`email` package: ``From`` (``--from``, el
 git's ``user.name`` and ``user.email``), ``To``/``Cc``, ``Subject: Re: <original>``,
 ``In-Reply-To``/``References`` threading it under the patch, ``Date`` and
 ``Message-ID``.  The plain-text body keeps every line within :data:`WIDTH` columns:
-a one-line summary, ``Tested-on:`` (emulator, L1 CPU, L1 kernel and where it came
-from, slatcheck), the summary table (with the baseline's outcome per scenario when
-given), each finding of every failing scenario, why a scenario was skipped, the
-command that reproduces the run, and -- only when every scenario came out as it
-expects -- a ``Tested-by:`` trailer.  :func:`write_mbox` writes it as an mbox file
-for ``git send-email``.
+a one-line summary (with ``--baseline``, how many scenarios regressed), ``Tested-on:``
+(emulator, L1 CPU, L1 kernel and where it came from, slatcheck), the summary table
+(with the baseline's outcome per scenario when given), each finding of every failing
+scenario, why a scenario was skipped, the command that reproduces the run, and -- only
+when every scenario came out as it expects -- a ``Tested-by:`` trailer.
+:func:`write_mbox` writes it as an mbox file for ``git send-email``.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from email import policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from pathlib import Path
 
+from harness.compare import VerdictChange
 from harness.errors import ScenarioError
 from harness.findings import Finding
 from harness.reports.options import MailHeaders, ReportOptions
@@ -68,7 +69,7 @@ def reply_subject(subject: str, results: Sequence[ScenarioResult]) -> str:
     ('Re: [PATCH] KVM: x86/mmu: fix', 'Re: [PATCH] x')
     """
     if not subject:
-        return _headline(results)
+        return _headline(results, None)
     return subject if subject[:3].lower() == "re:" else f"Re: {subject}"
 
 
@@ -77,16 +78,22 @@ def all_passed(results: Sequence[ScenarioResult]) -> bool:
     return bool(results) and all(r.outcome in ("passed", "xfailed") for r in results)
 
 
-def _headline(results: Sequence[ScenarioResult]) -> str:
-    """``slatcheck: 1 of 3 scenario(s) failed, 1 skipped on 6.12.0`` (one line)."""
+def _headline(results: Sequence[ScenarioResult],
+              baseline: Mapping[str, ScenarioResult] | None) -> str:
+    """``slatcheck on 6.12.0: 1 of 3 failed, 1 skipped, 1 regressed`` (one line; regressed:
+    came out worse than on the baseline, when one is given)."""
     kernels = sorted({o.kernel for o in origins(results) if o.kernel})
-    on = f" on {', '.join(kernels)}" if kernels else ""
+    head = f"slatcheck on {', '.join(kernels)}" if kernels else "slatcheck"
     if all_passed(results):
-        return f"slatcheck: all {len(results)} scenario(s) passed{on}"
-    failed = sum(r.outcome == "failed" for r in results)
-    skipped = sum(r.outcome == "skipped" for r in results)
-    return f"slatcheck: {failed} of {len(results)} scenario(s) failed" + \
-        (f", {skipped} skipped" if skipped else "") + on
+        said = [f"all {len(results)} passed"]
+    else:
+        said = [f"{sum(r.outcome == 'failed' for r in results)} of {len(results)} failed"]
+        skipped = sum(r.outcome == "skipped" for r in results)
+        said += [f"{skipped} skipped"] if skipped else []
+    if baseline is not None:
+        worse = sum(VerdictChange(r.name, baseline.get(r.name), r).regressed for r in results)
+        said.append(f"{worse} regressed")
+    return f"{head}: {', '.join(said)}"
 
 
 def _finding(res: ScenarioResult, f: Finding) -> list[str]:
@@ -109,10 +116,11 @@ def _finding(res: ScenarioResult, f: Finding) -> list[str]:
     return lines
 
 
-def _failure(res: ScenarioResult) -> list[str]:
-    """A failing scenario: why, then each of its findings."""
+def _failure(res: ScenarioResult, base: ScenarioResult | None) -> list[str]:
+    """A failing scenario: why (and how it came out on the baseline), then its findings."""
     step = f" in {res.failed_step}" if res.failed_step else ""
-    lines = [f"{res.name}: {res.verdict}{step}"]
+    was = f" (baseline: {base.outcome})" if base is not None else ""
+    lines = [f"{res.name}: {res.verdict}{step}{was}"]
     message = res.message.splitlines()           # the findings below say the rest
     lines += [f"  {line}" for line in message[:1 if res.findings else 12]]
     if res.expect.verdict != "pass":
@@ -144,10 +152,11 @@ def _table(results: Sequence[ScenarioResult], options: ReportOptions) -> str:
 def _body(results: Sequence[ScenarioResult], options: ReportOptions, sender: str) -> str:
     """The plain-text body, every line within :data:`WIDTH` columns."""
     tested_on = origin_lines(origins(results))
-    sections = [fit(_headline(results), WIDTH),
+    sections = [fit(_headline(results, options.baseline), WIDTH),
                 ["Tested-on:", *(p for line in tested_on for p in fit(f"  {line}", WIDTH))],
                 fit_all(_table(results, options), WIDTH)]
-    sections += [[p for line in _failure(r) for p in fit(line, WIDTH)]
+    baseline = options.baseline or {}
+    sections += [[p for line in _failure(r, baseline.get(r.name)) for p in fit(line, WIDTH)]
                  for r in failing(results)]
     skipped = [f"  {r.name}: {' '.join(r.message.split())}" for r in results
                if r.outcome == "skipped"]

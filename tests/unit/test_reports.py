@@ -63,6 +63,10 @@ def test_text_with_a_baseline_adds_its_outcome(tmp_path: Path,
     assert rows[1].split()[:3] == ["rec-x", "fail", "failed"] and rows[1].split()[-1] == \
         "passed"
     assert rows[2].split()[0] == "rec-z" and rows[2].split()[-1] == "-"
+    lines = _body(_mail(capsys, str(tmp_path / "new"), "--from", ANN, "--baseline",
+                        str(tmp_path / "base"))).splitlines()
+    assert lines[0] == "slatcheck on 6.1.0-fake: 1 of 2 failed, 1 regressed"
+    assert "rec-x: fail in step 4 (check) at line 10 (baseline: passed)" in lines
 
 
 def _tap_points(text: str) -> list[str]:
@@ -153,12 +157,12 @@ def test_mail_body_says_what_failed_and_how_to_reproduce(
         runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     body = _body(_mail(capsys, str(runs), "--from", ANN, "--baseline", str(runs)))
     lines = body.splitlines()
-    assert lines[0] == "slatcheck: 2 of 5 scenario(s) failed, 1 skipped on 6.1.0-fake"
+    assert lines[0] == "slatcheck on 6.1.0-fake: 2 of 5 failed, 1 skipped, 0 regressed"
     assert "Tested-on:" in lines and "  L1 kernel 6.1.0-fake" in lines
     assert any(line.startswith("  slatcheck 0.1.0") for line in lines)
     assert lines[lines.index("Tested-on:") + 1] == "  fake 0, accelerator tcg, L1 CPU max"
     assert any(line.split()[-1:] == ["baseline"] for line in lines)
-    assert "rec-fail: fail in step 4 (check) at line 10" in lines
+    assert "rec-fail: fail in step 4 (check) at line 10 (baseline: failed)" in lines
     assert "    GPA 0x2000: expected 0x202000, observed 0x203000" in lines
     assert "    entry at 0x13010 = 0x0000000000203e07 (level 1)" in lines
     assert "To reproduce:" in lines
@@ -170,7 +174,7 @@ def test_tested_by_only_when_everything_passed(runs: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     good = [str(runs / "rec-pass"), str(runs / "rec-xfail")]
     body = _body(_mail(capsys, *good, "--from", ANN))
-    assert body.splitlines()[0] == "slatcheck: all 2 scenario(s) passed on 6.1.0-fake"
+    assert body.splitlines()[0] == "slatcheck on 6.1.0-fake: all 2 passed"
     assert body.rstrip().splitlines()[-1] == f"Tested-by: {ANN}"
     for other in ("rec-fail", "rec-skip", "rec-error"):
         assert "Tested-by:" not in _body(_mail(capsys, *good, str(runs / other),
@@ -221,7 +225,7 @@ def test_kernel_provenance_and_its_fallback(tmp_path: Path,
         "config_sha256": "0123456789abcdef" * 4}))
     body = _body(_mail(capsys, str(run.artifacts), "--from", ANN))
     assert "  L1 kernel 6.12.0-rc3+ from the tree v6.12-rc3-42-gdeadbeef (config" in body
-    assert "sha256 0123456789ab)" in body and "on 6.12.0-rc3+" in body.splitlines()[0]
+    assert "sha256 0123456789ab)" in body and "on 6.12.0-rc3+:" in body.splitlines()[0]
 
 
 def _git_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: str) -> None:
