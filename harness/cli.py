@@ -4,7 +4,8 @@ Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
 as it expects (a negative scenario that fails with its expected findings
 counts as passed; a skip is 0); 1 a scenario failed (a finding, a guest panic,
 a timeout, Ctrl-C); 2 bad scenario file or usage (nothing boots); 3
-infrastructure error.
+infrastructure error.  ``compare`` and ``report`` (:mod:`harness.report_cli`) read
+recorded runs: 2 on a missing or damaged file; ``compare`` 1 when something regressed.
 """
 
 from __future__ import annotations
