@@ -151,7 +151,8 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """(reporter, path) pairs from --junit and --report; bad names are usage errors."""
+    """(reporter, path) pairs from --junit and --report; bad names, and reports that
+    cannot be written here (a mail with no sender), are usage errors."""
     from harness.reporters import REPORTERS
     out = [("junit", args.junit)] if args.junit else []
     for item in args.report:
@@ -160,6 +161,9 @@ def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
             raise ScenarioError(f"--report wants NAME=PATH, not {item!r}")
         if name not in REPORTERS:
             raise ScenarioError(str(REPORTERS.lookup_error(name)))
+        check = REPORTERS[name].check
+        if check is not None:
+            check()
         out.append((name, Path(path)))
     return out
 

@@ -23,7 +23,7 @@ from typing import Any
 from harness.artifacts import write_json, write_text
 from harness.junit import junit_text, write_junit
 from harness.registry import Registry
-from harness.reports.mail import render_mail
+from harness.reports.mail import check_sender, render_mail
 from harness.reports.options import ReportOptions
 from harness.reports.table import summary_table
 from harness.reports.tap import render_tap
@@ -45,6 +45,8 @@ class Reporter:
     write: Callable[[Sequence[ScenarioResult], Path], None]
     render: Render | None = None     # the report as text, given the options (None: a file
                                      # format only)
+    check: Callable[[], None] | None = None   # raises ScenarioError when it cannot be
+                                              # written here (run --report: before booting)
 
 
 def summary(results: Sequence[ScenarioResult],
@@ -103,4 +105,5 @@ for _name, _what, _render in (
                 "diagnostics", render_tap),
         ("mail", "a reply to a patch (RFC 5322): Tested-on, results, findings, Tested-by",
          render_mail)):
-    REPORTERS.add(_name, Reporter(_name, _what, _file(_render), _render))
+    REPORTERS.add(_name, Reporter(_name, _what, _file(_render), _render,
+                                  check_sender if _name == "mail" else None))

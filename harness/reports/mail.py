@@ -35,7 +35,7 @@ from harness.result import ScenarioResult, matches_expectation
 from harness.signature import signature, where_of
 
 __all__ = ["WIDTH", "build_mail", "render_mail", "write_mbox", "reply_subject",
-           "git_identity", "all_passed"]
+           "git_identity", "check_sender", "all_passed"]
 
 WIDTH = 72
 MAX_FINDINGS = 50
@@ -60,6 +60,12 @@ def _sender(headers: MailHeaders) -> str:
         raise ScenarioError("the mail needs a sender: give --from 'Name <email>' or set "
                             "git config user.name and user.email")
     return sender
+
+
+def check_sender() -> None:
+    """Raise the ScenarioError of a mail written with no ``--from`` (``run --report mail=``)
+    when git knows no sender either."""
+    _sender(MailHeaders())
 
 
 def reply_subject(subject: str, results: Sequence[ScenarioResult]) -> str:

@@ -276,22 +276,45 @@ def test_git_send_email_accepts_the_mbox(runs: Path, tmp_path: Path) -> None:
     assert "In-Reply-To: <patch.1@example.org>" in out.stdout
 
 
-def test_run_report_writes_tap_and_mail(tmp_path: Path) -> None:
+def _scenario(tmp_path: Path) -> Path:
+    """recorded.py's clean scenario as a file of its own."""
+    from recorded import SCENARIO
     src = tmp_path / "src"
     src.mkdir()
     scenario = src / "x.yaml"
-    scenario.write_text((Path(__file__).parent / "recorded.py").read_text()
-                        .split('SCENARIO = """\\\n', 1)[1].split('"""', 1)[0]
-                        .format(name="x", expect="", inject="")
-                        .replace("{{", "{").replace("}}", "}"))
+    scenario.write_text(SCENARIO.format(name="x", expect="", inject=""))
+    return scenario
+
+
+def test_run_report_writes_tap_text_and_mail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    _git_identity(monkeypatch, tmp_path, "[user]\n\tname = Bo Git\n\temail = bo@example.net\n")
+    scenario = _scenario(tmp_path)
     world = FakeWorld(touched=(0x2000, 0x3000))
     status = main(["run", str(scenario), "--artifacts", str(tmp_path / "art"), "-q",
                    "--report", f"tap={tmp_path / 'out.tap'}",
-                   "--report", f"text={tmp_path / 'out.txt'}"],
-                  services=world.services(src))
+                   "--report", f"text={tmp_path / 'out.txt'}",
+                   "--report", f"mail={tmp_path / 'out.eml'}"],
+                  services=world.services(scenario.parent))
     assert status == 0
     assert _tap_points((tmp_path / "out.tap").read_text()) == ["ok 1 x"]
     assert (tmp_path / "out.txt").read_text().startswith("scenario")
+    msg = email.message_from_bytes((tmp_path / "out.eml").read_bytes(), policy=policy.default)
+    assert isinstance(msg, EmailMessage) and msg["From"] == "Bo Git <bo@example.net>"
+    assert _body(msg).rstrip().endswith("Tested-by: Bo Git <bo@example.net>")
+
+
+def test_run_report_mail_with_no_sender_stops_before_booting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _git_identity(monkeypatch, tmp_path, "")
+    scenario = _scenario(tmp_path)
+    world = FakeWorld(touched=(0x2000, 0x3000))
+    assert main(["run", str(scenario), "--artifacts", str(tmp_path / "art"),
+                 "--report", f"mail={tmp_path / 'out.eml'}"],
+                services=world.services(scenario.parent)) == 2
+    assert "--from" in capsys.readouterr().err
+    assert not (tmp_path / "art").exists() and not world.machines
 
 
 @pytest.mark.parametrize("damage, words", [
