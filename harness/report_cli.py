@@ -37,8 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     rep = sub.add_parser("report", help="write a report of recorded runs")
     rep.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                      help="a run directory, or an artifacts root holding several")
-    rep.add_argument("--format", default="text", choices=REPORTERS.names(),
-                     help="the reporter (`slatcheck reporters`; default text)")
+    rep.add_argument("--format", choices=REPORTERS.names(),
+                     help="the reporter (`slatcheck reporters`; default text, or mail with "
+                          "--mbox)")
     rep.add_argument("-o", "--output", type=Path, metavar="FILE",
                      help="write here (default: stdout)")
     rep.add_argument("--baseline", type=Path, metavar="DIR",
@@ -86,19 +87,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.artifacts import write_text
     from harness.reporters import REPORTERS
     from harness.rundir import load_results
+    fmt = args.format or ("mail" if args.mbox is not None else "text")
+    if args.mbox is not None and fmt != "mail":
+        raise ScenarioError(f"--mbox writes a mail, not {fmt}: leave out --format {fmt}")
     results = load_results(args.run_dirs)
     options = _options(args)
     if args.mbox is not None:
-        if args.format != "mail":
-            raise ScenarioError(f"--mbox writes a mail, not {args.format}: add --format mail")
         from harness.reports.mail import build_mail, write_mbox
         write_mbox(build_mail(results, options), args.mbox)
         if args.output is None:
             return 0
-    reporter = REPORTERS[args.format]
+    reporter = REPORTERS[fmt]
     if reporter.render is None:
         if args.output is None:
-            raise ScenarioError(f"the {args.format} report is a file: give -o FILE")
+            raise ScenarioError(f"the {fmt} report is a file: give -o FILE")
         reporter.write(results, args.output)
     elif args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
