@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,15 @@ def _options(args: argparse.Namespace) -> ReportOptions:
         in_reply_to=args.in_reply_to, references=tuple(args.references)))
 
 
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    """*write* to *path*; a file that cannot be written is a usage error naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as e:
+        raise ScenarioError(f"cannot write: {e.strerror or e}", file=str(path)) from None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report; 0 (the runs' outcomes are in the report, not the exit status)."""
     from harness.artifacts import write_text
@@ -92,19 +102,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ScenarioError(f"--mbox writes a mail, not {fmt}: leave out --format {fmt}")
     results = load_results(args.run_dirs)
     options = _options(args)
-    if args.mbox is not None:
+    if args.mbox is not None:            # one message, in the mbox and in -o FILE alike
         from harness.reports.mail import build_mail, write_mbox
-        write_mbox(build_mail(results, options), args.mbox)
-        if args.output is None:
-            return 0
+        msg = build_mail(results, options)
+        _write(args.mbox, lambda p: write_mbox(msg, p))
+        if args.output is not None:
+            _write(args.output, lambda p: write_text(p, msg.as_string()))
+        return 0
     reporter = REPORTERS[fmt]
-    if reporter.render is None:
+    render = reporter.render
+    if render is None:
         if args.output is None:
             raise ScenarioError(f"the {fmt} report is a file: give -o FILE")
-        reporter.write(results, args.output)
+        _write(args.output, lambda p: reporter.write(results, p))
     elif args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.output, reporter.render(results, options))
+        _write(args.output, lambda p: write_text(p, render(results, options)))
     else:
-        sys.stdout.write(reporter.render(results, options))
+        sys.stdout.write(render(results, options))
     return 0

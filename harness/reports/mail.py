@@ -214,7 +214,6 @@ def write_mbox(msg: EmailMessage, path: Path) -> None:
     """*msg* as a one-message mbox file (a ``From `` line first; body ``From `` escaped)."""
     sender = parseaddr(str(msg["From"]))[1] or "slatcheck"
     msg.set_unixfrom(f"From {sender} {time.asctime(time.gmtime())}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:
         BytesGenerator(out, mangle_from_=True, policy=policy.default).flatten(msg,
                                                                              unixfrom=True)

@@ -444,3 +444,20 @@ def test_perls_tap_parser_reads_the_stream(runs: Path, tmp_path: Path) -> None:
     assert error["message"] == "InfraError: lost the GDB session\n  at: 'x' \"y\"\tz  \n" \
         "last: line"
     assert fail["findings"][0]["gpa"] == "0x2000" and fail["verdict"] == "fail"
+
+
+def test_mbox_and_output_hold_the_same_message(runs: Path, tmp_path: Path) -> None:
+    assert main(["report", str(runs / "rec-pass"), "--from", ANN, "--mbox",
+                 str(tmp_path / "r.mbox"), "-o", str(tmp_path / "r.eml")]) == 0
+    import mailbox
+    boxed = mailbox.mbox(str(tmp_path / "r.mbox"))
+    assert len(boxed) == 1
+    plain = email.message_from_bytes((tmp_path / "r.eml").read_bytes(), policy=policy.default)
+    assert boxed[0]["Message-ID"] == plain["Message-ID"]
+
+
+def test_an_unwritable_output_is_a_usage_error(runs: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["report", str(runs), "-o", str(tmp_path / "file" / "out.txt")]) == 2
+    assert "cannot write" in capsys.readouterr().err
