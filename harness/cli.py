@@ -1,11 +1,12 @@
-"""Command line: ``slatcheck run|validate|replay|shrink|history|merge|images|formats|models|
-hypervisors|guests``.
+"""Command line: ``slatcheck run|validate|replay|shrink|compare|report|history|merge|images|
+formats|models|hypervisors|guests``.
 
 Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
 as it expects (a negative scenario that fails with its expected findings
 counts as passed; a skip is 0); 1 a scenario failed (a finding, a guest panic,
 a timeout, Ctrl-C); 2 bad scenario file or usage (nothing boots); 3
-infrastructure error.
+infrastructure error.  ``compare`` and ``report`` (:mod:`harness.report_cli`) read
+recorded runs: 2 on a missing or damaged file; ``compare`` 1 when something regressed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harness import nightly_cli
 from harness.context import Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
+from harness.report_cli import add_parsers, cmd_compare, cmd_report
 from harness.result import ScenarioResult
 from harness.scenario import Scenario
 
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     shr.add_argument("--budget", type=int, default=60, help="candidates to run at most (60)")
     shr.add_argument("--out", type=Path, help="where the smallest goes (FILE.min.yaml)")
     shr.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    add_parsers(sub)
     val = sub.add_parser("validate", help="validate scenario files without booting anything")
     val.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     img = sub.add_parser("images", help="list or build guest images")
@@ -152,7 +155,8 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """(reporter, path) pairs from --junit and --report; bad names are usage errors."""
+    """(reporter, path) pairs from --junit and --report; bad names, and reports that
+    cannot be written here (a mail with no sender), are usage errors."""
     from harness.reporters import REPORTERS
     out = [("junit", args.junit)] if args.junit else []
     for item in args.report:
@@ -161,6 +165,9 @@ def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
             raise ScenarioError(f"--report wants NAME=PATH, not {item!r}")
         if name not in REPORTERS:
             raise ScenarioError(str(REPORTERS.lookup_error(name)))
+        check = REPORTERS[name].check
+        if check is not None:
+            check()
         out.append((name, Path(path)))
     return out
 
@@ -248,9 +255,10 @@ def _write_reports(results: list[ScenarioResult],
     for name, path in reports:
         try:
             REPORTERS[name].write(results, path)
-        except OSError as e:
+        except (OSError, ScenarioError) as e:
             failed.append(str(path))
-            print(f"slatcheck: cannot write the {name} report {path}: {e.strerror or e}",
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            print(f"slatcheck: cannot write the {name} report {path}: {why}",
                   file=sys.stderr)
     return failed
 
@@ -343,7 +351,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _cmd_validate, "images": _cmd_images, "history": nightly_cli.cmd_history,
-    "merge": nightly_cli.cmd_merge}
+    "merge": nightly_cli.cmd_merge, "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None, services: Services | None = None) -> int:
