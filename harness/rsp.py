@@ -538,22 +538,19 @@ class RspTarget:
 
     def read_phys(self, addr: int, size: int) -> bytes:
         """Exactly *size* bytes of L1 physical memory."""
-        c = self.client
-        if c.running:
-            with c.halted():
-                return self.read_phys(addr, size)
-        if c.mode != 1:
-            c.set_phys(True)
-        return c.read(addr, size)
+        return self._read(True, addr, size)
 
     def read_virt(self, addr: int, size: int) -> bytes:
         """*size* bytes at L1 virtual *addr* (the current CPU's tables)."""
+        return self._read(False, addr, size)
+
+    def _read(self, physical: bool, addr: int, size: int) -> bytes:
+        """A read in QEMU's physical or virtual mode, with L1 stopped (halted for it)."""
         c = self.client
         if c.running:
             with c.halted():
-                return self.read_virt(addr, size)
-        if c.mode != 0:
-            c.set_phys(False)
+                return self._read(physical, addr, size)
+        c.set_phys(physical)               # a no-op when the mode is already right
         return c.read(addr, size)
 
     def write_phys(self, addr: int, data: bytes) -> None:
