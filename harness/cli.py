@@ -125,6 +125,11 @@ def _plan(args: argparse.Namespace) -> RepeatPlan:
             raise ScenarioError(f"--{name.replace('_', '-')} wants a positive number, not {v}")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise ScenarioError(f"--seed wants 0 <= S < 2**63, not {args.seed}")
+    for name in ("duration", "keep_for"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:      # also NaN: no iteration would ever start
+            raise ScenarioError(f"--{name.replace('_', '-')} wants a positive number of "
+                                f"seconds, not {v}")
     plan = RepeatPlan(count=args.repeat, until_fail=args.until_fail, duration=args.duration,
                       reboot_every=args.reboot_every, seed=args.seed,
                       keep_on_failure=args.keep_on_failure, keep_for=args.keep_for)
