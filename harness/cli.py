@@ -40,7 +40,10 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slatcheck", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="slatcheck", description="Differential verification of hypervisor nested "
+        "paging: scenarios boot a guest, drive its hypervisor and compare the nested tables "
+        "with a reference model.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run scenario files")
@@ -301,6 +304,9 @@ def _cmd_images(args: argparse.Namespace) -> int:
         return 0
     if args.images_cmd == "import":
         return _cmd_import(args)
+    if args.name not in IMAGES:            # a name the user typed: usage, not the harness
+        raise ScenarioError(f"no image recipe {args.name!r}; the recipes: "
+                            f"{', '.join(IMAGES.names())}")
     try:
         img = build_image(args.name, progress=lambda s: print(s, flush=True))
     except SkipScenario as e:              # cannot be built here: not a success
@@ -395,7 +401,12 @@ def entry() -> None:
     Once main has returned, a late Ctrl-C or SIGTERM can no longer change the exit
     status (the run and its reports are done).
     """
-    status = main()
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:                # `slatcheck images list | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     sys.exit(status)
