@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     build = img_sub.add_parser("build", help="build an image into the cache")
     build.add_argument("name")
     imp = img_sub.add_parser("import", help="put a disk installed elsewhere into the cache "
-                             "(disk images only: openbsd-amd64, freebsd-amd64)")
+                             "(disk images only: openbsd-amd64, freebsd-amd64, dragonfly-amd64)")
     imp.add_argument("name")
     imp.add_argument("--disk", type=Path, required=True,
                      help="the installed disk (any format qemu-img reads)")
