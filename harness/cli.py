@@ -21,7 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from harness import nightly_cli
-from harness.context import Services
+from harness.context import DETAIL, Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.provenance import git_commit, slatcheck_version
 from harness.report_cli import add_parsers, cmd_compare, cmd_report
@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     nightly_cli.add_run_options(run)
     noise = run.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true",
-                       help="also print image-build progress and each step's detail")
+                       help="also print each check's VMs: root, tables read, leaves by "
+                            "size, findings")
     noise.add_argument("-q", "--quiet", action="store_true",
                        help="print only the summary table")
     rep = sub.add_parser("replay", help="check a kept failure's saved core again, offline")
@@ -156,9 +157,10 @@ class _Stop:
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
-    """Where the runner's progress lines go (-q: nowhere)."""
+    """Where the runner's progress lines go (-q: nowhere; detail lines only with -v)."""
     def emit(line: str) -> None:
-        print(line, flush=True)
+        if args.verbose or not line.split("] ", 1)[-1].startswith(DETAIL):
+            print(line, flush=True)
     return (lambda line: None) if args.quiet else emit
 
 
