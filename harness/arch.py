@@ -51,8 +51,17 @@ def x86_phys_bits(cpu: str, accel: str) -> int:
 
     >>> x86_phys_bits("EPYC", "tcg"), x86_phys_bits("max,phys-bits=46", "tcg")
     (40, 46)
+    >>> x86_phys_bits("max,phys-bits=52m", "tcg")
+    Traceback (most recent call last):
+    ...
+    ValueError: phys-bits must be a whole number from 32 to 52, not '52m'
     """
-    return int(_x86_cpu(cpu)[2].get("phys-bits", 52 if accel == "kvm" else TCG_PHYS_BITS))
+    text = _x86_cpu(cpu)[2].get("phys-bits")
+    if text is None:
+        return 52 if accel == "kvm" else TCG_PHYS_BITS
+    if not (text.isdigit() and 32 <= int(text) <= 52):
+        raise ValueError(f"phys-bits must be a whole number from 32 to 52, not {text!r}")
+    return int(text)
 
 
 def _x86_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:
