@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     shr.add_argument("--tries", type=int, default=3,
                      help="runs of each candidate before it counts as passing (3)")
     shr.add_argument("--budget", type=int, default=60, help="candidates to run at most (60)")
-    shr.add_argument("--out", type=Path, help="where the smallest goes (default: beside FILE, its name with .min.yaml)")
+    shr.add_argument("--out", type=Path,
+                     help="where the smallest goes (default: beside FILE, NAME.min.yaml)")
     shr.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     add_parsers(sub)
     val = sub.add_parser("validate", help="validate scenario files without booting anything")
