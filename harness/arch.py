@@ -45,6 +45,25 @@ def _x86_cpu(cpu: str) -> tuple[str, set[str], dict[str, str]]:
     return model, flags, values
 
 
+def x86_phys_bits(cpu: str, accel: str) -> int:
+    """The L1's MAXPHYADDR under QEMU: ``phys-bits=`` of ``-cpu``, else 40 under TCG
+    (``TCG_PHYS_ADDR_BITS``) and 52 (assumed) under KVM, where the host decides.
+
+    >>> x86_phys_bits("EPYC", "tcg"), x86_phys_bits("max,phys-bits=46", "tcg")
+    (40, 46)
+    >>> x86_phys_bits("max,phys-bits=52m", "tcg")
+    Traceback (most recent call last):
+    ...
+    ValueError: phys-bits must be a whole number from 32 to 52, not '52m'
+    """
+    text = _x86_cpu(cpu)[2].get("phys-bits")
+    if text is None:
+        return 52 if accel == "kvm" else TCG_PHYS_BITS
+    if not (text.isdigit() and 32 <= int(text) <= 52):
+        raise ValueError(f"phys-bits must be a whole number from 32 to 52, not {text!r}")
+    return int(text)
+
+
 def _x86_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:
     """GPA bits the workload's x86 L2 reaches: the L1's MAXPHYADDR, 48 on a 4-level NPT.
 
@@ -62,7 +81,7 @@ def _x86_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:
     48
     """
     model, flags, values = _x86_cpu(cpu)
-    phys = int(values.get("phys-bits", 52 if accel == "kvm" else TCG_PHYS_BITS))
+    phys = x86_phys_bits(cpu, accel)
     la57 = ("-la57" not in flags and values.get("la57") != "off"
             and (model in ("max", "host") or "+la57" in flags or values.get("la57") == "on"))
     return min(phys, 52 if la57 else 48)

@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.errors import InfraError
 
-__all__ = ["make_run_dir", "write_json", "DEFAULT_ROOT"]
+__all__ = ["make_run_dir", "write_json", "write_text", "DEFAULT_ROOT"]
 
 DEFAULT_ROOT = Path("artifacts")
 
@@ -45,9 +45,14 @@ def write_json(path: Path, data: Any) -> None:
 
     On a failure (a full disk) the temporary file is removed and the OSError raised.
     """
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write *text* through a temporary file and an atomic rename (see :func:`write_json`)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import oracles
-from harness.context import Injection, KernelFacts, RunContext, WorkloadRun
+from harness.arch import x86_phys_bits
+from harness.context import DETAIL, Injection, KernelFacts, RunContext, WorkloadRun
 from harness.diff import coalesce, diff, find_mapping
 from harness.errors import InfraError, ScenarioError
 from harness.findings import Finding
@@ -58,7 +60,7 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
         names = tuple(dict.fromkeys((*hv.symbols, *guest.backing_symbols)))
         symbols = _per_boot(ctx, "symbols-" + _digest(names),
                             lambda: dict(source(console, image, names, ctx.run_dir)))
-        facts = {**_image_facts(image),
+        facts = {**_image_facts(image), **_machine_facts(ctx),
                  **_per_boot(ctx, "facts-" + hv.name, lambda: dict(hv.facts(console)))}
         ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(image, hv.type_modules),
                                  facts=facts)
@@ -71,6 +73,15 @@ def _image_facts(image: Image) -> dict[str, int]:
     config = Path(image.dir) / "config"
     facts = release_facts(image.kernel_release)
     return {**facts, **config_facts(config.read_text())} if config.is_file() else facts
+
+
+def _machine_facts(ctx: RunContext) -> dict[str, int]:
+    """What the L0 machine's configuration says of the L1's CPU, for hypervisors that
+    cannot ask the L1 (QEMU x86: MAXPHYADDR, from ``-cpu``); the L1's own answer wins."""
+    m, arch = ctx.scenario.machine, ctx.hypervisor.arch_record
+    if m.emulator != "qemu" or arch.name != "x86_64":
+        return {}
+    return {"maxphyaddr": x86_phys_bits(m.cpu or arch.cpu, m.accel)}
 
 
 def _digest(names: tuple[str, ...]) -> str:
@@ -294,12 +305,38 @@ def run_check(ctx: RunContext, step: CheckStep) -> None:
             _record(ctx, step, [_leftover(ob)])
             record["vms"].append(_vm_json(ob, ob.name, [_leftover(ob)]))
         failed = failed or bool(leftovers)
+        for vm_line in check_lines(record):
+            ctx.progress(DETAIL + vm_line)
     finally:
         if t1 is not None:            # discovery ran: record the check, undo injections
             ctx.checks.append(record)
             ctx.add_phase("diff", time.monotonic() - t1)
             if not (failed and ctx.keep_failure):
                 _restore(ctx)
+
+
+def check_lines(record: dict[str, Any]) -> list[str]:
+    """One line per checked VM of a check's record: what -v prints.
+
+    >>> check_lines({"step": "s", "vms": [{"vm": "w1/vm0", "observed_as": "kvm@0x1",
+    ...     "format": "npt", "root": "0x5000", "tables_read": 4, "findings": 0,
+    ...     "mappings": [{"size": "0x1000"}, {"size": "0x200000"}, {"size": "0x1000"}]}]})
+    ['w1/vm0 (kvm@0x1): npt root 0x5000, 4 tables, 3 leaves (4K x2, 2M x1), 0 findings']
+    """
+    out = []
+    for vm in record["vms"]:
+        sizes = Counter(int(m["size"], 16) for m in vm.get("mappings", ()))
+        by = ", ".join(f"{_size_name(sz)} x{n}" for sz, n in sorted(sizes.items()))
+        out.append(f"{vm['vm']} ({vm.get('observed_as', '?')}): {vm.get('format', '?')} root "
+                   f"{vm.get('root')}, {vm.get('tables_read', 0)} tables, "
+                   f"{sum(sizes.values())} leaves" + (f" ({by})" if by else "")
+                   + f", {vm.get('findings', 0)} findings")
+    return out
+
+
+def _size_name(size: int) -> str:
+    return f"{size >> 30}G" if size >= 1 << 30 else f"{size >> 20}M" if size >= 1 << 20 \
+        else f"{size >> 10}K"
 
 
 def _record(ctx: RunContext, step: StepSpec, found: list[Finding]) -> None:

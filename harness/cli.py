@@ -1,11 +1,12 @@
-"""Command line: ``slatcheck run|validate|replay|shrink|images|formats|models|hypervisors|
-guests``.
+"""Command line: ``slatcheck run|validate|replay|shrink|compare|report|history|merge|images|
+formats|models|hypervisors|guests``.
 
 Also ``python -m harness``.  Exit status of ``run``: 0 every scenario came out
 as it expects (a negative scenario that fails with its expected findings
 counts as passed; a skip is 0); 1 a scenario failed (a finding, a guest panic,
 a timeout, Ctrl-C); 2 bad scenario file or usage (nothing boots); 3
-infrastructure error.
+infrastructure error.  ``compare`` and ``report`` (:mod:`harness.report_cli`) read
+recorded runs: 2 on a missing or damaged file; ``compare`` 1 when something regressed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from harness.context import Services
+from harness import nightly_cli
+from harness.context import DETAIL, Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.images.recipe import KernelSource
 from harness.provenance import git_commit, slatcheck_version
+from harness.report_cli import add_parsers, cmd_compare, cmd_report
 from harness.result import ScenarioResult
 from harness.scenario import Scenario
 
@@ -38,7 +41,10 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slatcheck", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="slatcheck", description="Differential verification of hypervisor nested "
+        "paging: scenarios boot a guest, drive its hypervisor and compare the nested tables "
+        "with a reference model.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run scenario files")
@@ -59,9 +65,11 @@ def _parser() -> argparse.ArgumentParser:
                           "(e.g. linux-amd64-6.12); checked like the scenario's own")
     _kernel_args(run)
     _repeat_args(run)
+    nightly_cli.add_run_options(run)
     noise = run.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true",
-                       help="also print image-build progress and each step's detail")
+                       help="also print each check's VMs: root, tables read, leaves by "
+                            "size, findings")
     noise.add_argument("-q", "--quiet", action="store_true",
                        help="print only the summary table")
     rep = sub.add_parser("replay", help="check a kept failure's saved core again, offline")
@@ -71,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     shr.add_argument("--tries", type=int, default=3,
                      help="runs of each candidate before it counts as passing (3)")
     shr.add_argument("--budget", type=int, default=60, help="candidates to run at most (60)")
-    shr.add_argument("--out", type=Path, help="where the smallest goes (FILE.min.yaml)")
+    shr.add_argument("--out", type=Path,
+                     help="where the smallest goes (default: beside FILE, NAME.min.yaml)")
     shr.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    add_parsers(sub)
     val = sub.add_parser("validate", help="validate scenario files without booting anything")
     val.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     img = sub.add_parser("images", help="list or build guest images")
@@ -82,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("name")
     _kernel_args(build)
     imp = img_sub.add_parser("import", help="put a disk installed elsewhere into the cache "
-                             "(disk images only: openbsd-amd64, freebsd-amd64)")
+                             "(disk images only: openbsd-amd64, freebsd-amd64, dragonfly-amd64)")
     imp.add_argument("name")
     imp.add_argument("--disk", type=Path, required=True,
                      help="the installed disk (any format qemu-img reads)")
@@ -98,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("hypervisors", "observable hypervisors"), ("guests", "guest OSes"),
                        ("reporters", "report formats")):
         sub.add_parser(name, help=f"list {what}")
+    nightly_cli.add_commands(sub)
     return p
 
 
@@ -152,6 +163,11 @@ def _plan(args: argparse.Namespace) -> RepeatPlan:
             raise ScenarioError(f"--{name.replace('_', '-')} wants a positive number, not {v}")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise ScenarioError(f"--seed wants 0 <= S < 2**63, not {args.seed}")
+    for name in ("duration", "keep_for"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:      # also NaN: no iteration would ever start
+            raise ScenarioError(f"--{name.replace('_', '-')} wants a positive number of "
+                                f"seconds, not {v}")
     plan = RepeatPlan(count=args.repeat, until_fail=args.until_fail, duration=args.duration,
                       reboot_every=args.reboot_every, seed=args.seed,
                       keep_on_failure=args.keep_on_failure, keep_for=args.keep_for)
@@ -175,14 +191,16 @@ class _Stop:
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
-    """Where the runner's progress lines go (-q: nowhere)."""
+    """Where the runner's progress lines go (-q: nowhere; detail lines only with -v)."""
     def emit(line: str) -> None:
-        print(line, flush=True)
+        if args.verbose or not line.split("] ", 1)[-1].startswith(DETAIL):
+            print(line, flush=True)
     return (lambda line: None) if args.quiet else emit
 
 
 def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """(reporter, path) pairs from --junit and --report; bad names are usage errors."""
+    """(reporter, path) pairs from --junit and --report; bad names, and reports that
+    cannot be written here (a mail with no sender), are usage errors."""
     from harness.reporters import REPORTERS
     out = [("junit", args.junit)] if args.junit else []
     for item in args.report:
@@ -191,6 +209,9 @@ def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
             raise ScenarioError(f"--report wants NAME=PATH, not {item!r}")
         if name not in REPORTERS:
             raise ScenarioError(str(REPORTERS.lookup_error(name)))
+        check = REPORTERS[name].check
+        if check is not None:
+            check()
         out.append((name, Path(path)))
     return out
 
@@ -205,6 +226,7 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
     kernel = _kernel_source(args)
     scenarios: list[Scenario] = [_with_kernel(sc, kernel) for sc in
                                  _load_all(args.scenarios, args.image)]  # all valid first
+    scenarios, shard = nightly_cli.select_shard(args, scenarios)
     results: list[ScenarioResult] = []
     progress = _progress(args)
     try:
@@ -223,9 +245,21 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
                 break
     finally:
         failed = _write_reports(results, [("json", args.artifacts / "summary.json"), *reports])
+        if shard is not None:
+            _write_shard_summary(results, args.artifacts / "summary.json", shard)
+        failed += nightly_cli.record(args, results)
         if results:
             print(summary_table(results), flush=True)
     return max([r.status for r in results] + [3 if failed else 0])
+
+
+def _write_shard_summary(results: list[ScenarioResult], path: Path,
+                         shard: dict[str, object]) -> None:
+    """summary.json with the shard's place (the positions of the scenarios run)."""
+    from harness.reporters import write_summary
+    positions = shard["positions"]
+    assert isinstance(positions, list)
+    write_summary(results, path, shard | {"positions": positions[:len(results)]})
 
 
 def _drawn(sc: Scenario, seed: int | None) -> Scenario:
@@ -267,9 +301,10 @@ def _write_reports(results: list[ScenarioResult],
     for name, path in reports:
         try:
             REPORTERS[name].write(results, path)
-        except OSError as e:
+        except (OSError, ScenarioError) as e:
             failed.append(str(path))
-            print(f"slatcheck: cannot write the {name} report {path}: {e.strerror or e}",
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            print(f"slatcheck: cannot write the {name} report {path}: {why}",
                   file=sys.stderr)
     return failed
 
@@ -308,6 +343,9 @@ def _cmd_images(args: argparse.Namespace) -> int:
         return 0
     if args.images_cmd == "import":
         return _cmd_import(args)
+    if args.name not in IMAGES:            # a name the user typed: usage, not the harness
+        raise ScenarioError(f"no image recipe {args.name!r}; the recipes: "
+                            f"{', '.join(IMAGES.names())}")
     kernel = _kernel_source(args)
     if kernel is not None and image_facts(args.name).builder != "debian-initramfs":
         raise ScenarioError(f"--kernel: image {args.name} is not built from a Linux kernel")
@@ -367,7 +405,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "validate": _cmd_validate, "images": _cmd_images}
+    "validate": _cmd_validate, "images": _cmd_images, "history": nightly_cli.cmd_history,
+    "merge": nightly_cli.cmd_merge, "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None, services: Services | None = None) -> int:
@@ -406,7 +445,12 @@ def entry() -> None:
     Once main has returned, a late Ctrl-C or SIGTERM can no longer change the exit
     status (the run and its reports are done).
     """
-    status = main()
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:                # `slatcheck images list | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     sys.exit(status)

@@ -34,9 +34,11 @@ from harness.warm import WarmState
 from harness.workload import VMReport, WorkloadReport
 
 __all__ = ["RunContext", "WorkloadRun", "KernelFacts", "Injection", "StepTimeout", "Progress",
+           "DETAIL",
            "Services", "default_services"]
 
 Progress = Callable[[str], None]
+DETAIL = "· "      # a progress line that starts with it is detail: printed with -v only
 ImageBuilder = Callable[[str, Progress], Image]
 KernelImageBuilder = Callable[[str, KernelSource, Progress], Image]
 

@@ -102,5 +102,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _short(v: Any) -> str:
+    if v is None:
+        return "-"
     j = _jsonable(v)
     return str(j) if not isinstance(j, str) else j

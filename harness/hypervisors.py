@@ -109,7 +109,7 @@ HYPERVISORS.add("linux-kvm-arm64", Hypervisor(
 
 HYPERVISORS.add("openbsd-vmm-rvi", Hypervisor(
     name="openbsd-vmm-rvi", guest_os="openbsd", arch="x86_64", format="npt",
-    models=("openbsd-vmm", "openbsd-vmm-old"),
+    models=("openbsd-vmm",),      # the old design (openbsd-vmm-old) is modelled on EPT only
     description="OpenBSD vmm(4) on AMD SVM with nested paging (RVI): vmm_softc -> vm_list "
                 "-> vm_pmap (or vm_map->pmap, by CTF member) -> pm_pdirpa, cross-checked "
                 "with each vCPU's VMCB nCR3; only top-level slots covering vm_memranges",

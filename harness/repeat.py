@@ -96,8 +96,15 @@ class Iteration:
 
     @property
     def failed(self) -> bool:
-        """It did not come out as the scenario expects (a skip is not a failure)."""
-        return self.result.verdict != "skip" and not self.result.as_expected
+        """It did not come out as the scenario expects (a skip is not a failure, nor an
+        iteration cut short by Ctrl-C or SIGTERM: that says nothing of the kernel)."""
+        return self.result.verdict not in ("skip", "interrupted") \
+            and not self.result.as_expected
+
+    @property
+    def completed(self) -> bool:
+        """It ran to its end (it counts in the rate)."""
+        return self.result.verdict != "interrupted"
 
     def to_json(self) -> dict[str, Any]:
         """One line of ``iterations.jsonl``."""
@@ -337,8 +344,10 @@ def _verdict(res: ScenarioResult, its: list[Iteration]) -> None:
 
 
 def _rate(its: list[Iteration]) -> Rate:
-    first = next((it.index for it in its if it.failed), None)
-    return Rate.of(sum(it.failed for it in its), len(its), first,
+    """Failures over the iterations that ran to their end (an interrupted one is left out)."""
+    done = [it for it in its if it.completed]
+    first = next((it.index for it in done if it.failed), None)
+    return Rate.of(sum(it.failed for it in done), len(done), first,
                    sum(it.result.duration for it in its))
 
 
@@ -406,7 +415,8 @@ def _loop(engine: Engine, its: list[Iteration], first_seed: int, t0: float,
                                              / "reproducer.yaml")
         _append(engine.run_dir / "iterations.jsonl", it.to_json())
         if it.result.stop:
-            raise KeyboardInterrupt("interrupted during an iteration")
+            raise KeyboardInterrupt(it.result.message.removeprefix("KeyboardInterrupt: ")
+                                    or "interrupted during an iteration")
         if it.failed and plan.keep_on_failure:
             (keeper or keep)(_failure(engine, it))
         it.ctx = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ class ScenarioResult:
                 "duration": round(self.duration, 3),
                 "phases": {k: round(v, 3) for k, v in self.phases.items()},
                 "findings": len(self.findings), "provenance": self.provenance,
+                "expect": {"verdict": self.expect.verdict,
+                           "findings": [asdict(e) for e in self.expect.findings]},
                 "properties": self.properties} | ({"repeat": self.repeat} if self.repeat
                                                   else {})
 

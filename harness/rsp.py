@@ -375,6 +375,22 @@ class RspClient:
             if self._sock is not None:
                 self.cont()
 
+    def leave_stopped(self) -> None:
+        """Stop the L1, remove breakpoints, leave virtual mode and close the socket
+        without detaching: QEMU keeps the L1 stopped for the next client."""
+        sock = self._sock
+        if sock is None:
+            return
+        with contextlib.suppress(InfraError, OSError):
+            self.interrupt()
+            for addr in sorted(self.breakpoints):
+                self.remove_breakpoint(addr)
+            if self.mode == 1:
+                self.set_phys(False)
+        self._sock = None
+        with contextlib.suppress(OSError):
+            sock.close()
+
     def insert_breakpoint(self, addr: int, kind: int = 1) -> None:
         """A software breakpoint at virtual *addr* (``Z0``); the L1 must be stopped."""
         self.ok(b"Z0,%x,%x" % (addr, kind))
@@ -498,6 +514,9 @@ def _unix_connect(path: str) -> socket.socket:
     return sock
 
 
+POLL = 0.5                  # seconds per wait for a stop reply while waiting for a breakpoint
+
+
 class RspTarget:
     """:class:`harness.target.Target` over an :class:`RspClient` on QEMU's gdbstub.
 
@@ -519,22 +538,19 @@ class RspTarget:
 
     def read_phys(self, addr: int, size: int) -> bytes:
         """Exactly *size* bytes of L1 physical memory."""
-        c = self.client
-        if c.running:
-            with c.halted():
-                return self.read_phys(addr, size)
-        if c.mode != 1:
-            c.set_phys(True)
-        return c.read(addr, size)
+        return self._read(True, addr, size)
 
     def read_virt(self, addr: int, size: int) -> bytes:
         """*size* bytes at L1 virtual *addr* (the current CPU's tables)."""
+        return self._read(False, addr, size)
+
+    def _read(self, physical: bool, addr: int, size: int) -> bytes:
+        """A read in QEMU's physical or virtual mode, with L1 stopped (halted for it)."""
         c = self.client
         if c.running:
             with c.halted():
-                return self.read_virt(addr, size)
-        if c.mode != 0:
-            c.set_phys(False)
+                return self._read(physical, addr, size)
+        c.set_phys(physical)               # a no-op when the mode is already right
         return c.read(addr, size)
 
     def write_phys(self, addr: int, data: bytes) -> None:
@@ -562,3 +578,47 @@ class RspTarget:
         self.client.cont()
         time.sleep(0.002)
         self.client.interrupt()
+
+    # -- harness.target.Breakpoints and Leavable ---------------------------------------
+
+    def set_breakpoint(self, addr: int) -> None:
+        """A breakpoint at kernel virtual *addr* (``Z0``, inserted with L1 stopped)."""
+        if addr not in self.client.breakpoints:
+            with self.client.halted():
+                self.client.insert_breakpoint(addr)
+
+    def clear_breakpoint(self, addr: int) -> None:
+        """Remove the breakpoint at *addr*, if set."""
+        if addr in self.client.breakpoints:
+            with self.client.halted():
+                self.client.remove_breakpoint(addr)
+
+    def wait_stop(self, timeout: float) -> int:
+        """Let L1 run until a breakpoint stops it; its PC (L1 stays stopped).
+        :class:`~harness.target.BreakpointTimeout` after *timeout* (L1 still runs)."""
+        from harness.target import BreakpointTimeout
+        c = self.client
+        c.cont()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c.wait_stop(min(POLL, max(0.001, deadline - time.monotonic())))
+                break
+            except RspError as exc:
+                if not isinstance(exc.__cause__, TimeoutError):
+                    raise
+            if time.monotonic() >= deadline:
+                raise BreakpointTimeout(f"L1 did not stop at a breakpoint within {timeout:g} s")
+        return c.register(self._pc())
+
+    def _pc(self) -> str:
+        """The program counter's name in the target description (x86-64: ``rip``)."""
+        return "pc" if "pc" in self.client.registers() else "rip"
+
+    def resume(self) -> None:
+        """Let L1 run."""
+        self.client.cont()
+
+    def leave_stopped(self) -> None:
+        """End the session with L1 stopped (see :meth:`RspClient.leave_stopped`)."""
+        self.client.leave_stopped()

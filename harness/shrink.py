@@ -190,6 +190,18 @@ class _Runner:
         return None
 
 
+def _said(sig: Signature | None) -> str:
+    """A failure's signature as a person reads it: ``fail with wrong_frame``.
+
+    >>> _said(("fail", frozenset({"wrong_frame", "missing"})))
+    'fail with missing, wrong_frame'
+    """
+    if sig is None:
+        return "nothing"
+    verdict, kinds = sig
+    return verdict + (f" with {', '.join(sorted(kinds))}" if kinds else "")
+
+
 def _write(doc: Doc, out: Path, note: str) -> None:
     out.write_text(f"# {note}\n" + dump_scenario(doc))
 
@@ -215,7 +227,7 @@ def shrink(path: Path, artifacts_root: Path, *, tries: int = 3, budget: int = 60
     if res.reproduced:
         res.out = out or path.with_name(path.name.removesuffix(".yaml") + ".min.yaml")
         _write(res.smallest, res.out, f"shrunk from {path.name} ({len(res.kept)} reduction(s) "
-               f"kept of {len(res.tried)} tried); fails as {res.signature}")
+               f"kept of {len(res.tried)} tried); fails as {_said(res.signature)}")
     write_json(run_dir / "shrink.json", {
         "file": str(path), "reproduced": res.reproduced, "out": str(res.out) if res.out else None,
         "signature": [res.signature[0], sorted(res.signature[1])] if res.signature else None,

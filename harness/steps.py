@@ -44,7 +44,7 @@ from harness.scenario.spec import (
     WaitStep,
     WorkloadStep,
 )
-from harness.warm import WarmState
+from harness.warm import WarmState, budget_from_env, prune
 from harness.workload import parse_report, workload_argv
 
 __all__ = ["HANDLERS", "prepare_image"]
@@ -160,6 +160,7 @@ def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
     ctx.attach_console(console)
     ctx.properties["machine.start"] = "warm"
     ctx.properties["machine.state"] = warm.dir.name
+    warm.touch()
     return True
 
 
@@ -179,6 +180,8 @@ def _save_warm(ctx: RunContext, warm: WarmState) -> None:
     if saved:
         ctx.progress(f"saved the booted machine for warm starts: {warm.dir.name} "
                      f"({took:.1f} s)")
+        for gone in prune(warm.dir.parent, *budget_from_env(), keep=warm.dir):
+            ctx.progress(f"removed the warm state {gone.name} (unused or over the budget)")
     if warm.boot_id() == boot_id:
         ctx.warm = warm               # per-boot facts of this boot may be kept with it
 

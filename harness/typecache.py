@@ -78,6 +78,11 @@ class RecordedTypes:
             raise TypeLookupError(answer["error"])
         return answer["value"]
 
+    def __reduce__(self) -> tuple[Callable[[KernelTypes], KernelTypes], tuple[KernelTypes]]:
+        """Pickled (a kept core's ``types.pickle``) as the real types, parsed if need be:
+        the loader is a closure over the image, and a core outlives the image's cache."""
+        return _as_is, (self._types(),)
+
     def _save(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
@@ -111,3 +116,8 @@ class RecordedTypes:
     def is_signed(self, spec: Any) -> bool:
         """Whether an integer type (name or member reference) is signed."""
         return bool(self._ask(f"signed {spec}", lambda t: t.is_signed(self._record(spec))))
+
+
+def _as_is(types: KernelTypes) -> KernelTypes:
+    """What an unpickled :class:`RecordedTypes` is: the types it stood for."""
+    return types

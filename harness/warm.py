@@ -21,6 +21,11 @@ Per-boot facts survive a restore (it is the same boot, same KASLR): the guest's
 boot id is recorded with the state and checked after a restore, and the kernel
 symbols and facts read once for that boot are kept beside the state.
 
+States are pruned after each save (:func:`prune`): a state not used for
+``SLATCHECK_WARM_DAYS`` days (default 14) goes, and beyond ``SLATCHECK_WARM_BUDGET``
+bytes in all (default 8 GiB; suffixes K, M, G) the least recently used go first.  A
+state counts as used when a run starts from it (:meth:`WarmState.touch`).
+
 Layout of ``$XDG_CACHE_HOME/slatcheck/states/<image>-<key>/``::
 
     state.bin       the saved machine (a file; a directory for Bochs)
@@ -48,7 +53,7 @@ from typing import Any
 
 from harness.images import Image
 
-__all__ = ["WarmState", "states_root", "key_of", "image_key"]
+__all__ = ["WarmState", "states_root", "key_of", "image_key", "prune", "budget_from_env"]
 
 STATE = "state.bin"
 META = "meta.json"
@@ -150,6 +155,18 @@ class WarmState:
                 _remove(tmp)
         return True
 
+    def touch(self) -> None:
+        """Record a use (a run started from the state): pruning keeps recent ones."""
+        with contextlib.suppress(OSError):
+            os.utime(self.dir / META)
+
+    def last_used(self) -> float:
+        """When the state was saved or last started from (0 when incomplete)."""
+        try:
+            return (self.dir / META).stat().st_mtime
+        except OSError:
+            return 0.0
+
     def discard(self) -> None:
         """Remove a broken or stale state (readers keep their open copy)."""
         with self._locked(wait=True):
@@ -180,6 +197,51 @@ class WarmState:
         with contextlib.suppress(OSError):
             _write_atomic(self.dir / f"{what}.json",
                           json.dumps({"boot_id": boot_id, "value": value}))
+
+
+DAY = 86400.0
+DEFAULT_BUDGET = 8 << 30
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def budget_from_env(environ: Mapping[str, str] = os.environ) -> tuple[int, float]:
+    """(bytes, seconds) from SLATCHECK_WARM_BUDGET and SLATCHECK_WARM_DAYS.
+
+    >>> budget_from_env({"SLATCHECK_WARM_BUDGET": "512M", "SLATCHECK_WARM_DAYS": "1"})
+    (536870912, 86400.0)
+    """
+    text = environ.get("SLATCHECK_WARM_BUDGET", "").strip().upper()
+    budget = DEFAULT_BUDGET
+    if text and text[:-1 if text[-1] in "KMG" else None].isdigit():
+        unit = text[-1] if text[-1] in "KMG" else ""
+        budget = int(text.removesuffix(unit)) * _SUFFIX[unit]
+    days = environ.get("SLATCHECK_WARM_DAYS", "")
+    return budget, float(days) * DAY if days.replace(".", "", 1).isdigit() else 14 * DAY
+
+
+def prune(root: Path, budget: int, max_age: float, keep: Path | None = None,
+          now: float | None = None) -> list[Path]:
+    """Remove states unused for *max_age* seconds, then the least recently used until
+    the rest fit in *budget* bytes; *keep* (the state just saved) always stays.  A state
+    another run is saving or removing (its lock taken) is left alone.  Returns the
+    directories removed."""
+    now = time.time() if now is None else now
+    states = sorted((WarmState(d, {}) for d in root.glob("*-*") if d.is_dir()),
+                    key=lambda w: w.last_used(), reverse=True)
+    removed, total = [], 0
+    for w in states:
+        try:
+            size = _size(w.state)
+        except OSError:
+            size = 0               # being saved, or a save that died (then it is old)
+        if w.dir == keep or (now - w.last_used() <= max_age and total + size <= budget):
+            total += size
+            continue
+        with w._locked(wait=False) as mine:
+            if mine:
+                _remove(w.dir)
+                removed.append(w.dir)
+    return removed
 
 
 def _size(state: Path) -> int:

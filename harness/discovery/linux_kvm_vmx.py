@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from harness.discovery.linux_kvm_common import (
     STATIC_PAGE_OFFSET,
     MemSlot,
+    creator_tgid,
     x86_layout_base,
 )
 from harness.discovery.linux_kvm_common import KernelReader as _Kernel
@@ -96,6 +97,7 @@ class LiveVM:
     root: int | None                  # the agreed root; None if no vCPU has one
     eptp: int | None                  # the agreed EPT pointer (None: not readable)
     checks: Mapping[str, bool | None] = field(default_factory=dict)
+    tgid: int | None = None           # kvm->mm->owner->tgid: the owning process's id
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def _live_vm(ctx: _Context, kvm: int) -> LiveVM:
                   for idx, ptr in xa_for_each(ctx.k.kmem, ctx.k.btf, xa))
     root, eptp = _agreed(kvm, vcpus)
     return LiveVM(kvm=kvm, pid=ctx.k.field(kvm, "struct kvm", "userspace_pid"), vcpus=vcpus,
-                  memslots=tuple(_memslots(ctx.k, kvm)), root=root, eptp=eptp, checks=checks)
+                  memslots=tuple(_memslots(ctx.k, kvm)), root=root, eptp=eptp, checks=checks,
+                  tgid=creator_tgid(ctx.k, kvm))
 
 
 def _vcpu(ctx: _Context, kvm: int, idx: int, vcpu: int,

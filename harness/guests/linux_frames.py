@@ -1,5 +1,9 @@
-"""Linux's count of references to a physical frame: ``struct page._refcount`` (of the
-head page, for a tail page of a compound page).
+"""Linux's count of references to a physical frame: ``struct page._refcount``.
+
+A tail page of a compound page (a THP or hugetlb page, which a 4 KiB nested leaf may
+map a part of) has no count of its own: its ``compound_head`` word holds the head's
+``struct page`` address with bit 0 set, and the head's count speaks for it
+(``page_ref_count(compound_head(page))``, as ``get_page`` takes it).
 
 The ``struct page`` of frame *pfn* is ``vmemmap + pfn`` (``CONFIG_SPARSEMEM_VMEMMAP``),
 read through the kernel's own types (BTF: ``sizeof(struct page)``, the offset of
@@ -49,13 +53,7 @@ TOP_VMEMMAP_FROM = 0x060900         # LINUX_VERSION_CODE of the reorganised kern
 
 
 def refcounts_at(view: KernelView, vmemmap: int, frames: Sequence[int]) -> dict[int, int]:
-    """``folio_ref_count(page_folio(pfn_to_page(frame >> 12)))`` of each frame.
-
-    A tail page of a compound page (a THP backing 4 KiB leaves: a dirty-logged huge
-    slot) holds no count of its own, its ``_refcount`` is 0; the count is its head's,
-    found through ``compound_head`` (the head's address with bit 0 set, as
-    ``PageTail`` tests it).
-    """
+    """``page_ref_count(compound_head(pfn_to_page(frame >> 12)))`` of each frame."""
     size = view.types.sizeof("struct page")
     off = view.types.offsetof("struct page", "_refcount")
     head_off = view.types.offsetof("struct page", "compound_head")
@@ -63,7 +61,7 @@ def refcounts_at(view: KernelView, vmemmap: int, frames: Sequence[int]) -> dict[
     for frame in frames:
         page = (vmemmap + (frame >> PAGE_SHIFT) * size) & MASK64
         head = read_u64(view.mem.kernel, page + head_off)
-        if head & 1:
+        if head & 1:                                      # a tail page: its head's count
             page = head - 1
         raw = view.mem.kernel.read((page + off) & MASK64, 4)
         out[frame] = int.from_bytes(raw, "little", signed=True)

@@ -47,7 +47,7 @@ WORKLOAD_DIR = "/root/slat-workload"
 WORKLOAD_BINARY = "/usr/local/bin/slat-workload"
 # images/workload/ files the guest compiles: the shared main.c and x86 guest code, and
 # the bhyve backend (libvmmapi); workload.h is needed too
-WORKLOAD_SOURCES = ("main.c", "hv_freebsd.c", "l2_x86.c")
+WORKLOAD_SOURCES = ("main.c", "common.c", "hv_freebsd.c", "l2_x86.c")
 WORKLOAD_FILES = (*WORKLOAD_SOURCES, "workload.h")
 GUEST_KERNEL = "/boot/kernel/kernel"   # the kernel the loader boots (symbols, CTF)
 GUEST_VMM = "/boot/kernel/vmm.ko"      # bhyve's module (CTF of struct vm, vmmdev_softc...)

@@ -68,7 +68,7 @@ TRANSFER_DEV = "/dev/rsd1c"         # the second virtio disk, whole ('c' partiti
 WORKLOAD_DIR = "/root/slat-workload"
 # images/workload/ files the guest compiles: the shared main.c and x86 guest code, and the
 # vmm(4) backend; workload.h is needed too
-WORKLOAD_SOURCES = ("main.c", "hv_openbsd.c", "l2_x86.c")
+WORKLOAD_SOURCES = ("main.c", "common.c", "hv_openbsd.c", "l2_x86.c")
 WORKLOAD_FILES = (*WORKLOAD_SOURCES, "workload.h")
 
 

@@ -57,7 +57,7 @@ import signal
 import tempfile
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -227,6 +227,22 @@ def _l1_direct_map(target: BochsTarget) -> int | None:
     return find_direct_map(phys, target.register("cr3"), target.register("cr4"))
 
 
+DEBUGGER_TERM = "xterm"
+
+
+def debugger_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Bochs's environment with a known terminal type for its debugger's readline.
+
+    Without ``TERM`` (CI jobs, tox) readline takes an accepted line without printing
+    the newline that :meth:`BochsDebugger.cont` waits for, so every run would end in
+    "the debugger did not take the `c` command".
+
+    >>> debugger_env({"PATH": "/bin"})["TERM"], debugger_env({"TERM": "dumb"})["TERM"]
+    ('xterm', 'xterm')
+    """
+    return {**environ, "TERM": DEBUGGER_TERM}
+
+
 class BochsMachine:
     """Owns one Bochs process, its two ptys, its RFB connection and private directory."""
 
@@ -341,6 +357,7 @@ class BochsMachine:
         try:
             self._child = pexpect.spawn(
                 self._cmdline[0], self._cmdline[1:], cwd=str(self._dir), encoding="utf-8",
+                env=debugger_env(os.environ),
                 codec_errors="replace", timeout=60, maxread=65536, echo=False,
                 searchwindowsize=4096, preexec_fn=_die_with_parent, dimensions=(50, 1000))
         except (OSError, pexpect.ExceptionPexpect) as exc:

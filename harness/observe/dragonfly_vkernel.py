@@ -84,7 +84,8 @@ def observe(view: KernelView) -> list[ObservedVM]:
     out = []
     for r in discover(k, view.symbols, view.target.translate, view.mem.size):
         params = NptParams(levels=4, flavour="hw", limits=WalkLimits(mem_size=view.mem.size),
-                           top_slots=rvi_top_slots([(r.start, r.size)]))
+                           top_slots=rvi_top_slots([(r.start, r.size)]),
+                           maxphyaddr=view.facts.get("maxphyaddr", 52))
         walk = clip(walk_npt(view.mem.phys, r.root, params), r.start, r.end)
         image = _image(view, r)
         out.append(ObservedVM(

@@ -46,10 +46,12 @@ def _walk(view: KernelView, vm: LiveVM) -> tuple[Any, Any]:
     limits = WalkLimits(mem_size=view.mem.size)
     if vm.format == "npt":
         top = rvi_top_slots((m.gpa, m.len) for m in vm.maps)
-        params: Any = NptParams(levels=4, flavour="hw", limits=limits, top_slots=top)
+        params: Any = NptParams(levels=4, flavour="hw", limits=limits, top_slots=top,
+                                     maxphyaddr=view.facts.get("maxphyaddr", 52))
         return params, walk_npt(view.mem.phys, vm.root, params)
     flavour = "freebsd-emulated-ad" if vm.emulate_ad else "hw"
-    params = EptParams(levels=4, flavour=flavour, ad_enabled=vm.ad_enabled, limits=limits)
+    params = EptParams(levels=4, flavour=flavour, ad_enabled=vm.ad_enabled, limits=limits,
+                       maxphyaddr=view.facts.get("maxphyaddr", 52))
     return params, walk_ept(view.mem.phys, vm.root, params)
 
 

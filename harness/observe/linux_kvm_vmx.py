@@ -20,7 +20,7 @@ from harness.errors import InfraError
 from harness.formats.base import WalkLimits, WalkResult
 from harness.formats.ept import EptParams, decode_eptp
 from harness.formats.ept import walk as walk_ept
-from harness.observe import KernelView, ObservedVM
+from harness.observe import KernelView, ObservedVM, process_ids
 from harness.target import Target
 
 __all__ = ["observe", "facts", "current_vmcs"]
@@ -77,7 +77,8 @@ def observe(view: KernelView) -> list[ObservedVM]:
         out.append(ObservedVM(
             name=f"kvm@{vm.kvm:#x}", format="ept", root=vm.root or 0, params=params,
             walk=walk, slot_hvas=frozenset(s.hva for s in vm.memslots), slots=slots,
-            discovery={"pid": vm.pid, "eptp": None if vm.eptp is None else hex(vm.eptp),
+            discovery={**process_ids(vm.tgid, vm.pid),
+                       "eptp": None if vm.eptp is None else hex(vm.eptp),
                        "checks": dict(vm.checks), "vcpus": [_vcpu_json(v) for v in vm.vcpus],
                        "current_vmcs": [_cur_json(c) for c in current],
                        "ept_violations": faults}))

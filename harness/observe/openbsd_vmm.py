@@ -50,10 +50,12 @@ def _walk(view: KernelView, vm: LiveVM) -> tuple[Any, Any]:
     limits = WalkLimits(mem_size=view.mem.size)
     if vm.format == "npt":
         top = rvi_top_slots((r.gpa, r.size) for r in vm.memranges)
-        params: Any = NptParams(levels=4, flavour="hw", limits=limits, top_slots=top)
+        params: Any = NptParams(levels=4, flavour="hw", limits=limits, top_slots=top,
+                                     maxphyaddr=view.facts.get("maxphyaddr", 52))
         return params, walk_npt(view.mem.phys, vm.root, params)
     ad = bool(vm.eptp is not None and vm.eptp & EPTP_AD_ENABLE)
-    params = EptParams(levels=4, ad_enabled=ad, limits=limits)
+    params = EptParams(levels=4, ad_enabled=ad, limits=limits,
+                       maxphyaddr=view.facts.get("maxphyaddr", 52))
     return params, walk_ept(view.mem.phys, vm.root, params)
 
 

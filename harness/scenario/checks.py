@@ -266,7 +266,10 @@ def _l2_address_bits(sc: Scenario, st: WorkloadStep, add: Add) -> tuple[int, str
             add(f"{key} is for {', '.join(_archs_with(key))} guests only, not {arch.name}",
                 "steps", st.index, "workload", key)
     cpu = sc.machine.cpu or arch.cpu
-    bits = arch.l2_address_bits(cpu, sc.machine.accel, st.ipa_bits)
+    try:
+        bits = arch.l2_address_bits(cpu, sc.machine.accel, st.ipa_bits)
+    except ValueError:              # a bad -cpu property: _check_cpu reports it once
+        return 64, "an unknown CPU"
     why = (f"an {arch.name} L2 with IPA size {bits}" if "ipa_bits" in arch.workload_options
            else f"an {arch.name} L2 on -cpu {cpu} ({sc.machine.accel})")
     if hv.l2_address_bits is not None and hv.l2_address_bits < bits:
@@ -389,9 +392,23 @@ def _check_expect(sc: Scenario, workloads: dict[str, WorkloadStep], add: Add) ->
                 "expect", "findings", i, "vm")
 
 
+def _check_cpu(sc: Scenario, add: Add) -> None:
+    """The properties of ``machine.cpu`` the harness reads (x86: ``phys-bits``)."""
+    from harness.arch import x86_phys_bits
+    from harness.hypervisors import HYPERVISORS
+    if sc.machine.cpu is None or sc.hypervisor not in HYPERVISORS \
+            or HYPERVISORS[sc.hypervisor].arch != "x86_64":
+        return
+    try:
+        x86_phys_bits(sc.machine.cpu, sc.machine.accel)
+    except ValueError as e:
+        add(str(e), "machine", "cpu")
+
+
 def check_scenario(sc: Scenario, add: Add) -> None:
     """Every check on the typed scenario; errors go to *add*."""
     from harness.scenario.extras import check_extras
+    _check_cpu(sc, add)
     checker = _StepChecker(sc, add)
     checker.run()
     _check_expect(sc, checker.workloads, add)

@@ -78,8 +78,10 @@ size_t arch_gen_code(const struct config *cfg, uint64_t code_gpa, uint8_t *buf, 
 	return n;
 }
 
-void arch_prepare_memory(const struct vm *vm, const struct config *cfg)
+/* Copy the guest code into its slot pages and put a "ret" at every x touch. */
+void arch_load_guest(struct vm *vm, const struct config *cfg)
 {
+	memcpy(gpa_to_hva(vm, cfg, cfg->code_gpa, cfg->code_len), cfg->code, cfg->code_len);
 	for (int i = 0; i < cfg->ntouches; i++) {
 		const struct touch *t = &cfg->touches[i];
 		uint8_t *p;

@@ -156,7 +156,7 @@ void hv_create_vm(struct vm *vm, const struct config *cfg)
 			die("vm %d: vm_map_gpa of slot %d failed", vm->index, i);
 		tag_slot(vm, cfg, i);
 	}
-	load_guest(vm, cfg);
+	arch_load_guest(vm, cfg);
 	vm->vcpu = vm_vcpu_open(vm->ctx, 0);
 	if (!vm->vcpu)
 		die("vm %d: vm_vcpu_open: %s", vm->index, strerror(errno));

@@ -82,7 +82,7 @@ void hv_create_vm(struct vm *vm, const struct config *cfg)
 		map_slot(vm, cfg, i);
 		set_slot(vm, cfg, i);
 	}
-	load_guest(vm, cfg);
+	arch_load_guest(vm, cfg);
 	vm->vcpufd = ioctl(vm->vmfd, KVM_CREATE_VCPU, 0);
 	if (vm->vcpufd < 0)
 		die("vm %d: KVM_CREATE_VCPU: %s", vm->index, strerror(errno));

@@ -157,7 +157,7 @@ void hv_create_vm(struct vm *vm, const struct config *cfg)
 		vm->hva[i] = va;
 		tag_slot(vm, cfg, i);
 	}
-	load_guest(vm, cfg);
+	arch_load_guest(vm, cfg);
 	memset(&vrp, 0, sizeof(vrp));
 	vrp.vrp_vm_id = vm->vm_id;
 	vrp.vrp_vcpu_id = vm->vcpu_id;

@@ -203,10 +203,12 @@ size_t arch_gen_code(const struct config *cfg, uint64_t code_gpa, uint8_t *buf, 
 	return blob_pages * PAGE_SIZE;
 }
 
-void arch_prepare_memory(const struct vm *vm, const struct config *cfg)
+/* Copy the guest code into its slot pages and put a "jmp eax" at every x touch. */
+void arch_load_guest(struct vm *vm, const struct config *cfg)
 {
 	static const uint8_t jmp_rax[] = { 0xff, 0xe0 };      /* jmp eax in 32-bit code */
 
+	memcpy(gpa_to_hva(vm, cfg, cfg->code_gpa, cfg->code_len), cfg->code, cfg->code_len);
 	for (int i = 0; i < cfg->ntouches; i++) {
 		const struct touch *t = &cfg->touches[i];
 		uint8_t *p;

@@ -105,14 +105,13 @@ struct vm {
 	int nexits, lost_exits;
 };
 
-/* main.c */
+/* common.c: report lines, the fatal error, slot bookkeeping */
 void emit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 uint8_t *gpa_to_hva(const struct vm *vm, const struct config *cfg, uint64_t gpa, size_t len);
 const struct slot *slot_of(const struct config *cfg, uint64_t gpa);
 void record_exit(struct vm *vm, const char *reason, uint64_t addr, int write);
 void tag_slot(struct vm *vm, const struct config *cfg, int slot);  /* pre-fault + GPA tags */
-void load_guest(struct vm *vm, const struct config *cfg);          /* code + stubs */
 
 /* hv_kvm.c, hv_openbsd.c or hv_freebsd.c: the hypervisor backend */
 void hv_open(void);
@@ -127,7 +126,7 @@ const char *hv_vm_name(const struct vm *vm);  /* the VM's name where the VMM nam
 /* touches and code below this GPA; before the hypervisor is open, the architectural bound */
 uint64_t arch_touch_limit(const struct config *cfg);
 size_t arch_gen_code(const struct config *cfg, uint64_t code_gpa, uint8_t *buf, size_t cap);
-void arch_prepare_memory(const struct vm *vm, const struct config *cfg);
+void arch_load_guest(struct vm *vm, const struct config *cfg);   /* code + stubs */
 
 /* x86: how the backend's vCPU starts (arch_x86.c on KVM, hv_openbsd.c, hv_freebsd.c):
  * 0 in 32-bit protected mode with paging off (GPAs below 4 GiB); else in long mode with

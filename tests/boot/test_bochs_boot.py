@@ -141,13 +141,13 @@ def test_ept_smoke_against_pagemap_eptp_and_violation_log(tmp_path: Path) -> Non
     assert vm["format"] == "ept"
     oracle = pagemap_oracle(run / "workload-w1.out")
     touched, slots = scenario_touches(scenario)
-    leaves = {m["gpa"]: m for m in vm["mappings"]}
+    leaves = {int(m["gpa"], 16): m for m in vm["mappings"]}          # slat.json: hex
     assert touched and all(p in oracle for p in touched)
     for gpa in touched:                                  # every touched page, exactly
-        assert leaves[gpa]["hpa"] == oracle[gpa], hex(gpa)
-        assert leaves[gpa]["size"] == 4096 and leaves[gpa]["r"] and leaves[gpa]["x"]
+        assert int(leaves[gpa]["hpa"], 16) == oracle[gpa], hex(gpa)
+        assert int(leaves[gpa]["size"], 16) == 4096 and leaves[gpa]["r"] and leaves[gpa]["x"]
     for m in vm["mappings"]:                             # and nothing maps elsewhere
-        assert oracle.get(m["gpa"]) == m["hpa"], m
+        assert oracle.get(int(m["gpa"], 16)) == int(m["hpa"], 16), m
         raw = int(m["raw"], 16)
         assert raw & SPTE_MMU_PRESENT and (raw >> 3) & 7 == 6, hex(raw)   # KVM-present, WB
     # the root the walk started from is the one Bochs's debugger has in the current VMCS

@@ -158,6 +158,8 @@ class FakeWorld:
             out.append(ObservedVM(f"kvm@{vm.index}", "npt", vm.root, params,
                                   walk_npt(view.mem.phys, vm.root, params),
                                   slot_hvas=frozenset(h for _, _, h in vm.slots),
+                                  slots=[{"id": i, "gpa": g, "size": sz, "hva": h, "flags": ""}
+                                         for i, (g, sz, h) in enumerate(vm.slots)],
                                   discovery=discovery))
         return out
 

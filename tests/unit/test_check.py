@@ -7,6 +7,7 @@ walker and judged by the real KVM model (see fakes.FakeWorld).
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,15 @@ from harness import check
 from harness.console import Console
 from harness.context import RunContext, WorkloadRun
 from harness.errors import InfraError, ScenarioError
-from harness.scenario.spec import CheckStep, GuestSpec, InjectStep, Scenario, WorkloadStep
+from harness.hypervisors import no_facts
+from harness.scenario.spec import (
+    CheckStep,
+    GuestSpec,
+    InjectStep,
+    MachineSpec,
+    Scenario,
+    WorkloadStep,
+)
 from harness.workload import parse_report
 
 
@@ -194,3 +203,28 @@ def test_kernel_facts_are_read_once_per_boot(tmp_path: Path) -> None:
         assert check.kernel_facts(ctx) is first
         assert ctx.phases["prepare"] >= 0
         assert PAGE == 4096
+
+
+@pytest.mark.parametrize("machine, want", [
+    (MachineSpec(cpu="EPYC"), 40),                         # QEMU TCG's default phys-bits
+    (MachineSpec(cpu="EPYC,phys-bits=43"), 43),
+    (MachineSpec(cpu="EPYC", accel="kvm"), 52),
+    (MachineSpec(emulator="bochs"), None),                 # Bochs: nothing assumed
+])
+def test_a_hypervisor_that_cannot_ask_the_l1_gets_the_machines_maxphyaddr(
+        tmp_path: Path, machine: MachineSpec, want: int | None) -> None:
+    """OpenBSD, FreeBSD and DragonFly read no facts in the L1; their walks (and a
+    reserved-bit injection into a 4 KiB leaf) need the L1's MAXPHYADDR all the same."""
+    with ExitStack() as stack:
+        ctx = held_context(FakeWorld(), tmp_path, stack)
+        ctx.scenario = replace(ctx.scenario, machine=machine)
+        ctx.hypervisor = replace(ctx.hypervisor, facts=no_facts)
+        assert check.kernel_facts(ctx).facts.get("maxphyaddr") == want
+
+
+def test_the_l1s_own_maxphyaddr_wins_over_the_machines(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        ctx = held_context(FakeWorld(), tmp_path, stack)
+        ctx.scenario = replace(ctx.scenario, machine=MachineSpec(cpu="EPYC,phys-bits=33"))
+        ctx.hypervisor = replace(ctx.hypervisor, facts=lambda console: {"maxphyaddr": 48})
+        assert check.kernel_facts(ctx).facts["maxphyaddr"] == 48

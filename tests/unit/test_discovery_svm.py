@@ -441,3 +441,13 @@ def test_every_hypervisor_reads_the_symbols_its_frame_oracle_needs() -> None:
     for name, hv in HYPERVISORS.items():
         if hv.frames is not None:
             assert set(hv.frames.symbols) <= set(hv.symbols), name
+
+
+def test_every_hypervisors_models_judge_its_format() -> None:
+    """A hypervisor may only name models that can judge its tables (openbsd-vmm-rvi
+    offered openbsd-vmm-old, which knows EPT only)."""
+    from harness.hypervisors import HYPERVISORS
+    from harness.models import MODELS
+    for name, hv in HYPERVISORS.items():
+        for model in hv.models:
+            assert hv.format in MODELS[model].formats, (name, model)

@@ -372,3 +372,13 @@ def test_facts_of_the_kernel_for_observers(tmp_path: Path) -> None:
     assert _image_facts(image) == {"LINUX_VERSION_CODE": 0x060C5F}
     (tmp_path / "config").write_text("CONFIG_ARM64_VA_BITS=52\n")
     assert _image_facts(image)["CONFIG_ARM64_VA_BITS"] == 52
+
+
+def test_the_612_recipes_are_their_base_with_another_kernel() -> None:
+    """Everything but the name and the kernel's suite is the 6.1 recipe's (the workload's
+    sources, the modules, the required options), so a change there reaches both."""
+    from dataclasses import replace
+    for base in ("linux-amd64", "linux-arm64"):
+        old, new = load_recipe(base), load_recipe(f"{base}-6.12")
+        assert replace(new, name=old.name, kernel=old.kernel) == old
+        assert replace(new.kernel, suite=None) == old.kernel

@@ -17,6 +17,7 @@ from harness import openbsd_vmd as vmd
 from harness.arch import ARCHES
 from harness.console import Console, GuestPanic
 from harness.errors import ScenarioError
+from harness.formats.npt import NptCodec
 from harness.guests import GUEST_OSES
 from harness.observe import KernelView
 from harness.observe.openbsd_vmm import observe
@@ -115,6 +116,29 @@ def test_observer_walks_only_the_top_slots_of_vm_memranges() -> None:
     assert ob.discovery["vm_name"] == "l2-b" and ob.discovery["pid"] == 4002
     assert ob.discovery["checks"]["vmcb nCR3 == pm_pdirpa"] is True
 
+
+
+def test_observer_walks_with_the_l1s_maxphyaddr_so_a_4k_leaf_has_a_reserved_bit() -> None:
+    """vmm-inject-reserved-bit: with MAXPHYADDR 52 a 4 KiB RVI leaf has no reserved bit;
+    the machine's (QEMU TCG: 40) gives bit 51, and the walk reports it."""
+    mem, ctf = build_vmm(DESIGN_NEW, 2, [VM_A])
+    build(mem, NptEncoder(), VM_A.root, 4, [Spec(0x2000, 0x1200000, 0x1000, True, True, True)])
+    page = SOFTC_SYM & ~0xFFF
+    target = FakeTarget(mem, registers={"cs": 0x8}, virt={page: page - KERNBASE})
+
+    def view() -> KernelView:    # a new halt: nothing read before is cached
+        return KernelView(target=target, arch=ARCHES["x86_64"],
+                          mem=l1_memories(target, [(0, MEM)]),
+                          symbols={"vmm_softc": SOFTC_SYM}, types=ctf,
+                          facts={"maxphyaddr": 40})
+    (ob,) = observe(view())
+    assert ob.params.maxphyaddr == 40
+    (leaf,) = ob.walk.mappings
+    bad = NptCodec(ob.params).with_reserved(leaf.raw, leaf.level)
+    assert bad == leaf.raw | 1 << 51
+    mem.write(leaf.entry, bad.to_bytes(8, "little"))
+    (again,) = observe(view())
+    assert [(f.kind, f.gpa) for f in again.walk.findings] == [("reserved_bits", 0x2000)]
 
 def test_vmctl_status_parsing() -> None:
     assert vmd.parse_status(vmd.STATUS_EXAMPLE, "slat-w1") == (1, 43210, "running")

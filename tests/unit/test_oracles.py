@@ -99,18 +99,19 @@ def test_refcounts_at_reads_struct_page_by_pfn() -> None:
     assert refcounts_at(view, VMEMMAP_VA, [0x123000, 0x124000]) == {0x123000: 7, 0x124000: -1}
 
 
-def test_a_tail_page_counts_with_its_head() -> None:
-    """A THP's tail pages hold no count (0): the count is the head's (Debian 6.12 backs a
-    dirty-logged huge slot with a THP whose 4 KiB leaves point at tail pages)."""
-    counts = {0x200000: 3, 0x201000: 0, 0x202000: 0}
+def test_a_tail_page_of_a_huge_page_counts_with_its_head() -> None:
+    """A 4 KiB leaf over part of a THP: the tail's own _refcount is 0 (kvm-npt-huge's
+    false freed_frame); compound_head (bit 0 set) leads to the head's count."""
+    head = 0x200000
+    counts = {head: 3, head + PAGE: 0, head + 2 * PAGE: 0}
     view, _ = world(counts)
-    assert refcounts_at(view, VMEMMAP_VA, [0x201000]) == {0x201000: 0}    # not a tail
+    assert refcounts_at(view, VMEMMAP_VA, [head + PAGE]) == {head + PAGE: 0}   # unmarked
     view, _ = world(counts)
-    head_va = VMEMMAP_VA + (0x200000 >> 12) * PAGE_SIZE_STRUCT
-    tail_pa = VMEMMAP_PA + (0x201000 >> 12) * PAGE_SIZE_STRUCT
-    view.target.mem.write_u64(tail_pa + COMPOUND_HEAD_AT, head_va | 1)     # type: ignore[attr-defined]
-    assert refcounts_at(view, VMEMMAP_VA, [0x200000, 0x201000, 0x202000]) == {
-        0x200000: 3, 0x201000: 3, 0x202000: 0}
+    tail_struct = VMEMMAP_PA + ((head + PAGE) >> 12) * PAGE_SIZE_STRUCT
+    head_va = VMEMMAP_VA + (head >> 12) * PAGE_SIZE_STRUCT
+    view.target.mem.write_u64(tail_struct + COMPOUND_HEAD_AT, head_va | 1)
+    counts = refcounts_at(view, VMEMMAP_VA, [head, head + PAGE, head + 2 * PAGE])
+    assert counts == {head: 3, head + PAGE: 3, head + 2 * PAGE: 0}   # the unmarked tail: 0
 
 
 def test_arm64_vmemmap_from_one_linear_map_pair() -> None:

@@ -233,6 +233,36 @@ def test_cli_repeat_options_and_their_errors(tmp_path: Path, capsys: Any) -> Non
     assert summary["scenarios"][0]["repeat"]["iterations"] == 2
     assert cli.main(["run", str(path), "--repeat", "0"]) == 2
     assert cli.main(["run", str(path), "--seed", "-1"]) == 2
+    for bad in ("-5", "0", "nan"):        # no iteration would run: a usage error, not a pass
+        assert cli.main(["run", str(path), "--until-fail", "--duration", bad]) == 2
+        assert f"--duration wants a positive number of seconds, not {float(bad)}" in \
+            capsys.readouterr().err
+    assert cli.main(["run", str(path), "--keep-on-failure", "--keep-for", "-1"]) == 2
+
+
+def test_an_interrupted_iteration_is_no_failure_and_no_reproducer(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM during iteration 3: the run is interrupted (exit 1), the rate
+    counts the 2 iterations that ran to their end, none failed, nothing to reproduce."""
+    world = FakeWorld(touched=TOUCHED)
+    real, calls = world.observe, {"n": 0}
+
+    def stopped_at_the_third(view: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:                        # two checks an iteration
+            raise KeyboardInterrupt("signal 15 (SIGTERM)")
+        return real(view)
+    world.observe = stopped_at_the_third  # type: ignore[method-assign]
+    sc = load_scenario(scenario(tmp_path))
+    res = run_repeated(sc, tmp_path / "art", RepeatPlan(count=5, seed=3), quiet,
+                       world.services(tmp_path))
+    assert (res.verdict, res.status) == ("interrupted", 1) and "SIGTERM" in res.message
+    assert res.repeat is not None
+    rate = res.repeat["rate"]
+    assert (rate["iterations"], rate["failures"], rate["first_failure"]) == (2, 0, None)
+    its = lines(res.artifacts / "iterations.jsonl")
+    assert [(i["verdict"], i["failed"]) for i in its] == \
+        [("pass", False), ("pass", False), ("interrupted", False)]
+    assert not list(res.artifacts.rglob("reproducer.yaml"))
 
 
 def test_duration_bounds_the_iterations_and_until_fail_may_never_fail(tmp_path: Path) -> None:

@@ -25,13 +25,14 @@ X86_XML = {
                   '<xi:include href="sys.xml" xmlns:xi="http://www.w3.org/2001/XInclude"/>'
                   '</target>',
     "core.xml": '<feature name="core"><reg name="rax" bitsize="64"/>'
-                '<reg name="eflags" bitsize="32"/></feature>',
+                '<reg name="eflags" bitsize="32"/><reg name="rip" bitsize="64" regnum="16"/>'
+                '</feature>',
     "sys.xml": '<feature name="sys"><reg name="cr3" bitsize="64" regnum="40"/>'
                '<reg name="cr4" bitsize="64"/></feature>',
 }
 REGS = {(1, 0): 0x1122334455667788, (1, 1): 0x246, (1, 40): 0x1234000, (1, 41): 0x3506F0,
         (2, 41): 0x3406F0}
-BITS = {0: 64, 1: 32, 40: 64, 41: 64}
+BITS = {0: 64, 1: 32, 16: 64, 40: 64, 41: 64}
 
 
 def rle(hexdata: str) -> str:
@@ -307,3 +308,42 @@ def test_lost_stub_is_an_infra_error() -> None:
     b.close()
     with pytest.raises(RspError):
         RspClient("fake", connect=lambda path: a, timeout=1.0).open()
+
+
+class BreakingStub(FakeStub):
+    """A stub whose L1 reaches its lowest breakpoint at once after each ``c`` (if any),
+    and otherwise runs until interrupted."""
+
+    def handle(self, pkt: bytes) -> bool:
+        if pkt == b"c" and self.breaks:
+            REGS[(self.thread, 16)] = min(self.breaks)
+            self.send("T05thread:p01.01;swbreak:;")
+            return True
+        return super().handle(pkt)
+
+
+def test_the_target_stops_at_a_breakpoint_and_leaves_the_l1_stopped() -> None:
+    """kvm-*-teardown-break: the RSP target is a Breakpoints and a Leavable target."""
+    from harness.target import Breakpoints, BreakpointTimeout, Leavable
+    a, b = socket.socketpair()
+    fake = BreakingStub(b)
+    fake.start()
+    with RspClient("fake", connect=lambda path: a, timeout=5.0) as c:
+        t = RspTarget(c, ram_ranges=lambda: [(0, 1 << 16)], translate=lambda va: va)
+        assert isinstance(t, Breakpoints) and isinstance(t, Leavable)
+        c.cont()
+        with pytest.raises(BreakpointTimeout):              # no breakpoint: L1 runs on
+            t.wait_stop(0.3)
+        assert c.running
+        t.set_breakpoint(0xFFFFFFFF81234560)
+        assert fake.breaks == {0xFFFFFFFF81234560} and c.running   # set, L1 running again
+        assert t.wait_stop(5.0) == 0xFFFFFFFF81234560 and not c.running
+        t.clear_breakpoint(0xFFFFFFFF81234560)
+        assert fake.breaks == set()
+        t.resume()
+        assert c.running
+        t.set_breakpoint(0xFFFFFFFF81000000)
+        t.leave_stopped()
+    fake.join(2)
+    assert fake.breaks == set() and not fake.running        # removed, L1 left stopped
+    assert b"D;1" not in fake.log                            # no detach: QEMU keeps it stopped

@@ -162,6 +162,21 @@ def test_cli_runs_all_prints_a_summary_and_exits_with_the_worst(
     assert len(ET.parse(tmp_path / "j.xml").getroot().findall(".//testcase")) == 2
 
 
+def test_verbose_adds_each_checked_vm_and_quiet_keeps_only_the_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = scenario(tmp_path).path
+    outs = {}
+    for flag in ("-v", None, "-q"):
+        world = FakeWorld()
+        args = ["run", str(path), "--artifacts", str(tmp_path / str(flag))]
+        assert cli.main(args + ([flag] if flag else []), services=world.services(tmp_path)) == 0
+        outs[flag] = capsys.readouterr().out
+    vm_line = "] · w1/vm0 (kvm@0): npt root 0x10000"
+    assert vm_line in outs["-v"] and "2 leaves (4K x2), 0 findings" in outs["-v"]
+    assert vm_line not in outs[None] and "step 3 (check) at line 9" in outs[None]
+    assert "step 3 (check)" not in outs["-q"] and "1 passed" in outs["-q"]
+
+
 def test_a_hung_step_ends_at_its_own_timeout(tmp_path: Path) -> None:
     world = FakeWorld()
     world.observe_delay = 60

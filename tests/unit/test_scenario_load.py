@@ -337,3 +337,18 @@ def test_inject_target_checks(tmp_path: Path) -> None:
         assert "name exactly one of: gpa, hpa" in str(err)
     memtype = load_scenario(write(tmp_path, base.replace("INJ", "{kind: memtype, gpa: 0x1000}")))
     assert memtype.steps[2].corruption == "memtype"            # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bits", ["52m", "", "31", "53", "0x30"])
+def test_a_bad_phys_bits_is_one_error_at_machine_cpu(tmp_path: Path, bits: str) -> None:
+    """The fuzzer's one traceback in 100,000 cases: ``phys-bits=52m`` reached int()."""
+    text = GOOD.replace("steps:", f'machine: {{cpu: "max,phys-bits={bits}"}}\nsteps:')
+    e = error_of(tmp_path, text)
+    assert (e.line, e.field) == (3, "machine.cpu") and f"not {bits!r}" in str(e)
+    assert str(e).count("phys-bits") == 1
+
+
+def test_a_good_phys_bits_passes(tmp_path: Path) -> None:
+    sc = load_scenario(write(tmp_path, GOOD.replace(
+        "steps:", 'machine: {cpu: "max,phys-bits=46"}\nsteps:')))
+    assert sc.machine.cpu == "max,phys-bits=46"

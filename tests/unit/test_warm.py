@@ -4,6 +4,8 @@ saving is safe under concurrency; type answers are recorded per image."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from harness.machines.fake import FakeMachine
 from harness.registry import Registry
 from harness.runner import run_scenario
 from harness.typecache import RecordedTypes
-from harness.warm import WarmState, states_root
+from harness.warm import WarmState, prune, states_root
 
 
 def states(tmp_path: Path) -> list[Path]:
@@ -197,6 +199,15 @@ def test_type_answers_are_recorded_and_read_back_without_parsing(tmp_path: Path)
         again.offsetof("struct kvm", "other")
 
 
+def test_recorded_types_pickle_as_the_real_types(tmp_path: Path) -> None:
+    """A kept core's types.pickle: the loader is a closure (not picklable); the real
+    types are, and answer the same."""
+    recorded = RecordedTypes(lambda: _Counting(), tmp_path / "types.json")
+    assert recorded.offsetof("struct kvm", "vm_list") == 40
+    back = pickle.loads(pickle.dumps(recorded))
+    assert isinstance(back, _Counting) and back.offsetof("struct kvm", "vm_list") == 40
+
+
 def test_fake_machine_key_is_its_options(tmp_path: Path) -> None:
     from fakes import machine_config
     cfg = machine_config(tmp_path)
@@ -204,3 +215,38 @@ def test_fake_machine_key_is_its_options(tmp_path: Path) -> None:
     other = FakeMachine(MachineConfig(arch=cfg.arch, boot=cfg.boot, artifacts=tmp_path,
                                       cpu="other"), FakeWorld().guest, FakeWorld().target)
     assert m.state_key() != other.state_key()
+
+
+def _saved(tmp_path: Path, name: str, size: int, used: float) -> WarmState:
+    warm = WarmState.for_key(image(tmp_path, {"k": name}), {"m": name}, "", tmp_path)
+    assert warm.save(lambda p: p.write_bytes(b"x" * size), f"boot-{name}")
+    os.utime(warm.dir / "meta.json", (used, used))
+    return warm
+
+
+def test_prune_drops_the_old_then_the_least_recently_used_over_the_budget(
+        tmp_path: Path) -> None:
+    now = 1_000_000_000.0
+    old = _saved(tmp_path, "old", 10, now - 30 * 86400)
+    a = _saved(tmp_path, "a", 100, now - 3600)
+    b = _saved(tmp_path, "b", 100, now - 7200)
+    c = _saved(tmp_path, "c", 100, now - 60)
+    gone = prune(states_root(tmp_path), budget=250, max_age=14 * 86400, now=now)
+    assert sorted(gone) == sorted([old.dir, b.dir])        # too old; over the budget
+    assert a.ready() and c.ready() and not b.dir.exists()
+
+
+def test_prune_keeps_the_state_just_saved_and_one_being_saved(tmp_path: Path) -> None:
+    now = time.time()
+    big = _saved(tmp_path, "big", 500, now)
+    busy = WarmState.for_key(image(tmp_path, {"k": "busy"}), {"m": "busy"}, "", tmp_path)
+    with busy._locked(wait=False) as mine:          # another run is saving it
+        assert mine
+        gone = prune(states_root(tmp_path), budget=10, max_age=86400, keep=big.dir, now=now)
+    assert gone == [] and big.ready() and busy.dir.exists()
+
+
+def test_a_start_from_a_state_counts_as_a_use(tmp_path: Path) -> None:
+    warm = _saved(tmp_path, "t", 10, 1000.0)
+    warm.touch()
+    assert warm.last_used() > time.time() - 60
