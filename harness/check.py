@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from harness import oracles
@@ -28,6 +29,8 @@ from harness.findings import Finding
 from harness.formats import FORMATS
 from harness.formats.base import Mapping, hexs
 from harness.guests.record import BackingQuery
+from harness.images import Image
+from harness.images.kernel import config_facts, release_facts
 from harness.inject import Target, corrupt, target_frame
 from harness.models.base import Access, MemRange, VMDesc
 from harness.models.bhyve import vm_setup_memory
@@ -57,12 +60,19 @@ def kernel_facts(ctx: RunContext) -> KernelFacts:
         names = tuple(dict.fromkeys((*hv.symbols, *guest.backing_symbols)))
         symbols = _per_boot(ctx, "symbols-" + _digest(names),
                             lambda: dict(source(console, image, names, ctx.run_dir)))
-        facts = _machine_facts(ctx) | _per_boot(ctx, "facts-" + hv.name,
-                                                lambda: dict(hv.facts(console)))
+        facts = {**_image_facts(image), **_machine_facts(ctx),
+                 **_per_boot(ctx, "facts-" + hv.name, lambda: dict(hv.facts(console)))}
         ctx.kernel = KernelFacts(symbols=symbols, types=guest.types(image, hv.type_modules),
                                  facts=facts)
         ctx.add_phase("prepare", time.monotonic() - t)
     return ctx.kernel
+
+
+def _image_facts(image: Image) -> dict[str, int]:
+    """Facts of the image's kernel: its version, and its configuration (``config``)."""
+    config = Path(image.dir) / "config"
+    facts = release_facts(image.kernel_release)
+    return {**facts, **config_facts(config.read_text())} if config.is_file() else facts
 
 
 def _machine_facts(ctx: RunContext) -> dict[str, int]:

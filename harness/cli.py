@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from harness import nightly_cli
 from harness.context import DETAIL, Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
+from harness.images.recipe import KernelSource
 from harness.provenance import git_commit, slatcheck_version
 from harness.report_cli import add_parsers, cmd_compare, cmd_report
 from harness.result import ScenarioResult
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                      help="also write reporter NAME's output to PATH (see `slatcheck "
                           "reporters`); may repeat")
+    run.add_argument("--image", metavar="NAME",
+                     help="run every scenario on image NAME instead of its guest.image "
+                          "(e.g. linux-amd64-6.12); checked like the scenario's own")
+    _kernel_args(run)
     _repeat_args(run)
     nightly_cli.add_run_options(run)
     noise = run.add_mutually_exclusive_group()
@@ -85,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     img_sub.add_parser("list", help="list image recipes")
     build = img_sub.add_parser("build", help="build an image into the cache")
     build.add_argument("name")
+    _kernel_args(build)
     imp = img_sub.add_parser("import", help="put a disk installed elsewhere into the cache "
                              "(disk images only: openbsd-amd64, freebsd-amd64, dragonfly-amd64)")
     imp.add_argument("name")
@@ -104,6 +110,33 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"list {what}")
     nightly_cli.add_commands(sub)
     return p
+
+
+def _kernel_args(p: argparse.ArgumentParser) -> None:
+    """--kernel and --modules: the kernel under test given by path."""
+    p.add_argument("--kernel", type=Path, metavar="PATH",
+                   help="the kernel under test instead of the image's: a build (O=) tree, "
+                        "a linux-image-*.deb, or a boot image with --modules "
+                        "(docs/kernels.md); refused before boot if it lacks what is needed")
+    p.add_argument("--modules", type=Path, metavar="DIR",
+                   help="where `make modules_install INSTALL_MOD_PATH=DIR` put its modules "
+                        "(default for a tree: a sibling `modules` directory, or the tree)")
+
+
+def _kernel_source(args: argparse.Namespace) -> KernelSource | None:
+    """The --kernel/--modules pair; --modules alone is a usage error."""
+    if args.kernel is None:
+        if args.modules is not None:
+            raise ScenarioError("--modules goes with --kernel")
+        return None
+    return KernelSource(args.kernel.expanduser().absolute(),
+                        None if args.modules is None else args.modules.expanduser().absolute())
+
+
+def _with_kernel(sc: Scenario, kernel: KernelSource | None) -> Scenario:
+    """*sc* with the kernel under test given on the command line, if any."""
+    from dataclasses import replace
+    return sc if kernel is None else replace(sc, guest=replace(sc.guest, kernel=kernel))
 
 
 def _repeat_args(run: argparse.ArgumentParser) -> None:
@@ -190,7 +223,9 @@ def _cmd_run(args: argparse.Namespace, services: Services | None = None) -> int:
 
     reports = _reports(args)
     plan = _plan(args)
-    scenarios: list[Scenario] = _load_all(args.scenarios)   # all valid before any boot
+    kernel = _kernel_source(args)
+    scenarios: list[Scenario] = [_with_kernel(sc, kernel) for sc in
+                                 _load_all(args.scenarios, args.image)]  # all valid first
     scenarios, shard = nightly_cli.select_shard(args, scenarios)
     results: list[ScenarioResult] = []
     progress = _progress(args)
@@ -274,14 +309,14 @@ def _write_reports(results: list[ScenarioResult],
     return failed
 
 
-def _load_all(paths: list[Path]) -> list[Scenario]:
+def _load_all(paths: list[Path], image: str | None = None) -> list[Scenario]:
     """Every file validated; every error of every file reported, then one ScenarioErrors."""
     from harness.scenario import load_scenario
     loaded: list[Scenario] = []
     errors: list[ScenarioError] = []
     for p in paths:
         try:
-            loaded.append(load_scenario(p))
+            loaded.append(load_scenario(p, image))
         except ScenarioErrors as e:
             errors.extend(e.errors)
         except ScenarioError as e:
@@ -300,6 +335,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_images(args: argparse.Namespace) -> int:
     from harness.images import IMAGES, build_image, image_facts
+    from harness.images.build import build_image as debian_build
     if args.images_cmd == "list":
         for name in IMAGES.names():
             f = image_facts(name)
@@ -310,8 +346,13 @@ def _cmd_images(args: argparse.Namespace) -> int:
     if args.name not in IMAGES:            # a name the user typed: usage, not the harness
         raise ScenarioError(f"no image recipe {args.name!r}; the recipes: "
                             f"{', '.join(IMAGES.names())}")
+    kernel = _kernel_source(args)
+    if kernel is not None and image_facts(args.name).builder != "debian-initramfs":
+        raise ScenarioError(f"--kernel: image {args.name} is not built from a Linux kernel")
     try:
-        img = build_image(args.name, progress=lambda s: print(s, flush=True))
+        img = (build_image(args.name, progress=lambda s: print(s, flush=True))
+               if kernel is None else
+               debian_build(args.name, progress=lambda s: print(s, flush=True), kernel=kernel))
     except SkipScenario as e:              # cannot be built here: not a success
         print(f"slatcheck: image {args.name} cannot be built here: {e}", file=sys.stderr)
         return 3

@@ -22,6 +22,7 @@ from harness.findings import Finding
 from harness.guests.record import GuestOS
 from harness.hypervisors import Hypervisor
 from harness.images import Image
+from harness.images.recipe import KernelSource
 from harness.ktypes import KernelTypes
 from harness.machines.base import Machine, MachineFactory
 from harness.models.base import Model
@@ -39,6 +40,7 @@ __all__ = ["RunContext", "WorkloadRun", "KernelFacts", "Injection", "StepTimeout
 Progress = Callable[[str], None]
 DETAIL = "· "      # a progress line that starts with it is detail: printed with -v only
 ImageBuilder = Callable[[str, Progress], Image]
+KernelImageBuilder = Callable[[str, KernelSource, Progress], Image]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Services:
     machines: Registry[MachineFactory]
     build_image: ImageBuilder
     states: Path | None = None     # cache root of saved machine states (None: the user's)
+    # the image with a kernel given by path (guest.kernel, --kernel); None: cannot
+    build_kernel_image: KernelImageBuilder | None = None
 
 
 def default_services() -> Services:
@@ -63,10 +67,13 @@ def default_services() -> Services:
     from harness.guests import GUEST_OSES
     from harness.hypervisors import HYPERVISORS
     from harness.images import build_image
+    from harness.images.build import build_image as build_linux
     from harness.machines import MACHINES
     from harness.models import MODELS
     return Services(GUEST_OSES, HYPERVISORS, MODELS, MACHINES,
-                    lambda name, progress: build_image(name, progress=progress))
+                    lambda name, progress: build_image(name, progress=progress),
+                    build_kernel_image=lambda name, kernel, progress: build_linux(
+                        name, progress=progress, kernel=kernel))
 
 
 class StepTimeout(HarnessTimeout):

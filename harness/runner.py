@@ -184,6 +184,8 @@ def run_scenario(sc: Scenario, artifacts_root: Path, progress: Progress = quiet,
                 res.provenance["machine"] = {k.removeprefix("machine."): v for k, v in
                                              ctx.properties.items()
                                              if k.startswith("machine.")}
+                if ctx.image is not None and "kernel" in ctx.image.manifest:
+                    res.provenance["kernel"] = dict(ctx.image.manifest["kernel"])
                 _finish(ctx, res)
             res.stop = bool(came) or res.verdict == "interrupted"
     return res

@@ -190,10 +190,21 @@ def prepare_image(ctx: RunContext) -> Image:
     """Build (or reuse) the scenario's image once per run and record its provenance."""
     if ctx.image is None:
         t = time.monotonic()
-        ctx.image = ctx.services.build_image(ctx.scenario.guest.image, _build_log(ctx))
+        ctx.image = _build(ctx)
         ctx.add_phase("image", time.monotonic() - t)
         _record_image(ctx)
     return ctx.image
+
+
+def _build(ctx: RunContext) -> Image:
+    """The scenario's image, with the kernel under test if the guest names one."""
+    guest = ctx.scenario.guest
+    if guest.kernel is None:
+        return ctx.services.build_image(guest.image, _build_log(ctx))
+    if ctx.services.build_kernel_image is None:
+        raise InfraError(f"these services build no image with a kernel given by path "
+                         f"({guest.kernel.path})")
+    return ctx.services.build_kernel_image(guest.image, guest.kernel, _build_log(ctx))
 
 
 def _build_log(ctx: RunContext) -> Callable[[str], None]:
@@ -214,6 +225,8 @@ def _record_image(ctx: RunContext) -> None:
     write_json(ctx.run_dir / "image-manifest.json", man)
     ctx.properties["image.name"] = image.name
     ctx.properties["image.kernel_release"] = image.kernel_release
+    for key, val in sorted(man.get("kernel", {}).items()):
+        ctx.properties[f"kernel.{key}"] = str(val)
     for key, val in sorted(man.get("files", {}).items()):
         ctx.properties[f"image.sha256.{key}"] = str(val)
     for pkg in man.get("packages", []):

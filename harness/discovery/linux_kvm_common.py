@@ -11,14 +11,32 @@ memslots (``memslots[0]`` -> ``gfn_tree``, an rb-tree of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from harness.discovery.linux_lists import container_of, rbtree_inorder
 from harness.errors import InfraError
 from harness.ktypes import KernelTypes, TypeLookupError
-from harness.mem import PAGE_SIZE, PhysMem
+from harness.mem import PAGE_SIZE, PhysMem, read_u64
 
-__all__ = ["KernelReader", "MemSlot", "read_memslots", "read_memslot", "creator_tgid"]
+__all__ = ["KernelReader", "MemSlot", "read_memslots", "read_memslot", "creator_tgid",
+           "x86_layout_base", "STATIC_PAGE_OFFSET", "STATIC_VMEMMAP"]
+
+# x86-64's fixed layout (4-level paging) when the kernel has no dynamic one: without
+# CONFIG_RANDOMIZE_MEMORY and CONFIG_X86_5LEVEL the bases are constants, not the
+# variables page_offset_base and vmemmap_base (which kallsyms then lacks)
+STATIC_PAGE_OFFSET = 0xFFFF_8880_0000_0000    # __PAGE_OFFSET_BASE_L4
+STATIC_VMEMMAP = 0xFFFF_EA00_0000_0000        # __VMEMMAP_BASE_L4
+
+
+def x86_layout_base(kmem: PhysMem, syms: Mapping[str, int], name: str, static: int) -> int:
+    """The value of the layout variable *name* (``page_offset_base``, ``vmemmap_base``),
+    or its fixed 4-level value *static* when the kernel has no such variable.
+
+    >>> x86_layout_base(None, {}, "page_offset_base", STATIC_PAGE_OFFSET) == STATIC_PAGE_OFFSET
+    True
+    """
+    return read_u64(kmem, syms[name]) if name in syms else static
 
 
 @dataclass(frozen=True)

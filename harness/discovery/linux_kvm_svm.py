@@ -24,8 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from harness.discovery.linux_kvm_common import (
+    STATIC_PAGE_OFFSET,
+    MemSlot,
+    creator_tgid,
+    x86_layout_base,
+)
 from harness.discovery.linux_kvm_common import KernelReader as _Kernel
-from harness.discovery.linux_kvm_common import MemSlot, creator_tgid
 from harness.discovery.linux_kvm_common import read_memslots as _memslots
 from harness.discovery.linux_lists import container_of, list_for_each_entry, xa_for_each
 from harness.discovery.vmcb import (
@@ -41,7 +46,7 @@ from harness.discovery.vmcb import (
 )
 from harness.errors import InfraError
 from harness.ktypes import KernelTypes
-from harness.mem import PAGE_SIZE, PhysMem, read_u64
+from harness.mem import PAGE_SIZE, PhysMem
 
 __all__ = ["discover", "LiveVM", "VCpu", "MemSlot", "NEEDED_SYMBOLS", "BTF_MODULES",
            "INVALID_PAGE", "scan_vmcbs", "VmcbCandidate", "parse_vmrun_log", "paging_levels"]
@@ -89,7 +94,8 @@ def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: KernelT
     ``vmrun!`` lines, *mem_size* the L1 RAM size.
     """
     k = _Kernel(kmem, btf)
-    ctx = _Context(k, pmem, control_offsets(btf), read_u64(kmem, syms["page_offset_base"]),
+    base = x86_layout_base(kmem, syms, "page_offset_base", STATIC_PAGE_OFFSET)
+    ctx = _Context(k, pmem, control_offsets(btf), base,
                    None if vmrun_vmcbs is None else frozenset(vmrun_vmcbs),
                    mem_size or NO_MEM_LIMIT)
     return [_live_vm(ctx, kvm)

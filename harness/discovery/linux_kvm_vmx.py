@@ -31,8 +31,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from harness.discovery.linux_kvm_common import (
+    STATIC_PAGE_OFFSET,
+    MemSlot,
+    creator_tgid,
+    x86_layout_base,
+)
 from harness.discovery.linux_kvm_common import KernelReader as _Kernel
-from harness.discovery.linux_kvm_common import MemSlot, creator_tgid
 from harness.discovery.linux_kvm_common import read_memslots as _memslots
 from harness.discovery.linux_lists import container_of, list_for_each_entry, xa_for_each
 from harness.discovery.vmcs import (
@@ -46,7 +51,7 @@ from harness.discovery.vmcs import (
 from harness.errors import InfraError
 from harness.formats.ept import decode_eptp
 from harness.ktypes import KernelTypes
-from harness.mem import PAGE_SIZE, PhysMem, read_u64
+from harness.mem import PAGE_SIZE, PhysMem
 
 __all__ = ["discover", "LiveVM", "VCpu", "MemSlot", "CurrentVmcs", "NEEDED_SYMBOLS",
            "BTF_MODULES", "INVALID_PAGE", "NO_VMCS"]
@@ -115,7 +120,8 @@ def discover(kmem: PhysMem, pmem: PhysMem, syms: Mapping[str, int], btf: KernelT
     of :data:`BTF_MODULES`; *current* is what the debugger says of each CPU's
     current VMCS (empty: no such oracle).
     """
-    ctx = _Context(_Kernel(kmem, btf), pmem, read_u64(kmem, syms["page_offset_base"]),
+    base = x86_layout_base(kmem, syms, "page_offset_base", STATIC_PAGE_OFFSET)
+    ctx = _Context(_Kernel(kmem, btf), pmem, base,
                    mem_size or NO_MEM_LIMIT, layouts, current)
     vms = [_live_vm(ctx, kvm) for kvm in
            list_for_each_entry(kmem, btf, syms["vm_list"], "struct kvm", "vm_list")]

@@ -3,7 +3,8 @@
 Symbols: the needed ``/proc/kallsyms`` lines, read once per boot over the console
 (KASLR moves them every boot), kept as ``kallsyms.txt``.  Types: vmlinux's BTF
 from the image's kernel file (extracted once per image and kept beside it),
-plus the split BTF of the named modules; the answers are recorded per image
+plus the split BTF of the named modules (``.ko``, or compressed ``.ko.xz`` /
+``.ko.zst`` as Debian's 6.12 kernels ship them); the answers are recorded per image
 (:class:`~harness.typecache.RecordedTypes`).  Boot id: ``boot_id`` of the
 kernel, which a warm start must find unchanged.  Backing: the workload's own
 ``/proc/self/pagemap`` report of every slot page.
@@ -19,6 +20,7 @@ from harness.btf import Btf
 from harness.console import LINE_START, Console, ConsoleProfile
 from harness.guests.record import BackingQuery, GuestOS
 from harness.images import Image
+from harness.images.kmod import SUFFIXES, module_elf, module_name
 from harness.kallsyms import kallsyms_command, parse_kallsyms
 from harness.kernel_image import btf_section, kernel_btf
 from harness.ktypes import KernelTypes
@@ -64,8 +66,8 @@ def linux_types(image: Image, modules: Sequence[str]) -> KernelTypes:
 def parse_types(image: Image, modules: Sequence[str]) -> Btf:
     """vmlinux's BTF from the image's kernel file, with the split BTF of *modules*."""
     wanted = {m.replace("-", "_") for m in modules}
-    splits = [btf_section(p.read_bytes()) for p in sorted(Path(image.modules).glob("*.ko"))
-              if p.stem.replace("-", "_") in wanted]
+    splits = [btf_section(module_elf(p)) for p in sorted(Path(image.modules).glob("*.ko*"))
+              if p.name.endswith(SUFFIXES) and module_name(p) in wanted]
     return Btf.load(_vmlinux_btf(Path(image.dir), Path(image.kernel)), splits)
 
 

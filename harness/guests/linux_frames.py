@@ -9,13 +9,21 @@ The ``struct page`` of frame *pfn* is ``vmemmap + pfn`` (``CONFIG_SPARSEMEM_VMEM
 read through the kernel's own types (BTF: ``sizeof(struct page)``, the offset of
 ``_refcount``).  Where the array starts:
 
-* x86-64: ``vmemmap_base`` (a variable, randomised with KASLR; in kallsyms);
+* x86-64: ``vmemmap_base`` (a variable, randomised with KASLR; in kallsyms), or the
+  fixed 0xffffea0000000000 of a kernel without a dynamic layout (no
+  ``CONFIG_RANDOMIZE_MEMORY``, no ``CONFIG_X86_5LEVEL``: no such variable);
 * arm64: ``VMEMMAP_START - (memstart_addr >> PAGE_SHIFT)`` with ``VMEMMAP_START =
   -(1 << (VA_BITS - 6))`` (48-bit VA, 64-byte ``struct page``: 0xfffffc0000000000) and
   ``PAGE_OFFSET = -(1 << VA_BITS)``; ``memstart_addr`` is not in Debian's kallsyms
   (no data symbols), so it is derived from one known linear-map address and its
   physical address: a stage-2 root (``pgt->pgd`` and ``pgd_phys``, which discovery
-  already cross-checked).
+  already cross-checked).  ``VA_BITS`` is the kernel's ``CONFIG_ARM64_VA_BITS`` (the
+  fact of that name, from the image's configuration; 48 when unknown): Debian's 6.12
+  kernels are built for 52 (``VMEMMAP_START`` 0xffffc00000000000), and a kernel built
+  for 52 that runs with 48 (no LPA2) moves ``memstart_addr``, not ``VMEMMAP_START``.
+  From Linux 6.9 the region sits 1 GiB below the top instead (``VMEMMAP_END =
+  -SZ_1G``, sized for the linear map from ``PAGE_OFFSET`` to ``_PAGE_END(48)``); the
+  version comes from the image's kernel release.  (Verified on 6.1 and 6.12 only.)
 
 :func:`harness.oracles.gather` tests the reader on every VM's root table page before
 it judges anything.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from harness.discovery.linux_kvm_common import STATIC_VMEMMAP, x86_layout_base
 from harness.errors import InfraError
 from harness.mem import read_u64
 from harness.observe import KernelView, ObservedVM
@@ -37,9 +46,10 @@ from harness.oracles import FrameRefs
 __all__ = ["X86_FRAMES", "ARM64_FRAMES", "refcounts_at", "arm64_vmemmap"]
 
 PAGE_SHIFT = 12
-ARM64_VA_BITS = 48                  # Debian's arm64 kernels: CONFIG_ARM64_VA_BITS_48
+ARM64_VA_BITS = 48                  # Debian's 6.1 arm64 kernels: CONFIG_ARM64_VA_BITS_48
 STRUCT_PAGE_MAX_SHIFT = 6           # VMEMMAP_SHIFT = PAGE_SHIFT - STRUCT_PAGE_MAX_SHIFT
 MASK64 = (1 << 64) - 1
+TOP_VMEMMAP_FROM = 0x060900         # LINUX_VERSION_CODE of the reorganised kernel VA space
 
 
 def refcounts_at(view: KernelView, vmemmap: int, frames: Sequence[int]) -> dict[int, int]:
@@ -60,15 +70,26 @@ def refcounts_at(view: KernelView, vmemmap: int, frames: Sequence[int]) -> dict[
 
 def _x86_read(view: KernelView, vms: Sequence[ObservedVM],
               frames: Sequence[int]) -> dict[int, int]:
-    return refcounts_at(view, read_u64(view.mem.kernel, view.symbols["vmemmap_base"]), frames)
+    base = x86_layout_base(view.mem.kernel, view.symbols, "vmemmap_base", STATIC_VMEMMAP)
+    return refcounts_at(view, base, frames)
 
 
 def arm64_vmemmap(pgd: int, pgd_phys: int, page_size: int,
-                  va_bits: int = ARM64_VA_BITS) -> int:
-    """Where arm64's ``struct page`` array would hold pfn 0, from one linear-map pair."""
+                  va_bits: int = ARM64_VA_BITS, top: bool = False) -> int:
+    """Where arm64's ``struct page`` array would hold pfn 0, from one linear-map pair.
+
+    *top*: the vmemmap region ends 1 GiB below the top of the address space and is
+    as large as the linear map needs (Linux 6.9 on, :data:`TOP_VMEMMAP_FROM`); before,
+    it starts at ``-(1 << (VA_BITS - 6))``.
+    """
     page_offset = -(1 << va_bits) & MASK64
     memstart = pgd_phys - (pgd - page_offset)
-    start = -(1 << (va_bits - (PAGE_SHIFT - STRUCT_PAGE_MAX_SHIFT))) & MASK64
+    if top:
+        va_bits_min = min(va_bits, 48)
+        page_end = -(1 << (va_bits_min - 1)) & MASK64
+        start = -(1 << 30) - ((page_end - page_offset) >> PAGE_SHIFT) * page_size
+    else:
+        start = -(1 << (va_bits - (PAGE_SHIFT - STRUCT_PAGE_MAX_SHIFT)))
     return (start - (memstart >> PAGE_SHIFT) * page_size) & MASK64
 
 
@@ -77,8 +98,11 @@ def _arm64_read(view: KernelView, vms: Sequence[ObservedVM],
     s2 = next((ob.discovery.get("stage2") for ob in vms if ob.discovery.get("stage2")), None)
     if s2 is None:
         raise InfraError("arm64 frame reader: no stage-2 root to derive memstart_addr from")
+    version = view.facts.get("LINUX_VERSION_CODE", 0)
     vmemmap = arm64_vmemmap(int(s2["pgd"], 16), int(s2["pgd_phys"], 16),
-                            view.types.sizeof("struct page"))
+                            view.types.sizeof("struct page"),
+                            view.facts.get("CONFIG_ARM64_VA_BITS", ARM64_VA_BITS),
+                            top=version >= TOP_VMEMMAP_FROM)
     return refcounts_at(view, vmemmap, frames)
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 from harness.errors import InfraError
 from harness.images.host import require_tool, run_tool
-from harness.images.recipe import KernelSpec
+from harness.images.recipe import DEBIAN_MIRROR, KernelSpec
 
 _MAX_AGE = 24 * 3600     # seconds before private apt lists are refreshed
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
-__all__ = ["Package", "AptContext", "host_architecture", "parse_depends", "sha256_file"]
+__all__ = ["Package", "AptContext", "host_architecture", "parse_depends", "sha256_file",
+           "suite_options"]
 
 
 @dataclass(frozen=True)
@@ -72,21 +74,42 @@ def parse_depends(show_output: str) -> list[str]:
     return [name for name in names if name]
 
 
+def suite_options(state_dir: Path, suite: str, mirror: str) -> list[str]:
+    """apt options that take packages from *suite* of *mirror* only (its own sources
+    list in *state_dir*, none of the host's), preferred as ``apt-get -t SUITE`` would.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> suite_options(d, "bookworm-backports", "http://deb.debian.org/debian")[1]
+    '-oAPT::Default-Release=bookworm-backports'
+    >>> (d / "sources.list").read_text().split()[-3:]
+    ['http://deb.debian.org/debian', 'bookworm-backports', 'main']
+    """
+    listing = state_dir / "sources.list"
+    listing.write_text(f"deb [signed-by={DEBIAN_KEYRING}] {mirror} {suite} main\n")
+    parts = state_dir / "sources.list.d"
+    parts.mkdir(exist_ok=True)
+    return [f"-oDir::Etc::SourceList={listing}", f"-oAPT::Default-Release={suite}",
+            f"-oDir::Etc::SourceParts={parts}"]
+
+
 class AptContext:
     """apt-get/apt-cache for one Debian architecture, with private state if foreign."""
 
-    def __init__(self, architecture: str, state_dir: Path) -> None:
+    def __init__(self, architecture: str, state_dir: Path, suite: str | None = None,
+                 mirror: str = DEBIAN_MIRROR) -> None:
         require_tool("apt-cache")
         self.architecture = architecture
         self.options: list[str] = []
         self._lists: Path | None = None
-        if architecture != host_architecture():
+        if suite is not None or architecture != host_architecture():
             lists, cache = state_dir / "lists", state_dir / "cache"
             for d in (lists / "partial", cache / "archives" / "partial"):
                 d.mkdir(parents=True, exist_ok=True)
             self.options = [f"-oAPT::Architecture={architecture}",
                             f"-oAPT::Architectures={architecture}",
                             f"-oDir::State::Lists={lists}", f"-oDir::Cache={cache}"]
+            if suite is not None:
+                self.options += suite_options(state_dir, suite, mirror)
             self._lists = lists
             self._update(only_if_fresh=True)
 
@@ -116,6 +139,8 @@ class AptContext:
         """The kernel package to fetch, as ``name`` or ``name=version`` (pinned)."""
         if spec.package:
             return f"{spec.package}={spec.version}" if spec.version else spec.package
+        if spec.metapackage is None:
+            raise InfraError("the recipe's kernel names no package: metapackage or package")
         shown = self.show(spec.metapackage)
         if shown is None:
             raise InfraError(f"apt knows no package {spec.metapackage!r} for "

@@ -2,13 +2,18 @@
 
 Layout of ``$XDG_CACHE_HOME/slatcheck/images/<name>-<hash>/`` (default ``~/.cache``)::
 
-    vmlinuz  initramfs.cpio.gz  modules/*.ko  slat-workload  manifest.json
+    vmlinuz  vmlinux.btf  config  initramfs.cpio.gz  modules/*.ko  slat-workload  manifest.json
     slatcheck.iso      (recipes with ``iso:``: an ISOLINUX CD-ROM of the two above)
 
 The hash covers the recipe file, the workload sources and this builder's code,
-so a change to any of them builds a new directory.  Concurrent builds of the same
-image serialise on ``<name>-<hash>.lock``; each builds in a private temporary
-directory beside the final one and renames it into place.
+so a change to any of them builds a new directory; with a kernel given by path
+(``--kernel``), also the kernel's content (boot image, modules, configuration),
+so a rebuilt kernel gets a new image.  ``vmlinux.btf`` holds the kernel's types
+(from its ``vmlinux`` or its boot image), ``config`` its configuration; modules are
+kept decompressed.
+Concurrent builds of the same image serialise on ``<name>-<hash>.lock``; each
+builds in a private temporary directory beside the final one and renames it into
+place.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +36,22 @@ from harness.images.apt import AptContext, Package, sha256_file
 from harness.images.host import run_tool
 from harness.images.initramfs import READY_LINE, InitramfsContents, build_initramfs
 from harness.images.iso import ISO_NAME, build_iso
-from harness.images.recipe import WORKLOAD_DIR, Recipe, load_recipe
+from harness.images.kernel import (
+    KernelFiles,
+    KernelRefused,
+    find_moddir,
+    kernel_release,
+    locate_kernel,
+    refuse_unfit,
+    unpack_deb,
+)
+from harness.images.recipe import WORKLOAD_DIR, KernelSource, Recipe, load_recipe
+from harness.kernel_image import btf_section, kernel_btf
 from harness.machines.base import BootSpec, CdromBoot, DiskBoot, KernelBoot
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 _BUILDER_DIR = Path(__file__).resolve().parent
 
 
@@ -128,34 +143,12 @@ def _image_from(recipe: Recipe, final: Path) -> Image:
 
 def _unpack(pkg: Package, dest: Path) -> Path:
     """``dpkg-deb -x`` a package into its own directory under *dest*."""
-    root = dest / pkg.name
-    root.mkdir(parents=True)
-    run_tool(["dpkg-deb", "-x", str(pkg.path), str(root)])
-    return root
+    return unpack_deb(pkg.path, dest / pkg.name)
 
 
-def _kernel_release(kernel_root: Path) -> str:
-    """The one ``lib/modules/<release>`` of an unpacked kernel package."""
-    for base in (kernel_root / "lib" / "modules", kernel_root / "usr" / "lib" / "modules"):
-        if base.is_dir():
-            releases = sorted(p.name for p in base.iterdir() if p.is_dir())
-            if len(releases) == 1:
-                return releases[0]
-    raise InfraError(f"cannot find one lib/modules/<release> in {kernel_root}")
-
-
-def _moddir(kernel_root: Path, release: str) -> Path:
-    """``lib/modules/<release>`` of the unpacked kernel (``usr/lib`` on merged-/usr)."""
-    for base in (kernel_root / "lib", kernel_root / "usr" / "lib"):
-        if (base / "modules" / release).is_dir():
-            return base / "modules" / release
-    raise InfraError(f"no modules directory for {release} in {kernel_root}")
-
-
-def _fetch(recipe: Recipe, apt: AptContext, debs: Path,
+def _fetch(recipe: Recipe, apt: AptContext, debs: Path, wanted: list[str],
            progress: Callable[[str], None]) -> list[Package]:
-    """Download the kernel and the other packages; kernel first."""
-    wanted = [apt.resolve_kernel(recipe.kernel), *recipe.packages]
+    """Download packages with *apt*."""
     packages = []
     for what in wanted:
         progress(f"fetching {what} ({recipe.apt_architecture})")
@@ -164,27 +157,88 @@ def _fetch(recipe: Recipe, apt: AptContext, debs: Path,
     return packages
 
 
-Depends = Callable[[str], list[str]]
+def _package_kernel(recipe: Recipe, root: Path, work: Path,
+                    progress: Callable[[str], None]) -> tuple[KernelFiles, Package]:
+    """The recipe's Debian kernel package, fetched (from its suite, if it names one)
+    and unpacked."""
+    spec = recipe.kernel
+    arch = recipe.apt_architecture
+    state = root / (f"apt-{arch}" if spec.suite is None else f"apt-{arch}-{spec.suite}")
+    apt = AptContext(arch, state, spec.suite, spec.mirror)
+    (work / "debs").mkdir(exist_ok=True)
+    pkg = _fetch(recipe, apt, work / "debs", [apt.resolve_kernel(spec)], progress)[0]
+    kroot = _unpack(pkg, work / "root")
+    release = kernel_release(kroot)
+    image = kroot / spec.image.format(release=release)
+    if not image.is_file():
+        raise InfraError(f"{pkg.filename} has no {image.relative_to(kroot)}")
+    config = kroot / "boot" / f"config-{release}"
+    prov = {"form": "package", "name": pkg.name, "version": pkg.version, "release": release}
+    files = KernelFiles("package", image, release,
+                        config.read_text() if config.is_file() else "",
+                        find_moddir(kroot, release), None, prov)
+    if config.is_file():
+        refuse_unfit(files, recipe.kernel_config, pkg.filename)
+    return files, pkg
 
 
-def _modules(recipe: Recipe, moddir: Path,
-             progress: Callable[[str], None]) -> tuple[dict[str, Path], list[str], Depends]:
-    """Module index of the kernel and the load closure of the recipe's modules."""
-    index = kmod.index_modules(moddir)
-    cache: dict[str, list[str]] = {}
+def _link_tree(src: Path, dst: Path) -> None:
+    """The module files of *src* under *dst*, hard-linked where possible (never the
+    ``build``/``source`` links modules_install leaves)."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if rel.parts[0] in ("build", "source") or not path.is_file():
+            continue
+        if not (path.name.endswith(kmod.SUFFIXES) or path.name.startswith("modules.")):
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dst / rel)
+        except OSError:
+            shutil.copyfile(path, dst / rel)
 
-    def depends(name: str) -> list[str]:
-        if name not in index:
-            raise InfraError(f"module {name!r} is not in the kernel package")
-        if name not in cache:
-            cache[name] = kmod.module_depends(moddir / index[name])
-        return cache[name]
 
-    order = kmod.module_closure([m.name for m in recipe.modules], depends)
-    if order:
-        progress(f"module closure: {' '.join(order)}")
-    paths = {name: index[name] for name in order}
-    return paths, order, depends
+def _vmlinux_btf(files: KernelFiles, out: Path) -> None:
+    """``vmlinux.btf`` (the types) from the kernel's vmlinux or boot image; a kernel
+    without BTF is refused here, before anything boots."""
+    try:
+        if files.vmlinux is not None:
+            btf = btf_section(files.vmlinux.read_bytes())
+        else:
+            btf = kernel_btf(files.boot_image.read_bytes())
+    except InfraError as exc:
+        where = files.vmlinux or files.boot_image
+        raise KernelRefused(f"kernel {where} carries no BTF (CONFIG_DEBUG_INFO_BTF): "
+                            f"{exc}") from exc
+    (out / "vmlinux.btf").write_bytes(btf)
+
+
+def _install_modules(recipe: Recipe, files: KernelFiles, work: Path, out: Path,
+                     progress: Callable[[str], None]) -> InitramfsModules:
+    """The recipe's modules and what they need (``depmod``), decompressed into
+    ``out/modules``; what goes into the initramfs."""
+    names = [m.name for m in recipe.modules]
+    if not names:
+        return {}, ""
+    if files.moddir is None:
+        raise KernelRefused(f"kernel {files.release} comes with no modules, and "
+                            f"{recipe.name} loads {', '.join(names)}: give the modules "
+                            "directory (--modules DIR, make modules_install)")
+    root = work / "depmod"
+    _link_tree(files.moddir, root / "lib" / "modules" / files.release)
+    deps = kmod.depmod(root, files.release)
+    order = kmod.load_order(deps, names)
+    progress(f"module closure (depmod): {' '.join(kmod.module_name(p) for p in order)}")
+    moddir = root / "lib" / "modules" / files.release
+    contents = {}
+    for rel in order:
+        data = kmod.module_elf(moddir / rel)
+        contents[str(kmod.plain_name(rel))] = data
+        (out / "modules" / kmod.plain_name(rel).name).write_bytes(data)
+    return contents, kmod.modules_dep(deps, order)
+
+
+InitramfsModules = tuple[dict[str, bytes], str]
 
 
 def _compile_workload(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> None:
@@ -204,41 +258,39 @@ def _from_packages(roots: list[Path], rel: str, image: str) -> Path:
 
 
 def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
-              progress: Callable[[str], None]) -> dict[str, Any]:
-    """Fetch, unpack, compile and write every output file into *out*; the manifest."""
+              progress: Callable[[str], None], files: KernelFiles | None) -> dict[str, Any]:
+    """Fetch, unpack, compile and write every output file into *out*; the manifest.
+    *files* is a kernel given by path (None: the recipe's Debian package)."""
+    kernel_pkgs: list[Package] = []
+    if files is None:
+        files, pkg = _package_kernel(recipe, root, work, progress)
+        kernel_pkgs = [pkg]
     apt = AptContext(recipe.apt_architecture, root / f"apt-{recipe.apt_architecture}")
-    debs = work / "debs"
-    debs.mkdir()
-    packages = _fetch(recipe, apt, debs, progress)
+    (work / "debs").mkdir(exist_ok=True)
+    packages = _fetch(recipe, apt, work / "debs", list(recipe.packages), progress)
     progress("unpacking")
     roots = [_unpack(pkg, work / "root") for pkg in packages]
-    release = _kernel_release(roots[0])
-    moddir = _moddir(roots[0], release)
-    paths, order, depends = _modules(recipe, moddir, progress)
-    kernel_src = roots[0] / recipe.kernel.image.format(release=release)
-    if not kernel_src.is_file():
-        raise InfraError(f"{packages[0].filename} has no {kernel_src.relative_to(roots[0])}")
-    shutil.copyfile(kernel_src, out / "vmlinuz")
+    shutil.copyfile(files.boot_image, out / "vmlinuz")
+    (out / "config").write_text(files.config)
+    _vmlinux_btf(files, out)
     (out / "modules").mkdir()
-    for name in order:
-        shutil.copyfile(moddir / paths[name], out / "modules" / paths[name].name)
+    modules, modules_dep = _install_modules(recipe, files, work, out, progress)
     _compile_workload(recipe, out / "slat-workload", progress)
-    busybox = _from_packages(roots[1:], recipe.busybox, recipe.name)
+    busybox = _from_packages(roots, recipe.busybox, recipe.name)
     progress("writing initramfs")
     contents = InitramfsContents(
         busybox=busybox.read_bytes(), workload=(out / "slat-workload").read_bytes(),
-        kernel_release=release,
-        modules={str(paths[n]): (moddir / paths[n]).read_bytes() for n in order},
-        modules_dep=kmod.modules_dep(order, paths, depends))
+        kernel_release=files.release, modules=modules, modules_dep=modules_dep)
     build_initramfs(recipe, contents, out / "initramfs.cpio.gz")
     if recipe.iso is not None:
         progress("writing ISOLINUX CD-ROM")
         build_iso(out / ISO_NAME, kernel=out / "vmlinuz", initrd=out / "initramfs.cpio.gz",
                   append=recipe.append, work=work,
-                  isolinux_bin=_from_packages(roots[1:], recipe.iso.isolinux, recipe.name),
-                  ldlinux_c32=_from_packages(roots[1:], recipe.iso.ldlinux, recipe.name))
-    return {"packages": [p.manifest() for p in packages], "kernel_release": release,
-            "modules": [{"name": n, "path": str(paths[n])} for n in order]}
+                  isolinux_bin=_from_packages(roots, recipe.iso.isolinux, recipe.name),
+                  ldlinux_c32=_from_packages(roots, recipe.iso.ldlinux, recipe.name))
+    return {"packages": [p.manifest() for p in [*kernel_pkgs, *packages]],
+            "kernel_release": files.release, "kernel": dict(files.provenance),
+            "modules": [{"name": kmod.module_name(p), "path": p} for p in sorted(modules)]}
 
 
 def _manifest(recipe: Recipe, digest: str, out: Path, built: dict[str, Any]) -> None:
@@ -254,28 +306,47 @@ def _manifest(recipe: Recipe, digest: str, out: Path, built: dict[str, Any]) -> 
 
 
 def build_image(name: str, progress: Callable[[str], None] = print,
-                cache_dir: Path | None = None) -> Image:
+                cache_dir: Path | None = None, kernel: KernelSource | None = None) -> Image:
     """Build the image *name* (an ``images/<name>/recipe.yaml``) or reuse the cached one.
+
+    *kernel* replaces the recipe's kernel (a build tree, a .deb or a boot image,
+    :mod:`harness.images.kernel`); an unfit one is refused before anything is built.
+    The cache key then also covers the kernel's content.
 
     >>> image = build_image("linux-amd64")            # doctest: +SKIP
     >>> image.kernel.name, image.kernel_release       # doctest: +SKIP
     ('vmlinuz', '6.1.0-56-amd64')
     """
     recipe = load_recipe(name)
-    digest = image_hash(recipe.path)
+    source = kernel or recipe.kernel.source
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{name}-{digest}"
-    with _locked(root / f"{name}-{digest}.lock"):
-        if (final / "manifest.json").is_file():
-            progress(f"image {name}: cached in {final}")
-            return _image_from(recipe, final)
-        progress(f"image {name}: building into {final}")
-        with tempfile.TemporaryDirectory(prefix=f".{name}-{digest}.", dir=root) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=root) as tmp:
+        files = None
+        digest = image_hash(recipe.path)
+        if source is not None:
+            files = locate_kernel(source, recipe.arch, Path(tmp) / "kernel")
+            refuse_unfit(files, recipe.kernel_config, str(source.path))
+            digest = hashlib.sha256(f"{digest}\0{files.digest}".encode()).hexdigest()[:12]
+        final = root / f"{name}-{digest}"
+        with _locked(root / f"{name}-{digest}.lock"):
+            if (final / "manifest.json").is_file():
+                progress(f"image {name}: cached in {final}")
+                return _given(_image_from(recipe, final), files)
+            progress(f"image {name}: building into {final}")
             out, work = Path(tmp) / "out", Path(tmp) / "work"
             out.mkdir()
             work.mkdir()
-            _manifest(recipe, digest, out, _assemble(recipe, root, work, out, progress))
+            _manifest(recipe, digest, out, _assemble(recipe, root, work, out, progress, files))
             os.rename(out, final)
     progress(f"image {name}: done")
-    return _image_from(recipe, final)
+    return _given(_image_from(recipe, final), files)
+
+
+def _given(image: Image, files: KernelFiles | None) -> Image:
+    """*image* with the provenance of the kernel as given this time: an image is shared
+    by every source of the same content (a tree, its boot image and modules), and each
+    run records where its own kernel came from."""
+    if files is None:
+        return image
+    return replace(image, manifest={**image.manifest, "kernel": dict(files.provenance)})

@@ -21,6 +21,7 @@ __all__ = [
     "WORKLOAD_DIR",
     "IMAGES",
     "ModuleLoad",
+    "KernelSource",
     "KernelSpec",
     "IsoSpec",
     "WorkloadSpec",
@@ -43,6 +44,7 @@ def _images_dir() -> Path:
 
 
 IMAGES_DIR = _images_dir()
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
 WORKLOAD_DIR = IMAGES_DIR / "workload"
 
 
@@ -55,14 +57,27 @@ class ModuleLoad:
 
 
 @dataclass(frozen=True)
-class KernelSpec:
-    """Which Debian kernel package to fetch."""
+class KernelSource:
+    """A kernel under test given by path (:mod:`harness.images.kernel` has its forms);
+    *modules* is where ``modules_install`` put its modules (the ``INSTALL_MOD_PATH`` or
+    its ``lib/modules/<release>``)."""
 
-    metapackage: str               # e.g. "linux-image-amd64"; its Depends names the build
+    path: Path
+    modules: Path | None = None
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Which kernel: a Debian package to fetch, or one given by path (``path:``)."""
+
+    metapackage: str | None = None  # e.g. "linux-image-amd64"; its Depends names the build
     prefer_unsigned: bool = True   # take "<package>-unsigned" when the mirror has it
     package: str | None = None     # pin: exact package, skips the metapackage
     version: str | None = None     # pin: exact version of that package
     image: str = "boot/vmlinuz-{release}"   # kernel file inside the package
+    suite: str | None = None       # take it from this suite (bookworm-backports), not the host's
+    mirror: str = DEBIAN_MIRROR    # the archive holding *suite*
+    source: KernelSource | None = None  # a build tree, a .deb or a boot image (path: / modules:)
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class Recipe:
     os: str = "linux"              # the guest OS the image holds (GUEST_OSES name)
     hypervisor: str | None = None  # HYPERVISORS name this image is made for (None: the default)
     iso: IsoSpec | None = None     # also build an ISOLINUX CD-ROM (boot through the firmware)
+    kernel_config: tuple[str, ...] = ()  # options the kernel must have: NAME (y or m), NAME=m
     path: Path = field(default=Path(), compare=False)
 
 
@@ -116,13 +132,25 @@ def _need(doc: dict[str, Any], key: str, where: str) -> Any:
     return doc[key]
 
 
-def _kernel(doc: dict[str, Any], where: str) -> KernelSpec:
-    """The ``kernel:`` block."""
+def _local_path(value: Any, base: Path) -> Path | None:
+    """A recipe's path: ``~`` expanded, relative to the recipe's directory."""
+    return None if value is None else base / Path(str(value)).expanduser()
+
+
+def _kernel(doc: dict[str, Any], where: str, base: Path) -> KernelSpec:
+    """The ``kernel:`` block: a Debian package (``metapackage`` or ``package``) or a
+    kernel by ``path`` (with ``modules``)."""
+    path = _local_path(doc.get("path"), base)
+    source = None if path is None else KernelSource(path, _local_path(doc.get("modules"), base))
+    if source is None and "package" not in doc:
+        _need(doc, "metapackage", f"{where}: kernel")
     return KernelSpec(
-        metapackage=str(_need(doc, "metapackage", f"{where}: kernel")),
+        metapackage=_opt_str(doc.get("metapackage")),
         prefer_unsigned=bool(doc.get("prefer_unsigned", True)),
         package=doc.get("package"), version=doc.get("version"),
-        image=str(doc.get("image", "boot/vmlinuz-{release}")))
+        image=str(doc.get("image", "boot/vmlinuz-{release}")),
+        suite=_opt_str(doc.get("suite")), mirror=str(doc.get("mirror", DEBIAN_MIRROR)),
+        source=source)
 
 
 def _workload(doc: dict[str, Any], where: str) -> WorkloadSpec:
@@ -160,8 +188,9 @@ def _iso(doc: Any) -> IsoSpec | None:
                    ldlinux=str(doc.get("ldlinux", default.ldlinux)))
 
 
-def parse_recipe(text: str, where: str = "recipe") -> Recipe:
-    """Parse the YAML text of a recipe; *where* names it in errors."""
+def parse_recipe(text: str, where: str = "recipe", base: Path = Path()) -> Recipe:
+    """Parse the YAML text of a recipe; *where* names it in errors, relative paths are
+    taken from *base*."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -171,7 +200,8 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     return Recipe(
         name=str(_need(doc, "name", where)), arch=str(_need(doc, "arch", where)),
         apt_architecture=str(_need(doc, "apt_architecture", where)),
-        kernel=_kernel(_need(doc, "kernel", where), where),
+        kernel=_kernel(_need(doc, "kernel", where), where, base),
+        kernel_config=tuple(str(o) for o in doc.get("kernel_config", [])),
         packages=tuple(doc.get("packages", [])),
         busybox=str(doc.get("busybox", "bin/busybox")),
         modules=_modules(doc.get("modules", [])),
@@ -185,7 +215,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
 def load_recipe(name: str) -> Recipe:
     """The recipe registered as *name*; unknown names list the valid ones."""
     path = IMAGES[name]
-    recipe = parse_recipe(path.read_text(), str(path))
+    recipe = parse_recipe(path.read_text(), str(path), path.parent)
     if recipe.name != name:
         raise InfraError(f"{path}: name {recipe.name!r} does not match directory {name!r}")
     return replace(recipe, path=path)

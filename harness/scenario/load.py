@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from harness.errors import ScenarioError, ScenarioErrors
+from harness.images.recipe import KernelSource
 from harness.scenario.extras import parse_midpoint, parse_race, parse_vary
 from harness.scenario.spec import (
     BootStep,
@@ -230,6 +231,16 @@ def _machine(doc: Doc) -> MachineSpec:
         smp=m.get("smp", defaults.smp), vmrun_log=m.get("vmrun_log"))
 
 
+def _kernel(path: Path, guest: Doc) -> KernelSource | None:
+    """The guest block's ``kernel`` (and ``modules``), relative to the scenario file."""
+    if "kernel" not in guest:
+        return None
+    base = path.parent
+    modules = guest.get("modules")
+    return KernelSource(base / Path(guest["kernel"]).expanduser(),
+                        None if modules is None else base / Path(modules).expanduser())
+
+
 def _scenario(path: Path, doc: Doc, lines: Lines, hypervisor: str, model: str) -> Scenario:
     from harness.scenario.spec import Timeouts
     steps: list[Step] = []
@@ -239,17 +250,24 @@ def _scenario(path: Path, doc: Doc, lines: Lines, hypervisor: str, model: str) -
     t = doc.get("timeouts", {})
     return Scenario(
         path=path, name=doc["name"], description=doc.get("description", ""),
-        guest=GuestSpec(os=g["os"], image=g["image"], append=g.get("append", "")),
+        guest=GuestSpec(os=g["os"], image=g["image"], append=g.get("append", ""),
+                        kernel=_kernel(path, g)),
         hypervisor=hypervisor, model=model, steps=tuple(steps), machine=_machine(doc),
         timeouts=Timeouts(**{k: float(v) for k, v in t.items()}), expect=_expect(doc),
         vary=parse_vary(doc), seed=doc.get("seed"), lines=lines)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate one scenario file; raises ScenarioError(s) with file/line/field."""
+def load_scenario(path: str | Path, image: str | None = None) -> Scenario:
+    """Read and validate one scenario file; raises ScenarioError(s) with file/line/field.
+
+    *image* runs it on another image than its ``guest.image`` (``slatcheck run
+    --image``): the scenario is validated against that one.
+    """
     from harness.scenario.checks import check_scenario, resolve_names
     p = Path(path)
     doc, lines = read_yaml(p)
+    if image is not None and isinstance(doc, dict) and isinstance(doc.get("guest"), dict):
+        doc["guest"]["image"] = image
     errs = _Errors(p, lines)
     _check_schema(errs, doc)
     errs.raise_any()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from harness.images.recipe import KernelSource
+
 __all__ = [
     "StepSpec", "BootStep", "ShellStep", "WaitStep", "SlotSpec", "TouchSpec", "WorkloadStep",
     "CheckStep", "InjectStep", "ReleaseStep", "Step", "STEP_TYPES", "GuestSpec",
@@ -218,11 +220,14 @@ STEP_TYPES: dict[str, type[StepSpec]] = {
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """The L1 guest: operating system, image and extra kernel command-line words."""
+    """The L1 guest: operating system, image, extra kernel command-line words, and the
+    kernel under test when it is not the image recipe's (a build tree, a .deb, a boot
+    image: :mod:`harness.images.kernel`)."""
 
     os: str
     image: str
     append: str = ""
+    kernel: KernelSource | None = None
 
 
 @dataclass(frozen=True)

@@ -371,9 +371,19 @@ def test_empty_vm_list_means_no_vms(world: World) -> None:
 
 
 def test_missing_symbol_is_named(world: World) -> None:
-    syms = parse_kallsyms(f"{VM_LIST:016x} d vm_list\t[kvm]\n")
-    with pytest.raises(SymbolLookupError, match="page_offset_base"):
+    syms = parse_kallsyms(f"{POB_SYM:016x} D page_offset_base\n")
+    with pytest.raises(SymbolLookupError, match="vm_list"):
         discover(world.kmem, world.pmem, syms, world.btf)
+
+
+def test_a_kernel_without_page_offset_base_has_the_fixed_direct_map(world: World) -> None:
+    """No CONFIG_RANDOMIZE_MEMORY nor X86_5LEVEL: no page_offset_base variable, the
+    direct map is at 0xffff888000000000 (this world's); a kernel whose map is elsewhere
+    fails the vmcb01 cross-check instead of passing silently."""
+    syms = parse_kallsyms(f"{VM_LIST:016x} d vm_list\t[kvm]\n")
+    assert POB == 0xFFFF888000000000
+    assert discover(world.kmem, world.pmem, syms, world.btf, mem_size=MEM_SIZE) == \
+        world.run()
 
 
 def test_hypervisor_record_names_this_discovery() -> None:

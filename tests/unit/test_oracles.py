@@ -184,3 +184,35 @@ def test_wilson_interval_against_published_values() -> None:
 def test_frame_facts_without_a_reader_judge_nothing() -> None:
     _, ob = world({})
     assert freed_frames("x", ob, FrameFacts(unavailable="no reader")) == []
+
+
+def test_arm64_vmemmap_of_the_reorganised_va_space() -> None:
+    """Linux 6.9 on: VMEMMAP_END = -1 GiB, sized for PAGE_OFFSET .. _PAGE_END(48).  For a
+    52-bit build with 64-byte struct pages VMEMMAP_START is 2^64 - 2^30 - 2^46 + 2^41;
+    RAM at 1 GiB (pfn 0x40000) is the array's first entry when 52 bits are in use, and
+    15 * 2^36 entries further (the linear map's offset) when the CPU falls back to 48."""
+    start = 0xFFFFC1FFC0000000
+    lpa2 = arm64_vmemmap(pgd=0xFFF0000001234000, pgd_phys=0x41234000, page_size=64,
+                         va_bits=52, top=True)
+    assert lpa2 + 0x40000 * 64 == start
+    fallback = arm64_vmemmap(pgd=0xFFFF000001234000, pgd_phys=0x41234000, page_size=64,
+                             va_bits=52, top=True)
+    assert fallback + 0x40000 * 64 == start + (0xF << 36) * 64
+    old = arm64_vmemmap(pgd=0xFFFF000001234000, pgd_phys=0x41234000, page_size=64)
+    assert old + 0x40000 * 64 == 0xFFFFFC0000000000          # 6.1: -(1 << 42)
+
+
+def test_a_kernel_without_a_dynamic_layout_uses_the_fixed_vmemmap() -> None:
+    """No CONFIG_RANDOMIZE_MEMORY nor X86_5LEVEL (a small custom kernel): no vmemmap_base
+    variable, the array is at 0xffffea0000000000 (what the constructed L1 uses too)."""
+    from dataclasses import replace
+
+    from harness.discovery.linux_kvm_common import STATIC_VMEMMAP, x86_layout_base
+    assert STATIC_VMEMMAP == VMEMMAP_VA
+    view, ob = world({0x300000: 0, 0x10000: 1})
+    view = replace(view, symbols={})
+    (f,) = freed_frames("w1/vm0", ob, gather(view, [ob], X86_FRAMES))
+    assert (f.kind, f.observed) == ("freed_frame", 0x300000)
+    mem = view.mem.kernel
+    assert x86_layout_base(mem, {"vmemmap_base": 0xFFFFFFFF82000000}, "vmemmap_base", 0) \
+        == VMEMMAP_VA                                # the variable, when there is one

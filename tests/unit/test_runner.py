@@ -247,3 +247,30 @@ def test_a_full_disk_is_an_infrastructure_error_with_no_traceback(tmp_path: Path
     assert "Traceback" not in err and "cannot write" in err
     run_dir = tmp_path / "art" / "fake"
     assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+
+
+def test_the_kernel_under_test_is_built_and_recorded(tmp_path: Path) -> None:
+    """guest.kernel goes to the services' kernel image builder; result.json and the JUnit
+    properties say where the kernel came from."""
+    from dataclasses import replace
+
+    from harness.images.recipe import KernelSource
+    services = FakeWorld().services(tmp_path)
+    image = services.build_image("linux-amd64", print)
+    built: list[KernelSource] = []
+    prov = {"form": "build-tree", "path": "/k/build", "config_sha256": "ab" * 32}
+
+    def build_kernel_image(name: str, kernel: KernelSource, progress: Any) -> Any:
+        built.append(kernel)
+        return replace(image, manifest={"files": {}, "kernel": prov})
+
+    sc = scenario(tmp_path)
+    sc = replace(sc, guest=replace(sc.guest, kernel=KernelSource(tmp_path / "build")))
+    res = run_scenario(sc, tmp_path / "art", services=replace(
+        services, build_kernel_image=build_kernel_image))
+    assert res.verdict == "pass", res.message
+    assert built == [KernelSource(tmp_path / "build")]
+    assert artifacts(res)["result.json"]["provenance"]["kernel"] == prov
+    assert res.properties["kernel.config_sha256"] == "ab" * 32
+    no_builder = run_scenario(sc, tmp_path / "art2", services=services)
+    assert no_builder.verdict == "error" and "kernel given by path" in no_builder.message
