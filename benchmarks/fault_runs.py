@@ -1,9 +1,11 @@
 """Faulted runs in a row: kill or signal the harness, QEMU or gdb at a random moment,
 then count orphans, leftover scratch directories and exit statuses.
 
-Run:  python benchmarks/fault_runs.py [--runs 100] [--seed 1] [SCENARIO]
+Run:  python benchmarks/fault_runs.py [--runs 100] [--seed 1] [--cold] [SCENARIO]
 
-Each run starts ``slatcheck run`` in a private TMPDIR, waits a random time into it,
+A first clean run measures how long a run takes (warm starts make the smoke run a few
+seconds; ``--cold`` boots every time); each faulted run then starts ``slatcheck run`` in
+a private TMPDIR, waits a random time within that duration,
 then applies one fault: SIGINT, SIGINT twice, SIGTERM, SIGKILL of the harness, SIGKILL
 of QEMU, SIGKILL of gdb.  Afterwards it waits for every process the run started to be
 gone (a killed harness's QEMU dies with it: PR_SET_PDEATHSIG) and lets the next run
@@ -60,9 +62,11 @@ def alive(pid: int) -> bool:
         return False
 
 
-def one_run(scenario: Path, fault: str, delay: float, tmp: Path) -> tuple[int | None, list[int]]:
+def one_run(scenario: Path, fault: str, delay: float, tmp: Path,
+            extra: tuple[str, ...] = ()) -> tuple[int | None, list[int]]:
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "-q",
+                             "--no-history", *extra,
                              "--artifacts", str(tmp / "art")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
@@ -78,7 +82,7 @@ def one_run(scenario: Path, fault: str, delay: float, tmp: Path) -> tuple[int | 
         proc.send_signal(signal.SIGTERM)
     elif fault == "kill-harness":
         proc.kill()
-    else:
+    elif fault in ("kill-qemu", "kill-gdb"):
         want = "qemu" if fault == "kill-qemu" else "gdb"
         for p, n in names.items():
             if n.startswith(want):
@@ -100,22 +104,29 @@ def main() -> None:
                     default=ROOT / "scenarios" / "linux" / "kvm-npt-smoke.yaml")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cold", action="store_true", help="boot every run (no warm start)")
     args = ap.parse_args()
+    extra = ("--cold",) if args.cold else ()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="fault-runs-"))
     statuses: collections.Counter[tuple[str, int | None]] = collections.Counter()
     orphans = 0
     t0 = time.monotonic()
     try:
+        one_run(args.scenario, "none", 0, tmp, extra)       # a warm state, if warm
+        t1 = time.monotonic()
+        one_run(args.scenario, "none", 0, tmp, extra)
+        span = time.monotonic() - t1
+        print(f"a clean run takes {span:.1f} s; faults land within it", flush=True)
         for _ in range(args.runs):
             fault = rng.choice(FAULTS)
-            status, left = one_run(args.scenario, fault, rng.uniform(2.0, 25.0), tmp)
+            status, left = one_run(args.scenario, fault, rng.uniform(0.1, span), tmp, extra)
             statuses[(fault, status)] += 1
             orphans += len(left)
             for p in left:
                 os.kill(p, signal.SIGKILL)
         # one last clean run sweeps the scratch directories of killed runs
-        one_run(args.scenario, "none", 0, tmp)
+        one_run(args.scenario, "none", 0, tmp, extra)
         leftover = [p.name for p in tmp.iterdir() if p.name.startswith("slc-")]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -51,10 +51,17 @@ def packages_of(props: dict[str, str]) -> dict[str, str]:
 
 
 def _build(kernel: dict[str, Any], props: dict[str, str]) -> str:
-    if kernel.get("describe"):
-        return str(kernel["describe"])
-    if kernel.get("package") and kernel.get("version"):
-        return f"{kernel['package']}={kernel['version']}"
+    """Where the kernel came from: a tree's ``git describe``, a package (a recipe's or a
+    .deb's) and version, a file's SHA-256 (``provenance.kernel`` as the image builder
+    writes it: harness.images.kernel)."""
+    describe = kernel.get("git_describe") or kernel.get("describe")
+    if describe:
+        return str(describe)
+    package = kernel.get("name") if kernel.get("form") == "package" else kernel.get("package")
+    if package and kernel.get("version"):
+        return f"{package}={kernel['version']}"
+    if kernel.get("sha256"):
+        return f"{kernel.get('filename', 'file')} sha256:{str(kernel['sha256'])[:12]}"
     for key, val in sorted(props.items()):
         if key.startswith(KERNEL_PACKAGE):
             return f"{key.removeprefix('package.')}={val.split(' ', 1)[0]}"

@@ -214,3 +214,20 @@ def test_kernel_identity_prefers_the_recorded_kernel() -> None:
                             "linux-image-6.1.0-28-amd64": "6.1.119-1"}
     assert inp.key("s") == "s | 6.13.0 v6.13-5-gabc config:ffffffffffff | 7.2.0 | " \
         "qemu max,-la57 tcg"
+
+
+@pytest.mark.parametrize("kernel, build", [
+    ({"form": "package", "name": "linux-image-6.12.9+bpo-amd64-unsigned",
+      "version": "6.12.9-1~bpo12+1", "release": "6.12.9+bpo-amd64"},
+     "linux-image-6.12.9+bpo-amd64-unsigned=6.12.9-1~bpo12+1"),
+    ({"form": "build-tree", "path": "/src/o", "release": "6.1.0", "git_describe": "v6.1-3-gab",
+      "config_sha256": "e" * 64}, "v6.1-3-gab"),
+    ({"form": "deb", "filename": "linux-image-x.deb", "sha256": "c" * 64,
+      "package": "linux-image-x", "version": "1", "release": "6.1.0"}, "linux-image-x=1"),
+    ({"form": "boot-image", "filename": "bzImage", "release": "6.1.0", "sha256": "d" * 64},
+     "bzImage sha256:dddddddddddd"),
+])
+def test_kernel_identity_of_every_kernel_form(kernel: dict[str, str], build: str) -> None:
+    """provenance.kernel as the image builder writes it (harness.images.kernel)."""
+    identity = kernel_identity(kernel, {})
+    assert identity.startswith(kernel["release"] + " " + build)
