@@ -1,5 +1,5 @@
 """``python -m harness`` is the ``slatcheck`` command."""
 
-from harness.cli import entry
+from harness.launch import entry
 
 entry()

@@ -24,6 +24,7 @@ from harness import nightly_cli
 from harness.context import DETAIL, Services
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.images.recipe import KernelSource
+from harness.launch import Held
 from harness.provenance import git_commit, slatcheck_version
 from harness.report_cli import add_parsers, cmd_compare, cmd_report
 from harness.result import ScenarioResult
@@ -418,6 +419,9 @@ def main(argv: list[str] | None = None, services: Services | None = None) -> int
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        early = [n for h in previous.values() if isinstance(h, Held) for n in h.came]
+        if early:                   # came while the harness was being imported
+            stop(early[0], None)
         if args.cmd == "run":
             return _cmd_run(args, services)
         if args.cmd == "shrink":
