@@ -70,8 +70,25 @@ def host_provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "host": {"kernel": platform.release(), "cpu": cpu_model(),
                  "python": platform.python_version()},
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": list(sys.argv if argv is None else argv),
+        "command": command_line(sys.argv if argv is None else argv),
     }
+
+
+def command_line(argv: Sequence[str]) -> list[str]:
+    """The command as someone else would type it: the program by its name, not by this
+    machine's path to it (a reproducer pasted into a mail must run elsewhere).
+
+    >>> command_line(["/home/me/src/.venv/bin/slatcheck", "run", "x.yaml"])
+    ['slatcheck', 'run', 'x.yaml']
+    >>> command_line(["/src/harness/__main__.py", "run"])
+    ['slatcheck', 'run']
+    """
+    if not argv:
+        return []
+    prog = Path(argv[0])
+    if prog.name == "slatcheck" or prog.parts[-2:] == ("harness", "__main__.py"):
+        return ["slatcheck", *argv[1:]]
+    return list(argv)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -464,7 +464,9 @@ class QemuMachine:
         if self._version is None:
             v = self.qmp_command("query-version")
             q = v["qemu"]
-            self._version = f"{q['major']}.{q['minor']}.{q['micro']}{v.get('package', '')}"
+            package = str(v.get("package", "")).strip()     # " (Debian 1:7.2+dfsg-7...)"
+            self._version = f"{q['major']}.{q['minor']}.{q['micro']}" + \
+                (f" {package}" if package else "")
         return self._version
 
     def describe(self) -> dict[str, str]:

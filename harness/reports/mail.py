@@ -41,6 +41,11 @@ WIDTH = 72
 MAX_FINDINGS = 50
 
 
+# Headers are not folded below RFC 5322's hard limit of 998: git send-email reads the
+# Subject from one line only ("No subject line in ...?" for a folded long patch subject).
+MAIL_POLICY = policy.default.clone(max_line_length=998)
+
+
 def git_identity() -> str:
     """``Name <email>`` from ``git config user.name`` / ``user.email``, or ""."""
     def get(key: str) -> str:
@@ -57,8 +62,8 @@ def git_identity() -> str:
 def _sender(headers: MailHeaders) -> str:
     sender = headers.sender or git_identity()
     if not parseaddr(sender)[1]:
-        raise ScenarioError("the mail needs a sender: give --from 'Name <email>' or set "
-                            "git config user.name and user.email")
+        raise ScenarioError("the mail needs a sender: set git config user.name and "
+                            "user.email (or give `slatcheck report --from 'Name <email>'`)")
     return sender
 
 
@@ -91,7 +96,10 @@ def _headline(results: Sequence[ScenarioResult],
     kernels = sorted({o.kernel for o in origins(results) if o.kernel})
     head = f"slatcheck on {', '.join(kernels)}" if kernels else "slatcheck"
     if all_passed(results):
-        said = [f"all {len(results)} passed"]
+        xfailed = sum(r.outcome == "xfailed" for r in results)
+        said = [f"all {len(results)} passed" if not xfailed else
+                f"all {len(results)} as expected ({len(results) - xfailed} passed, "
+                f"{xfailed} xfailed)"]
     else:
         said = [f"{sum(r.outcome == 'failed' for r in results)} of {len(results)} failed"]
         skipped = sum(r.outcome == "skipped" for r in results)
@@ -186,7 +194,7 @@ def build_mail(results: Sequence[ScenarioResult], options: ReportOptions | None 
     options = options or ReportOptions()
     head = options.mail
     sender = _sender(head)
-    msg = EmailMessage(policy=policy.default)
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = sender
     if head.to:
         msg["To"] = ", ".join(head.to)
@@ -200,7 +208,8 @@ def build_mail(results: Sequence[ScenarioResult], options: ReportOptions | None 
     if thread:
         msg["In-Reply-To"] = thread[-1]
         msg["References"] = " ".join(dict.fromkeys(thread))
-    msg.set_content(_body(results, options, sender))
+    body = _body(results, options, sender)
+    msg.set_content(body, cte="7bit" if body.isascii() else "8bit")   # never quoted-printable
     return msg
 
 
@@ -215,5 +224,5 @@ def write_mbox(msg: EmailMessage, path: Path) -> None:
     sender = parseaddr(str(msg["From"]))[1] or "slatcheck"
     msg.set_unixfrom(f"From {sender} {time.asctime(time.gmtime())}")
     with path.open("wb") as out:
-        BytesGenerator(out, mangle_from_=True, policy=policy.default).flatten(msg,
+        BytesGenerator(out, mangle_from_=True, policy=MAIL_POLICY).flatten(msg,
                                                                              unixfrom=True)

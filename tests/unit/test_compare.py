@@ -74,6 +74,20 @@ def test_the_same_finding_on_both_sides_is_still_there(tmp_path: Path) -> None:
     assert cmp.exit_status == 0      # failing as before: nothing got worse
 
 
+def test_a_negative_scenarios_expected_findings_are_no_news(tmp_path: Path) -> None:
+    """An xfailed run (a negative scenario failing as it expects) on the new side, or on
+    one side only, is no regression; had it failed otherwise, its findings would be."""
+    _run("pass", tmp_path / "base", "smoke")
+    _run("pass", tmp_path / "new", "smoke")
+    _run("xfail", tmp_path / "new", "inject")
+    cmp = compare(load_side(tmp_path / "base"), load_side(tmp_path / "new"))
+    assert cmp.exit_status == 0 and not cmp.new_findings, cmp.regressions
+    _run("fail", tmp_path / "new2", "inject")              # the same findings, unexpected
+    _run("pass", tmp_path / "new2", "smoke")
+    cmp = compare(load_side(tmp_path / "base"), load_side(tmp_path / "new2"))
+    assert cmp.exit_status == 1 and len(cmp.new_findings) == 1
+
+
 def test_verdict_changes_and_scenarios_on_one_side(tmp_path: Path) -> None:
     _run("pass", tmp_path / "base", "both")
     _run("pass", tmp_path / "base", "gone")
