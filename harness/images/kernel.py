@@ -265,7 +265,12 @@ def _package_config(root: Path, release: str, what: str) -> str:
 def _locate_deb(source: KernelSource, arch: str, work: Path) -> KernelFiles:
     """A local ``linux-image-*.deb``."""
     root = unpack_deb(source.path, work / "kernel-deb")
-    release = kernel_release(root)
+    try:
+        release = kernel_release(root)
+    except KernelRefused:
+        raise KernelRefused(f"{source.path}: no lib/modules/<release> inside: not a kernel "
+                            "package (a linux-image-*.deb, e.g. from `apt-get download "
+                            "linux-image-6.1.0-54-amd64-unsigned`)") from None
     image = root / "boot" / f"vmlinuz-{release}"
     if not image.is_file():
         raise KernelRefused(f"{source.path.name} has no boot/vmlinuz-{release}")
