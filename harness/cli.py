@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from harness import nightly_cli
 from harness.context import DETAIL, Services
+from harness.deadline import Held
 from harness.errors import ScenarioError, ScenarioErrors, SkipScenario, SlatcheckError
 from harness.images.recipe import KernelSource
-from harness.launch import Held
 from harness.provenance import git_commit, slatcheck_version
 from harness.report_cli import add_parsers, cmd_compare, cmd_report
 from harness.result import ScenarioResult

@@ -20,7 +20,18 @@ from types import FrameType
 
 from harness.errors import HarnessTimeout
 
-__all__ = ["deadline", "signals_deferred", "DEFERRED"]
+__all__ = ["deadline", "signals_deferred", "DEFERRED", "Held"]
+
+
+class Held:
+    """A signal handler that only notes the signals that came (``harness.launch`` holds
+    SIGINT and SIGTERM with it while the harness is imported)."""
+
+    def __init__(self) -> None:
+        self.came: list[int] = []
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.came.append(signum)
 
 DEFERRED = {signal.SIGINT, signal.SIGTERM}
 

@@ -1,7 +1,7 @@
 """The ``slatcheck`` program's first lines: Ctrl-C and SIGTERM are held from the start.
 
 Importing the harness takes a moment.  Until :func:`harness.cli.main` installs its
-own handlers, a SIGINT or SIGTERM is only noted (:class:`Held`); ``main`` then ends
+own handlers, a SIGINT or SIGTERM is only noted (:class:`harness.deadline.Held`); ``main`` then ends
 the command as interrupted (exit status 1, no traceback) instead of Python dying of
 the signal, or printing a KeyboardInterrupt traceback, half-way through its imports.
 """
@@ -9,19 +9,10 @@ the signal, or printing a KeyboardInterrupt traceback, half-way through its impo
 from __future__ import annotations
 
 import signal
-from types import FrameType
 
-__all__ = ["Held", "entry"]
+from harness.deadline import Held
 
-
-class Held:
-    """A signal handler that notes the signals that came."""
-
-    def __init__(self) -> None:
-        self.came: list[int] = []
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.came.append(signum)
+__all__ = ["entry"]
 
 
 def entry() -> None:

@@ -44,7 +44,7 @@ def test_a_signal_while_the_harness_is_imported_ends_as_interrupted(
     import os
     import signal
 
-    from harness.launch import Held
+    from harness.deadline import Held
     held = Held()
     before = signal.signal(signal.SIGTERM, held)
     try:
