@@ -132,6 +132,9 @@ def _start_cold(ctx: RunContext, machine: Machine, boot_timeout: float) -> None:
     ctx.properties.setdefault("machine.start", "cold")
 
 
+WARM_SETTLE = 1.0    # seconds a restored guest runs before it must answer again
+
+
 def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
                 warm: WarmState, boot_timeout: float) -> bool:
     """Start from the saved state; on any failure undo it, note why, drop the state."""
@@ -145,6 +148,9 @@ def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
         if boot_id != warm.boot_id():
             raise InfraError(f"the restored guest's boot id is {boot_id!r}, the state was "
                              f"saved from boot {warm.boot_id()!r}")
+        time.sleep(WARM_SETTLE)       # a restored guest must go on running, not answer once
+        if ctx.guest.boot_id(console) != boot_id:     # (an arm64 state was seen to freeze)
+            raise InfraError("the restored guest's boot id changed a second later")
     except SlatcheckError as exc:
         attempt.close()
         note = f"warm start from {warm.dir.name} failed ({str(exc)[:200]}); booting cold"

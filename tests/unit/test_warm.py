@@ -9,6 +9,7 @@ import pickle
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes import FakeWorld
@@ -72,6 +73,34 @@ def test_another_boot_id_falls_back_to_a_cold_boot_with_a_note(tmp_path: Path) -
     assert "booting cold" in res.provenance["machine"]["warm_fallback"]
     [state] = states(tmp_path)                     # saved again, from the new boot
     assert '"boot_id": "fake-boot-2"' in (state.parent / "meta.json").read_text()
+
+
+def test_a_restored_guest_that_stops_answering_is_dropped_for_a_cold_boot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An arm64 state was seen to answer once after a restore, then freeze: the second
+    question a moment later must see the same boot, else the run boots cold."""
+    from dataclasses import replace as _replace
+
+    from harness import steps
+    monkeypatch.setattr(steps, "WARM_SETTLE", 0.01)
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    sc = scenario(tmp_path)
+    run_scenario(sc, tmp_path / "a", services=services)
+    real, asked = services.guests["linux"].boot_id, []
+    assert real is not None
+
+    def freezes(console: object) -> str:
+        asked.append(1)
+        if len(asked) == 2:
+            raise InfraError("console: no answer within 30 s (frozen)")
+        return real(console)  # type: ignore[arg-type]
+    guests: Registry[Any] = Registry("guest OS")
+    guests.add("linux", _replace(services.guests["linux"], boot_id=freezes))
+    res = run_scenario(sc, tmp_path / "b", services=_replace(services, guests=guests))
+    assert res.verdict == "pass", res.message
+    assert res.provenance["machine"]["start"] == "cold" and len(asked) >= 2
+    assert "frozen" in res.properties["machine.warm_fallback"]
 
 
 class _Unloadable(FakeMachine):
