@@ -217,18 +217,7 @@ class RspClient:
 
         Only a detach resumes the L1: QEMU leaves it stopped when the socket just closes.
         """
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(InfraError, OSError):
-                self.interrupt()
-                for addr in sorted(self.breakpoints):
-                    self.remove_breakpoint(addr)
-                if self.mode == 1:
-                    self.set_phys(False)
-                self.request(b"D;1", timeout=5.0)   # process 1: QEMU's only one
-            self._sock = None
-            with contextlib.suppress(OSError):
-                sock.close()
+        self._end(detach=True)
         if self._log is not None:
             with contextlib.suppress(OSError):    # a full disk cannot take the last lines
                 self._log.close()
@@ -378,6 +367,11 @@ class RspClient:
     def leave_stopped(self) -> None:
         """Stop the L1, remove breakpoints, leave virtual mode and close the socket
         without detaching: QEMU keeps the L1 stopped for the next client."""
+        self._end(detach=False)
+
+    def _end(self, detach: bool) -> None:
+        """Stop the L1, remove breakpoints, leave physical mode, detach if asked (only a
+        detach resumes the L1), close the socket; errors on the way are ignored."""
         sock = self._sock
         if sock is None:
             return
@@ -387,6 +381,8 @@ class RspClient:
                 self.remove_breakpoint(addr)
             if self.mode == 1:
                 self.set_phys(False)
+            if detach:
+                self.request(b"D;1", timeout=5.0)   # process 1: QEMU's only one
         self._sock = None
         with contextlib.suppress(OSError):
             sock.close()
