@@ -133,6 +133,16 @@ def _start_cold(ctx: RunContext, machine: Machine, boot_timeout: float) -> None:
 
 
 WARM_SETTLE = 1.0    # seconds a restored guest runs before it must answer again
+KEEPS_RUNNING = "keeps-running"   # kept with a state once a restore of it went on running
+
+
+def _goes_on_running(ctx: RunContext, console: Console, boot_id: str) -> None:
+    """A restored guest must go on running, not answer once (an arm64 state was seen to
+    answer, then freeze, on every restore); checked on a state's first restore only."""
+    assert ctx.guest.boot_id is not None
+    time.sleep(WARM_SETTLE)
+    if ctx.guest.boot_id(console) != boot_id:
+        raise InfraError("the restored guest's boot id changed a second later")
 
 
 def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
@@ -148,9 +158,9 @@ def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
         if boot_id != warm.boot_id():
             raise InfraError(f"the restored guest's boot id is {boot_id!r}, the state was "
                              f"saved from boot {warm.boot_id()!r}")
-        time.sleep(WARM_SETTLE)       # a restored guest must go on running, not answer once
-        if ctx.guest.boot_id(console) != boot_id:     # (an arm64 state was seen to freeze)
-            raise InfraError("the restored guest's boot id changed a second later")
+        if not warm.recall(KEEPS_RUNNING, boot_id):
+            _goes_on_running(ctx, console, boot_id)
+            warm.remember(KEEPS_RUNNING, boot_id, True)
     except SlatcheckError as exc:
         attempt.close()
         note = f"warm start from {warm.dir.name} failed ({str(exc)[:200]}); booting cold"

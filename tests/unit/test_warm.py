@@ -103,6 +103,40 @@ def test_a_restored_guest_that_stops_answering_is_dropped_for_a_cold_boot(
     assert "frozen" in res.properties["machine.warm_fallback"]
 
 
+def test_a_state_is_watched_running_on_its_first_restore_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second question costs a second: asked on a state's first restore, then kept with
+    the state, and asked again once the state is saved anew."""
+    from dataclasses import replace as _replace
+
+    from harness import steps
+    monkeypatch.setattr(steps, "WARM_SETTLE", 0.01)
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    real, asked = services.guests["linux"].boot_id, []
+    assert real is not None
+
+    def counted(console: object) -> str:
+        asked.append(1)
+        return real(console)  # type: ignore[arg-type]
+    guests: Registry[Any] = Registry("guest OS")
+    guests.add("linux", _replace(services.guests["linux"], boot_id=counted))
+    services = _replace(services, guests=guests)
+    sc = scenario(tmp_path)
+
+    def questions(run: str) -> tuple[int, str]:
+        asked.clear()
+        res = run_scenario(sc, tmp_path / run, services=services)
+        assert res.verdict == "pass", res.message
+        return len(asked), res.provenance["machine"]["start"]
+    assert questions("cold")[1] == "cold"
+    first, second = questions("warm1"), questions("warm2")
+    assert first[1] == second[1] == "warm"
+    assert first[0] == second[0] + 1          # the settle question, on the first restore only
+    [state] = states(tmp_path)
+    assert (state.parent / f"{steps.KEEPS_RUNNING}.json").exists()
+
+
 class _Unloadable(FakeMachine):
     """A machine that cannot load a state that is not its own (as QEMU refuses one)."""
 
