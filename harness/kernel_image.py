@@ -8,6 +8,9 @@ and bzip2 use the standard library (Debian 12's 6.1 kernels are xz:
 ``CONFIG_KERNEL_XZ=y``); zstd goes through the ``zstd`` command-line tool,
 since Python 3.11 has no zstd module.
 
+:func:`pvh_entry` reads the PVH entry note of an x86-64 vmlinux, through which QEMU
+boots it uncompressed (a recipe's ``entry: pvh``).
+
 An arm64 ``vmlinuz`` is not a bzImage but the raw ``Image`` itself (no ELF
 headers, no compression): :func:`kernel_btf` then finds vmlinux's ``.BTF``
 bytes in it by their header (magic 0xeB9F, version 1, a 24-byte header,
@@ -31,8 +34,8 @@ from collections.abc import Callable, Iterator
 
 from harness.errors import InfraError
 
-__all__ = ["extract_vmlinux", "btf_section", "kernel_btf", "raw_image_btf", "ELF_MAGIC",
-           "PAYLOAD_MAGICS", "ARM64_IMAGE_MAGIC", "BTF_MAGIC"]
+__all__ = ["extract_vmlinux", "pvh_entry", "btf_section", "kernel_btf", "raw_image_btf",
+           "ELF_MAGIC", "PAYLOAD_MAGICS", "ARM64_IMAGE_MAGIC", "BTF_MAGIC"]
 
 ELF_MAGIC = b"\x7fELF"
 ZSTD_TIMEOUT_S = 120
@@ -113,6 +116,48 @@ def extract_vmlinux(vmlinuz: bytes) -> bytes:
         tried.append(f"{name}@{offset:#x}")
     raise InfraError("no compressed payload in the kernel image decompresses to an ELF "
                      f"vmlinux (decompressed but not ELF: {', '.join(tried) or 'none'})")
+
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18     # the PVH entry point note (CONFIG_PVH), xen/interface/elfnote.h
+PT_NOTE = 4
+_EHDR = struct.Struct("<4sB")      # magic, EI_CLASS
+_PHDR64 = struct.Struct("<IIQQQQQQ")   # p_type p_flags p_offset p_vaddr p_paddr p_filesz ...
+_NHDR = struct.Struct("<III")      # n_namesz n_descsz n_type
+
+
+def _notes(elf: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+    """(name, type, descriptor) of every note in the PT_NOTE segments of an ELF64 file."""
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, _, offset, _, _, filesz, _, _ = _PHDR64.unpack_from(elf, phoff + i * phentsize)
+        if p_type != PT_NOTE:
+            continue
+        pos, end = offset, offset + filesz
+        while pos + _NHDR.size <= end:
+            namesz, descsz, n_type = _NHDR.unpack_from(elf, pos)
+            name_at = pos + _NHDR.size
+            desc_at = name_at + (namesz + 3) // 4 * 4
+            yield (elf[name_at:name_at + namesz].rstrip(b"\0"), n_type,
+                   elf[desc_at:desc_at + descsz])
+            pos = desc_at + (descsz + 3) // 4 * 4
+
+
+def pvh_entry(elf: bytes) -> int | None:
+    """The 32-bit PVH entry point of an x86-64 vmlinux (Xen note PHYS32_ENTRY), or None.
+
+    QEMU boots such an ELF file given to ``-kernel`` straight at that entry: no setup
+    code, no decompression (the slow part under TCG) and so no KASLR either.
+    """
+    if not elf.startswith(ELF_MAGIC) or len(elf) < 0x40 or elf[4] != 2:    # ELFCLASS64
+        return None
+    try:
+        for name, n_type, desc in _notes(elf):
+            if name == b"Xen" and n_type == XEN_ELFNOTE_PHYS32_ENTRY and len(desc) >= 4:
+                return int(struct.unpack_from("<I", desc)[0])
+    except struct.error:            # a truncated file has no usable entry
+        return None
+    return None
 
 
 def btf_section(elf: bytes) -> bytes:

@@ -4,6 +4,7 @@ Layout of ``$XDG_CACHE_HOME/slatcheck/images/<name>-<hash>/`` (default ``~/.cach
 
     vmlinuz  vmlinux.btf  config  initramfs.cpio.gz  modules/*.ko  slat-workload  manifest.json
     slatcheck.iso      (recipes with ``iso:``: an ISOLINUX CD-ROM of the two above)
+    vmlinux            (recipes with ``entry: pvh``: the uncompressed kernel QEMU boots)
 
 The hash covers the recipe file, the workload sources and this builder's code,
 so a change to any of them builds a new directory; with a kernel given by path
@@ -46,12 +47,13 @@ from harness.images.kernel import (
     unpack_deb,
 )
 from harness.images.recipe import WORKLOAD_DIR, KernelSource, Recipe, load_recipe
-from harness.kernel_image import btf_section, kernel_btf
+from harness.kernel_image import btf_section, extract_vmlinux, kernel_btf, pvh_entry
 from harness.machines.base import BootSpec, CdromBoot, DiskBoot, KernelBoot
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
+VMLINUX = "vmlinux"            # the uncompressed kernel of an ``entry: pvh`` image
 _BUILDER_DIR = Path(__file__).resolve().parent
 
 
@@ -62,7 +64,7 @@ class Image:
     name: str                      # recipe name, e.g. "linux-amd64"
     arch: str                      # guest architecture as QEMU names it: "x86_64"
     dir: Path                      # the cache directory holding everything below
-    kernel: Path                   # vmlinuz (for -kernel)
+    kernel: Path                   # vmlinuz, or vmlinux for entry: pvh (for -kernel)
     initrd: Path                   # initramfs.cpio.gz (for -initrd)
     modules: Path                  # directory of the .ko files loaded in the guest
     manifest: dict[str, Any] = field(compare=False, hash=False)
@@ -134,7 +136,8 @@ def _image_from(recipe: Recipe, final: Path) -> Image:
     """The :class:`Image` of a finished build directory."""
     manifest = json.loads((final / "manifest.json").read_text())
     return Image(name=recipe.name, arch=recipe.arch, dir=final,
-                 kernel=final / "vmlinuz", initrd=final / "initramfs.cpio.gz",
+                 kernel=final / (VMLINUX if manifest.get("entry") == "pvh" else "vmlinuz"),
+                 initrd=final / "initramfs.cpio.gz",
                  modules=final / "modules", manifest=manifest,
                  kernel_release=manifest["kernel_release"], append=recipe.append,
                  console=recipe.console, prompt=recipe.prompt, os=recipe.os,
@@ -196,6 +199,19 @@ def _link_tree(src: Path, dst: Path) -> None:
             os.link(path, dst / rel)
         except OSError:
             shutil.copyfile(path, dst / rel)
+
+
+def _write_entry(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> str:
+    """How QEMU will enter the kernel: for ``entry: pvh`` write the uncompressed
+    ``vmlinux`` when it has a PVH entry, else say why the boot image is used."""
+    if recipe.entry != "pvh":
+        return "image"
+    vmlinux = extract_vmlinux((out / "vmlinuz").read_bytes())
+    if pvh_entry(vmlinux) is None:
+        progress("the kernel has no PVH entry (CONFIG_PVH): booting its compressed image")
+        return "image"
+    (out / VMLINUX).write_bytes(vmlinux)
+    return "pvh"
 
 
 def _vmlinux_btf(files: KernelFiles, out: Path) -> None:
@@ -271,6 +287,7 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
     progress("unpacking")
     roots = [_unpack(pkg, work / "root") for pkg in packages]
     shutil.copyfile(files.boot_image, out / "vmlinuz")
+    entry = _write_entry(recipe, out, progress)
     (out / "config").write_text(files.config)
     _vmlinux_btf(files, out)
     (out / "modules").mkdir()
@@ -288,7 +305,7 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
                   append=recipe.append, work=work,
                   isolinux_bin=_from_packages(roots, recipe.iso.isolinux, recipe.name),
                   ldlinux_c32=_from_packages(roots, recipe.iso.ldlinux, recipe.name))
-    return {"packages": [p.manifest() for p in [*kernel_pkgs, *packages]],
+    return {"packages": [p.manifest() for p in [*kernel_pkgs, *packages]], "entry": entry,
             "kernel_release": files.release, "kernel": dict(files.provenance),
             "modules": [{"name": kmod.module_name(p), "path": p} for p in sorted(modules)]}
 
@@ -296,6 +313,7 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
 def _manifest(recipe: Recipe, digest: str, out: Path, built: dict[str, Any]) -> None:
     """Write ``manifest.json`` with the hashes of the produced files."""
     names = ["vmlinuz", "initramfs.cpio.gz", "slat-workload"]
+    names += [VMLINUX] if built.get("entry") == "pvh" else []
     names += [ISO_NAME] if recipe.iso is not None else []
     files = {name: sha256_file(out / name) for name in names}
     for ko in sorted((out / "modules").glob("*.ko*")):

@@ -122,7 +122,14 @@ class Recipe:
     hypervisor: str | None = None  # HYPERVISORS name this image is made for (None: the default)
     iso: IsoSpec | None = None     # also build an ISOLINUX CD-ROM (boot through the firmware)
     kernel_config: tuple[str, ...] = ()  # options the kernel must have: NAME (y or m), NAME=m
+    entry: str = "image"           # how QEMU enters the kernel: one of ENTRIES
     path: Path = field(default=Path(), compare=False)
+
+
+# "image": the boot image as packaged (a bzImage: decompressed by the guest, with KASLR);
+# "pvh": x86-64 only, the uncompressed vmlinux through its PVH entry (CONFIG_PVH): no
+# decompression under TCG (seconds), no KASLR; a kernel without the entry boots "image".
+ENTRIES = ("image", "pvh")
 
 
 def _need(doc: dict[str, Any], key: str, where: str) -> Any:
@@ -209,7 +216,19 @@ def parse_recipe(text: str, where: str = "recipe", base: Path = Path()) -> Recip
         console=str(_need(doc, "console", where)),
         append=str(_need(doc, "append", where)),
         prompt=str(doc.get("prompt", "slat# ")), os=str(doc.get("os", "linux")),
-        hypervisor=_opt_str(doc.get("hypervisor")), iso=_iso(doc.get("iso")))
+        hypervisor=_opt_str(doc.get("hypervisor")), iso=_iso(doc.get("iso")),
+        entry=_entry(doc, where))
+
+
+def _entry(doc: dict[str, Any], where: str) -> str:
+    """The ``entry:`` key, one of ENTRIES; "pvh" only for an x86-64 kernel booted by QEMU."""
+    entry = str(doc.get("entry", "image"))
+    if entry not in ENTRIES:
+        raise InfraError(f"{where}: entry: {entry!r} is not one of {', '.join(ENTRIES)}")
+    if entry == "pvh" and (doc.get("arch") != "x86_64" or doc.get("iso") is not None):
+        raise InfraError(f"{where}: entry: pvh needs arch x86_64 and no iso: (it is QEMU's "
+                         "direct boot of an x86-64 vmlinux)")
+    return entry
 
 
 def load_recipe(name: str) -> Recipe:

@@ -252,3 +252,73 @@ def test_btf_section_missing_or_not_elf(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-c", "-o", str(tmp_path / "y.o"), str(tmp_path / "y.c")], check=True)
     with pytest.raises(InfraError, match="no .BTF section"):
         btf_section((tmp_path / "y.o").read_bytes())
+
+
+
+def _executable(tmp_path: Path, notes: str) -> bytes:
+    """A static x86-64 executable whose allocated notes are *notes* (assembler text)."""
+    if not shutil.which("gcc") or subprocess.run(["gcc", "-dumpmachine"], capture_output=True,
+                                                 text=True).stdout.split("-")[0] != "x86_64":
+        pytest.skip("needs an x86-64 gcc")
+    src = tmp_path / "n.S"
+    src.write_text('.pushsection .note.Xen,"a",@note\n' + notes + ".popsection\n"
+                   ".text\n.globl _start\n_start: ret\n")
+    subprocess.run(["gcc", "-nostdlib", "-static", "-o", str(tmp_path / "n"), str(src)],
+                   check=True)
+    return (tmp_path / "n").read_bytes()
+
+
+def _note(name: str, n_type: int, desc: int) -> str:
+    return (f".balign 4\n.long {len(name) + 1}\n.long 4\n.long {n_type}\n"
+            f'.asciz "{name}"\n.balign 4\n.long {desc:#x}\n')
+
+
+def test_pvh_entry_is_the_xen_phys32_note(tmp_path: Path) -> None:
+    """Read against the linker's own output: the entry of note type 18 named Xen, and
+    none when the only notes are other types or other names."""
+    from harness.kernel_image import pvh_entry
+    both = _executable(tmp_path, _note("Xen", 6, 0x61) + _note("GNU", 18, 0x2000)
+                       + _note("Xen", 18, 0x1000850))
+    readelf = subprocess.run(["readelf", "-n", str(tmp_path / "n")], capture_output=True,
+                             text=True).stdout
+    assert "Xen" in readelf           # the notes are really in a PT_NOTE segment
+    assert pvh_entry(both) == 0x1000850
+    assert pvh_entry(_executable(tmp_path, _note("Xen", 6, 0x61) + _note("GNU", 18, 1))) is None
+    assert pvh_entry(both[:0x40]) is None and pvh_entry(b"MZ" + bytes(100)) is None
+
+
+def test_an_entry_pvh_image_boots_vmlinux_only_when_it_has_the_entry(tmp_path: Path) -> None:
+    """The builder writes the uncompressed vmlinux for ``entry: pvh`` and the image boots
+    it; a kernel without the note, or ``entry: image``, boots the packaged bzImage."""
+    from dataclasses import replace
+
+    from harness.images import build as build_mod
+    from harness.images import load_recipe
+    with_entry = _executable(tmp_path, _note("Xen", 18, 0x1000850))
+    recipe = load_recipe("linux-amd64")
+    assert recipe.entry == "pvh"
+    for elf, entry, want in ((with_entry, "pvh", "pvh"), (with_entry, "image", "image"),
+                             (_executable(tmp_path, _note("Xen", 6, 1)), "pvh", "image")):
+        out = tmp_path / f"out-{entry}-{want}"
+        out.mkdir()
+        (out / "vmlinuz").write_bytes(b"MZ" + bytes(0x200) + gzip.compress(elf))
+        said: list[str] = []
+        got = build_mod._write_entry(replace(recipe, entry=entry), out, said.append)
+        assert got == want
+        assert ((out / build_mod.VMLINUX).read_bytes() == elf) if want == "pvh" \
+            else not (out / build_mod.VMLINUX).exists()
+        assert bool(said) == (entry == "pvh" and want == "image")   # the fallback is said
+        if entry == "pvh":
+            assert "CONFIG_PVH" in "".join(said) or want == "pvh"
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    ("entry: pvhh\n", "entry: 'pvhh' is not one of image, pvh"),
+    ("entry: pvh\niso: {}\n", "entry: pvh needs arch x86_64 and no iso"),
+])
+def test_a_bad_entry_names_the_recipe_and_the_choices(extra: str, error: str) -> None:
+    from harness.images import load_recipe, parse_recipe
+    text = load_recipe("linux-amd64").path.read_text().replace("\nentry: pvh\n", "\n")
+    assert parse_recipe(text, "r.yaml").entry == "image"
+    with pytest.raises(InfraError, match=f"r.yaml: {error}"):
+        parse_recipe(text + extra, "r.yaml")
