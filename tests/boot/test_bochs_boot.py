@@ -62,6 +62,7 @@ def config(art: Path, name: str) -> MachineConfig:
 
 # -- lifecycle: the BIOS is enough ----------------------------------------------------
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_sigint_in_block_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt), BochsMachine(config(tmp_path, "sigint")) as m:
         assert m.pid is not None and m._dir is not None

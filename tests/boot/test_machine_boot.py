@@ -74,6 +74,7 @@ def Machine(artifacts: Path, name: str, boot: KernelBoot | DiskBoot | None = Non
 
 # -- lifecycle: no kernel needed (SeaBIOS just runs) ------------------------------
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_sigint_in_block_leaves_nothing_behind(tmp_path: Path) -> None:
     pids: list[int] = []
     with pytest.raises(KeyboardInterrupt), Machine(artifacts=tmp_path, name="sigint") as m:
