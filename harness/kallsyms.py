@@ -79,10 +79,14 @@ class Symbols(Mapping[str, int]):
 def kallsyms_command(names: Iterable[str]) -> str:
     """A shell command that prints only the kallsyms lines of *names*.
 
-    Module symbols end in a tab and ``[module]``, hence ``[[:space:]]``.
+    A fixed-string grep takes the candidate lines out of the ~100,000 (four times faster
+    in a TCG guest than a regular expression over all of them: 0.55 s against 2.35 s),
+    then the expression keeps the exact names.  Module symbols end in a tab and
+    ``[module]``, hence ``[[:space:]]``.
 
-    >>> kallsyms_command(["vm_list", "page_offset_base"])
-    "grep -E ' (vm_list|page_offset_base)([[:space:]]|$)' /proc/kallsyms"
+    >>> print(kallsyms_command(["vm_list", "page_offset_base"]).replace("| ", "|\\n"))
+    grep -F -e ' vm_list' -e ' page_offset_base' /proc/kallsyms |
+    grep -E ' (vm_list|page_offset_base)([[:space:]]|$)'
     """
     names = list(names)
     if not names:
@@ -90,8 +94,10 @@ def kallsyms_command(names: Iterable[str]) -> str:
     for n in names:
         if not NAME.match(n):
             raise ValueError(f"not a kernel symbol name: {n!r}")
+    fixed = " ".join(f"-e ' {n}'" for n in names)
     alternation = "|".join(re.escape(n) for n in names)
-    return f"grep -E ' ({alternation})([[:space:]]|$)' /proc/kallsyms"
+    return (f"grep -F {fixed} /proc/kallsyms | "
+            f"grep -E ' ({alternation})([[:space:]]|$)'")
 
 
 def parse_kallsyms(text: str) -> Symbols:
