@@ -30,7 +30,7 @@ from harness.typecache import RecordedTypes
 __all__ = ["LINUX", "linux_symbols", "linux_types", "parse_types", "pagemap_backing",
            "linux_boot_id"]
 
-# seconds for the grep of /proc/kallsyms: 1 s under QEMU, a minute or more under Bochs
+# seconds for the grep of /proc/kallsyms: under a second under QEMU, longer under Bochs
 KALLSYMS_TIMEOUT = 600
 
 CONSOLE = ConsoleProfile(
