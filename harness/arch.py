@@ -80,11 +80,19 @@ def _x86_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:
     >>> _x86_l2_bits("EPYC,phys-bits=52", "tcg", None)
     48
     """
+    return min(x86_phys_bits(cpu, accel), 52 if x86_la57(cpu) else 48)
+
+
+def x86_la57(cpu: str) -> bool:
+    """Whether QEMU's x86 CPU *cpu* has LA57 (5-level paging): ``max``/``host`` unless
+    ``-la57``, any model with ``+la57`` or ``la57=on``.
+
+    >>> x86_la57("max"), x86_la57("max,-la57"), x86_la57("EPYC,+la57"), x86_la57("EPYC")
+    (True, False, True, False)
+    """
     model, flags, values = _x86_cpu(cpu)
-    phys = x86_phys_bits(cpu, accel)
-    la57 = ("-la57" not in flags and values.get("la57") != "off"
+    return ("-la57" not in flags and values.get("la57") != "off"
             and (model in ("max", "host") or "+la57" in flags or values.get("la57") == "on"))
-    return min(phys, 52 if la57 else 48)
 
 
 def _arm64_l2_bits(cpu: str, accel: str, ipa_bits: int | None) -> int:

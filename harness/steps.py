@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from harness import freebsd_bhyvectl as bhyvectl
 from harness import openbsd_vmd as vmd
+from harness.arch import x86_la57
 from harness.artifacts import write_json
 from harness.check import run_check, run_inject
 from harness.console import Console
@@ -73,8 +74,9 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
     image = prepare_image(ctx)
     arch = ctx.hypervisor.arch_record
     m = sc.machine
+    five_level = arch.name == "x86_64" and x86_la57(m.cpu or arch.cpu)
     config = MachineConfig(
-        arch=arch, boot=image.boot_spec(sc.guest.append), artifacts=ctx.run_dir,
+        arch=arch, boot=image.boot_spec(sc.guest.append, five_level), artifacts=ctx.run_dir,
         cpu=m.cpu or arch.cpu, memory=m.memory, smp=m.smp, accel=m.accel, name=sc.name,
         fault_log=ctx.hypervisor.fault_log if m.vmrun_log is None else m.vmrun_log)
     factory = ctx.services.machines[m.emulator]

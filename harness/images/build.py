@@ -77,16 +77,21 @@ class Image:
     disk: Path | None = None       # a disk image booted through the firmware (BSD guests)
     disk_format: str = "qcow2"
     iso: Path | None = None        # ISOLINUX CD-ROM of kernel and initramfs (recipes with iso:)
+    packaged: Path | None = None   # entry: pvh: the packaged bzImage, for 5-level machines
 
-    def boot_spec(self, extra_append: str = "") -> BootSpec:
+    def boot_spec(self, extra_append: str = "", five_level: bool = False) -> BootSpec:
         """How a machine boots it: its disk; the kernel, the initramfs and the command
         line; or, for an image with a CD-ROM (for emulators without direct kernel boot),
-        the ISO, whose command line is fixed at build time (*extra_append* is refused)."""
+        the ISO, whose command line is fixed at build time (*extra_append* is refused).
+        A machine with 5-level paging (*five_level*: LA57) boots the packaged bzImage
+        even for ``entry: pvh``: Linux's PVH entry starts in 4-level paging, and only
+        the bzImage's decompressor switches to 5 levels."""
         if self.disk is not None:
             return DiskBoot(self.disk, self.disk_format)
         if self.iso is None:
             append = " ".join(filter(None, [self.append, extra_append]))
-            return KernelBoot(self.kernel, self.initrd, append)
+            kernel = self.packaged if five_level and self.packaged is not None else self.kernel
+            return KernelBoot(kernel, self.initrd, append)
         if extra_append:
             raise InfraError(f"image {self.name} boots from a CD-ROM whose command line is "
                              f"fixed at build time: guest.append {extra_append!r} cannot "
@@ -135,8 +140,10 @@ def _locked(lock_path: Path) -> Iterator[None]:
 def _image_from(recipe: Recipe, final: Path) -> Image:
     """The :class:`Image` of a finished build directory."""
     manifest = json.loads((final / "manifest.json").read_text())
+    pvh = manifest.get("entry") == "pvh"
     return Image(name=recipe.name, arch=recipe.arch, dir=final,
-                 kernel=final / (VMLINUX if manifest.get("entry") == "pvh" else "vmlinuz"),
+                 kernel=final / (VMLINUX if pvh else "vmlinuz"),
+                 packaged=final / "vmlinuz" if pvh else None,
                  initrd=final / "initramfs.cpio.gz",
                  modules=final / "modules", manifest=manifest,
                  kernel_release=manifest["kernel_release"], append=recipe.append,

@@ -294,3 +294,22 @@ def test_concurrent_builds_assemble_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert leftovers == []
     manifest = json.loads((first.dir / "manifest.json").read_text())
     assert set(manifest["files"]) == {"vmlinuz", "initramfs.cpio.gz", "slat-workload"}
+
+
+def test_a_five_level_machine_boots_the_packaged_bzimage(tmp_path: Path) -> None:
+    """Linux's PVH entry starts in 4-level paging: an LA57 machine (``-cpu max``) gets the
+    bzImage, whose decompressor switches to 5 levels; other machines get vmlinux."""
+    from harness.arch import x86_la57
+    from harness.images.build import Image
+    from harness.machines.base import KernelBoot
+    image = Image(name="linux-amd64", arch="x86_64", dir=tmp_path, kernel=tmp_path / "vmlinux",
+                  initrd=tmp_path / "i", modules=tmp_path, manifest={"entry": "pvh"},
+                  append="console=ttyS0", packaged=tmp_path / "vmlinuz")
+    for cpu, kernel in (("max,-la57", "vmlinux"), ("max,phys-bits=52", "vmlinuz")):
+        spec = image.boot_spec("quiet", x86_la57(cpu))
+        assert isinstance(spec, KernelBoot) and spec.kernel.name == kernel
+        assert spec.append == "console=ttyS0 quiet"
+    no_pvh = Image(name="x", arch="x86_64", dir=tmp_path, kernel=tmp_path / "vmlinuz",
+                   initrd=tmp_path / "i", modules=tmp_path, manifest={})
+    spec = no_pvh.boot_spec("", five_level=True)
+    assert isinstance(spec, KernelBoot) and spec.kernel.name == "vmlinuz"
