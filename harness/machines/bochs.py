@@ -54,7 +54,6 @@ import re
 import shlex
 import shutil
 import signal
-import tempfile
 import time
 import tty
 from collections.abc import Iterator, Mapping
@@ -71,6 +70,7 @@ from harness.machines.bochs_debugger import BochsDebugger, BochsTarget
 from harness.machines.direct_map import find_direct_map
 from harness.machines.rfb import RfbClient
 from harness.mem import PhysMem
+from harness.scratch import private_dir
 from harness.target import PhysView, Target
 
 __all__ = ["BochsMachine", "BochsLaunchError", "bochsrc", "bochsrc_cpu", "bochs_model",
@@ -309,8 +309,7 @@ class BochsMachine:
             raise InfraError(f"{BOCHS} is not installed (apt-get install bochs bochsbios "
                              "vgabios)")
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix=f"slc-bochs-{self.name[:16]}-"))
-        os.chmod(self._dir, 0o700)
+        self._dir = private_dir(f"bochs-{self.name}")   # swept by a later run if killed
         self._master, self._slave = os.openpty()
         tty.setraw(self._master)
         tty.setraw(self._slave)

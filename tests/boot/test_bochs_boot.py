@@ -91,8 +91,14 @@ CHILD = textwrap.dedent("""
 
 
 def test_bochs_dies_with_a_killed_harness(tmp_path: Path) -> None:
+    """Bochs dies with its harness; the private directory the killed harness could not
+    remove is a scratch directory that the next run's sweep removes."""
+    from harness.scratch import sweep_stale
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                             env={**os.environ, "TMPDIR": str(scratch)})
     try:
         line = child.stdout.readline()  # type: ignore[union-attr]
         pid = int(line)
@@ -101,6 +107,9 @@ def test_bochs_dies_with_a_killed_harness(tmp_path: Path) -> None:
         child.kill()
         child.wait()
     assert wait_gone([pid]) == []                             # PR_SET_PDEATHSIG
+    [left] = scratch.iterdir()
+    assert left.name.startswith("slc-bochs-orphan")
+    assert sweep_stale(scratch) == [left] and not left.exists()
 
 
 # -- KVM's EPT on the live L1 -------------------------------------------------------------
