@@ -84,6 +84,9 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
     (ctx.run_dir / "console.log").touch()   # there from the start, even if stopped early
     cold = factory(config)            # not launched yet: it says what a state depends on
     warm = _warm_state(ctx, cold)
+    if warm is not None and (damage := warm.damage()) is not None:
+        _fall_back(ctx, warm, f"the saved state {warm.dir.name} is damaged: {damage}",
+                   if_damaged=True)
     if warm is None or not warm.ready() or not _start_warm(ctx, factory, config, warm,
                                                            boot_timeout):
         _start_cold(ctx, cold, boot_timeout)
@@ -165,10 +168,7 @@ def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
             warm.remember(KEEPS_RUNNING, boot_id, True)
     except SlatcheckError as exc:
         attempt.close()
-        note = f"warm start from {warm.dir.name} failed ({str(exc)[:200]}); booting cold"
-        ctx.progress(note)
-        ctx.properties["machine.warm_fallback"] = note
-        warm.discard()
+        _fall_back(ctx, warm, f"warm start from {warm.dir.name} failed: {_why(ctx, exc)}")
         return False
     except BaseException:
         attempt.close()
@@ -178,8 +178,34 @@ def _start_warm(ctx: RunContext, factory: MachineFactory, config: MachineConfig,
     ctx.attach_console(console)
     ctx.properties["machine.start"] = "warm"
     ctx.properties["machine.state"] = warm.dir.name
+    ctx.progress(f"started from the saved machine {warm.dir.name} (a warm start; --cold "
+                 "boots instead)")
     warm.touch()
     return True
+
+
+WARM_STDERR = "warm-start.stderr"    # the failed restore's emulator stderr, kept
+
+
+def _why(ctx: RunContext, exc: SlatcheckError) -> str:
+    """The failure's first line, and the emulator's last stderr line, which the cold
+    boot would overwrite: that file is kept as WARM_STDERR."""
+    why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    stderr = ctx.run_dir / "qemu.stderr"
+    if stderr.is_file() and stderr.stat().st_size:
+        kept = stderr.replace(ctx.run_dir / WARM_STDERR)
+        lines = [ln for ln in kept.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            why += f" (emulator: {lines[-1][:300]}; all in {WARM_STDERR})"
+    return why
+
+
+def _fall_back(ctx: RunContext, warm: WarmState, why: str, if_damaged: bool = False) -> None:
+    """Say why the saved state is not used, drop it, and let the run boot cold."""
+    note = f"{why}; booting cold"
+    ctx.progress(note)
+    ctx.properties["machine.warm_fallback"] = note
+    warm.discard(if_damaged)
 
 
 def _save_warm(ctx: RunContext, warm: WarmState) -> None:

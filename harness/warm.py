@@ -115,6 +115,21 @@ class WarmState:
             return None
         return meta
 
+    def damage(self) -> str | None:
+        """Why a state whose meta data is there cannot be used (None: fine, or none saved)."""
+        try:
+            meta = json.loads((self.dir / META).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return f"its {META} is unreadable ({exc})"
+        size = _size(self.state)
+        if not isinstance(meta, dict) or meta.get("inputs") != dict(self.inputs):
+            return f"its {META} is not of this key"
+        if meta.get("size") != size or size == 0:
+            return f"{STATE} holds {size} bytes, {meta.get('size')} were saved"
+        return None
+
     def ready(self) -> bool:
         """Whether a complete state is there to start from."""
         return self.meta() is not None
@@ -167,9 +182,13 @@ class WarmState:
         except OSError:
             return 0.0
 
-    def discard(self) -> None:
-        """Remove a broken or stale state (readers keep their open copy)."""
+    def discard(self, if_damaged: bool = False) -> None:
+        """Remove a broken or stale state (readers keep their open copy); with
+        *if_damaged*, only if it still is once the lock is held (a save may have just
+        finished)."""
         with self._locked(wait=True):
+            if if_damaged and self.damage() is None:
+                return
             (self.dir / META).unlink(missing_ok=True)
             _remove(self.state)
             for old in self.dir.glob("*.json"):

@@ -4,6 +4,7 @@ saving is safe under concurrency; type answers are recorded per image."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import threading
@@ -143,7 +144,10 @@ class _Unloadable(FakeMachine):
     def __enter__(self) -> FakeMachine:
         inc = self.config.incoming
         if inc is not None and not inc.read_bytes().startswith(b"fake machine state"):
-            raise InfraError("load of migration failed: Invalid argument")
+            (self.config.artifacts / "qemu.stderr").write_text(
+                "qemu-system-x86_64: Unknown savevm section\n"
+                "qemu-system-x86_64: load of migration failed: Invalid argument\n\n")
+            raise InfraError("QEMU launch failed: QMP connect failed\ncommand: qemu ...")
         return super().__enter__()
 
 
@@ -153,6 +157,7 @@ def _unloadable(m: FakeMachine) -> FakeMachine:
 
 
 def test_a_state_that_does_not_load_is_dropped_and_the_run_boots_cold(tmp_path: Path) -> None:
+    from harness import steps
     world = FakeWorld()
     services = world.services(tmp_path)
     machines: Registry[object] = Registry("machine backend")
@@ -165,7 +170,12 @@ def test_a_state_that_does_not_load_is_dropped_and_the_run_boots_cold(tmp_path: 
     state.write_bytes(b"X" * state.stat().st_size)           # same size, not a state
     res = run_scenario(sc, tmp_path / "b", services=services)
     assert res.verdict == "pass", res.message
-    assert "load of migration failed" in res.properties["machine.warm_fallback"]
+    note = res.properties["machine.warm_fallback"]
+    assert "failed: QEMU launch failed: QMP connect failed (emulator: qemu-system-x86_64: " \
+        "load of migration failed: Invalid argument; all in warm-start.stderr)" in note
+    assert "command:" not in note                               # the first line only
+    [kept] = (tmp_path / "b").rglob(steps.WARM_STDERR)        # not overwritten by the boot
+    assert "Unknown savevm section" in kept.read_text()
     assert res.provenance["machine"]["start"] == "cold"
     assert state.read_bytes().startswith(b"fake machine state")   # replaced by a good one
 
@@ -176,10 +186,30 @@ def test_a_truncated_state_is_not_used(tmp_path: Path) -> None:
     sc = scenario(tmp_path)
     run_scenario(sc, tmp_path / "a", services=services)
     [state] = states(tmp_path)
-    state.write_bytes(state.read_bytes()[:5])                 # an interrupted copy
+    saved = state.read_bytes()
+    state.write_bytes(saved[:5])                              # an interrupted copy
     res = run_scenario(sc, tmp_path / "b", services=services)
-    assert res.provenance["machine"]["start"] == "cold"
-    assert "machine.warm_fallback" not in res.properties      # never tried
+    assert res.verdict == "pass", res.message
+    assert res.provenance["machine"]["start"] == "cold"      # never tried, but said why
+    note = res.properties["machine.warm_fallback"]
+    assert "is damaged: state.bin holds 5 bytes" in note and f"{len(saved)} were saved" in note
+    assert state.read_bytes() == saved                        # saved anew by the cold boot
+
+
+def test_a_damaged_state_that_a_save_just_repaired_is_kept(tmp_path: Path) -> None:
+    """The fallback drops a damaged state under the lock, and only if it still is."""
+    world = FakeWorld()
+    services = world.services(tmp_path)
+    run_scenario(scenario(tmp_path), tmp_path / "a", services=services)
+    [state] = states(tmp_path)
+    warm = WarmState(state.parent, json.loads((state.parent / "meta.json").read_text())["inputs"])
+    assert warm.damage() is None and warm.ready()
+    warm.discard(if_damaged=True)                             # repaired meanwhile: kept
+    assert warm.ready()
+    state.write_bytes(b"x")
+    assert "holds 1 bytes" in str(warm.damage())
+    warm.discard(if_damaged=True)
+    assert not warm.ready() and warm.damage() is None and not state.exists()
 
 
 def image(tmp_path: Path, files: dict[str, str]) -> Image:
