@@ -5,7 +5,7 @@ Run:  python benchmarks/bench_pytest.py [SCENARIO ...] [--cold]
 Runs the scenario files (default: four x86 scenarios of the boot tier) as pytest
 items once with ``-n 1`` and once with ``-n 2``, warm (a warm-up run first saves
 the machine state) or with ``--cold``; prints wall times, scenarios per second
-and the ratio of the two throughputs (the issue's target: ``-n 2`` >= 1.8x ``-n 1``
+and the ratio of the two throughputs (the README's target: ``-n 2`` >= 1.8x ``-n 1``
 on cold boots, which are CPU bound; warm runs are short and the ratio says how
 much two workers still overlap).  Figures, not assertions.
 """

@@ -172,7 +172,8 @@ def main() -> int:
     print(f"{'reader':<22} {'8-byte read':>12} {'bulk':>12}   ({args.size} MiB, median of "
           f"{runs})")
     for name, (lat, bw) in rows.items():
-        print(f"{name:<22} {lat * 1e6:9.1f} us {bw / 1e6:8.1f} MB/s")
+        small_read = "        - " if lat != lat else f"{lat * 1e6:9.1f} us"   # NaN: no small read
+        print(f"{name:<22} {small_read} {bw / 1e6:8.1f} MB/s")
     h_lat, h_bw = rows["harness RSP target"]
     p_bw, g_bw = rows["plain RSP client"][1], rows["gdb (GDB/MI)"][1]
     print(f"harness bulk / plain client: {h_bw / p_bw:.2f} (target >= {BULK_TARGET:.2f}: "

@@ -95,7 +95,9 @@ def _hint(word: str, choices: list[str]) -> str:
 def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """The most specific error behind a oneOf/anyOf (the branch that got furthest)."""
     while err.validator in ("oneOf", "anyOf") and err.context:
-        best = jsonschema.exceptions.best_match(err.context)
+        # a branch whose type fits the value says more than one that wants another type
+        fitting = [e for e in err.context if e.validator != "type"] or err.context
+        best = jsonschema.exceptions.best_match(fitting)
         if best is None or best is err:
             break
         err = best
@@ -125,6 +127,8 @@ def _schema_error(errs: _Errors, err: jsonschema.ValidationError) -> None:
                  f"{_hint(err.instance, choices)}", *at)
     elif err.validator in ("minProperties", "maxProperties") and _one_of_keys(err):
         errs.add(f"name exactly one of: {', '.join(_one_of_keys(err))}", *at)
+    elif err.validator == "pattern" and "description" in _schema_dict(err):
+        errs.add(f"{err.instance!r} is not {_schema_dict(err)['description']}", *at)
     elif err.validator == "pattern":
         errs.add(f"{err.instance!r} is not allowed here (must match {err.validator_value})", *at)
     else:

@@ -77,6 +77,15 @@ def test_wrong_type_names_field(tmp_path: Path) -> None:
     assert (err.line, err.field) == (10, "steps.2.check.vms")
 
 
+def test_a_bad_size_string_says_what_a_size_is(tmp_path: Path) -> None:
+    """A string that is not a size is told what sizes look like, not that an integer
+    was wanted (the size is an integer or a string: the string branch is the one meant)."""
+    err = error_of(tmp_path, GOOD.replace("size: 64K}", "size: 64X}"))
+    assert err.field == "steps.1.workload.slots.0.size"
+    assert "'64X' is not a size" in str(err) and "64K, 1G" in str(err)
+    assert "integer" not in str(err)
+
+
 def test_a_float_is_not_an_integer(tmp_path: Path) -> None:
     err = error_of(tmp_path, GOOD.replace("{gpa: 0x1000, access: w}", "{gpa: 4096.0, access: w}"))
     assert err.field == "steps.1.workload.touch.0.gpa"
