@@ -89,6 +89,10 @@ def step_boot(ctx: RunContext, step: BootStep) -> None:
                    if_damaged=True)
     if warm is None or not warm.ready() or not _start_warm(ctx, factory, config, warm,
                                                            boot_timeout):
+        why = ctx.properties.get("machine.start") or (
+            "cold (the saved machine was not usable)" if "machine.warm_fallback" in
+            ctx.properties else "cold (no saved machine yet)")
+        ctx.progress(f"booting {image.name} {why}")
         _start_cold(ctx, cold, boot_timeout)
         if warm is not None:
             _save_warm(ctx, warm)

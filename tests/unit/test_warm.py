@@ -35,12 +35,16 @@ def test_cold_boot_saves_and_the_next_run_starts_warm(tmp_path: Path) -> None:
     world = FakeWorld()
     services = world.services(tmp_path)
     sc = scenario(tmp_path)
-    first = run_scenario(sc, tmp_path / "a", services=services)
+    said: list[str] = []
+    first = run_scenario(sc, tmp_path / "a", said.append, services=services)
     assert first.verdict == "pass", first.message
     assert first.provenance["machine"]["start"] == "cold"
+    assert any("cold (no saved machine yet)" in line for line in said)    # said on the console
     [state] = states(tmp_path)
     assert world.machines[0].saved and state.read_bytes().startswith(b"fake machine state")
-    second = run_scenario(sc, tmp_path / "b", services=services)
+    said.clear()
+    second = run_scenario(sc, tmp_path / "b", said.append, services=services)
+    assert any(f"started from the saved machine {state.parent.name}" in line for line in said)
     assert second.verdict == "pass", second.message
     assert second.provenance["machine"]["start"] == "warm"
     assert second.provenance["machine"]["state"] == state.parent.name
