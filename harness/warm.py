@@ -103,32 +103,32 @@ class WarmState:
     def state(self) -> Path:
         return self.dir / STATE
 
-    def meta(self) -> dict[str, Any] | None:
-        """The recorded meta data of a complete state, or None."""
-        try:
-            meta = json.loads((self.dir / META).read_text())
-            size = _size(self.state)
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("size") != size or size == 0 \
-                or meta.get("inputs") != dict(self.inputs):
-            return None
-        return meta
-
-    def damage(self) -> str | None:
-        """Why a state whose meta data is there cannot be used (None: fine, or none saved)."""
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The meta data of a complete state, or why the saved one cannot be used
+        ((None, None): nothing saved)."""
         try:
             meta = json.loads((self.dir / META).read_text())
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, ValueError) as exc:
-            return f"its {META} is unreadable ({exc})"
-        size = _size(self.state)
+            return None, f"its {META} is unreadable ({exc})"
         if not isinstance(meta, dict) or meta.get("inputs") != dict(self.inputs):
-            return f"its {META} is not of this key"
+            return None, f"its {META} is not of this key"
+        try:
+            size = _size(self.state)
+        except OSError as exc:
+            return None, f"its {STATE} is unreadable ({exc})"
         if meta.get("size") != size or size == 0:
-            return f"{STATE} holds {size} bytes, {meta.get('size')} were saved"
-        return None
+            return None, f"{STATE} holds {size} bytes, {meta.get('size')} were saved"
+        return meta, None
+
+    def meta(self) -> dict[str, Any] | None:
+        """The recorded meta data of a complete state, or None."""
+        return self._read()[0]
+
+    def damage(self) -> str | None:
+        """Why a state whose meta data is there cannot be used (None: fine, or none saved)."""
+        return self._read()[1]
 
     def ready(self) -> bool:
         """Whether a complete state is there to start from."""

@@ -212,6 +212,9 @@ def test_a_damaged_state_that_a_save_just_repaired_is_kept(tmp_path: Path) -> No
     assert warm.ready()
     state.write_bytes(b"x")
     assert "holds 1 bytes" in str(warm.damage())
+    state.unlink()                                            # meta data, but no state
+    assert "state.bin is unreadable" in str(warm.damage()) and not warm.ready()
+    state.write_bytes(b"x")
     warm.discard(if_damaged=True)
     assert not warm.ready() and warm.damage() is None and not state.exists()
 
