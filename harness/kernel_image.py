@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 
 from harness.errors import InfraError
 
-__all__ = ["extract_vmlinux", "pvh_entry", "btf_section", "kernel_btf", "raw_image_btf",
+__all__ = ["extract_vmlinux", "boot_elf", "pvh_entry", "btf_section", "kernel_btf", "raw_image_btf",
            "ELF_MAGIC", "PAYLOAD_MAGICS", "ARM64_IMAGE_MAGIC", "BTF_MAGIC"]
 
 ELF_MAGIC = b"\x7fELF"
@@ -201,8 +201,13 @@ def raw_image_btf(image: bytes) -> bytes:
     return max(found, key=len)
 
 
+def boot_elf(vmlinuz: bytes) -> bytes | None:
+    """The ELF vmlinux of a kernel file (a bzImage's payload, or the ELF itself); None
+    for a raw arm64 Image, which has no ELF inside."""
+    return None if vmlinuz[0x38:0x3C] == ARM64_IMAGE_MAGIC else extract_vmlinux(vmlinuz)
+
+
 def kernel_btf(vmlinuz: bytes) -> bytes:
     """vmlinux's ``.BTF`` from a distribution kernel file: bzImage, ELF or raw arm64 Image."""
-    if vmlinuz[0x38:0x3C] == ARM64_IMAGE_MAGIC:
-        return raw_image_btf(vmlinuz)
-    return btf_section(extract_vmlinux(vmlinuz))
+    elf = boot_elf(vmlinuz)
+    return raw_image_btf(vmlinuz) if elf is None else btf_section(elf)

@@ -47,7 +47,7 @@ from harness.images.kernel import (
     unpack_deb,
 )
 from harness.images.recipe import WORKLOAD_DIR, KernelSource, Recipe, load_recipe
-from harness.kernel_image import btf_section, extract_vmlinux, kernel_btf, pvh_entry
+from harness.kernel_image import boot_elf, btf_section, extract_vmlinux, pvh_entry, raw_image_btf
 from harness.machines.base import BootSpec, CdromBoot, DiskBoot, KernelBoot
 
 __all__ = ["BUILDER_VERSION", "Image", "cache_root", "image_hash", "build_image"]
@@ -208,12 +208,14 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copyfile(path, dst / rel)
 
 
-def _write_entry(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> str:
+def _write_entry(recipe: Recipe, out: Path, progress: Callable[[str], None],
+                 elf: bytes | None = None) -> str:
     """How QEMU will enter the kernel: for ``entry: pvh`` write the uncompressed
-    ``vmlinux`` when it has a PVH entry, else say why the boot image is used."""
+    ``vmlinux`` (*elf*, if the boot image was already decompressed) when it has a PVH
+    entry, else say why the boot image is used."""
     if recipe.entry != "pvh":
         return "image"
-    vmlinux = extract_vmlinux((out / "vmlinuz").read_bytes())
+    vmlinux = elf if elf is not None else extract_vmlinux((out / "vmlinuz").read_bytes())
     if pvh_entry(vmlinux) is None:
         progress("the kernel has no PVH entry (CONFIG_PVH): booting its compressed image")
         return "image"
@@ -221,19 +223,25 @@ def _write_entry(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> 
     return "pvh"
 
 
-def _vmlinux_btf(files: KernelFiles, out: Path) -> None:
+def _vmlinux_btf(files: KernelFiles, out: Path) -> bytes | None:
     """``vmlinux.btf`` (the types) from the kernel's vmlinux or boot image; a kernel
-    without BTF is refused here, before anything boots."""
+    without BTF is refused here, before anything boots.  Returns the boot image's
+    uncompressed ELF when it was read from it (None: the tree's vmlinux, an arm64
+    Image), so that it is decompressed once."""
+    elf = None
     try:
         if files.vmlinux is not None:
             btf = btf_section(files.vmlinux.read_bytes())
         else:
-            btf = kernel_btf(files.boot_image.read_bytes())
+            image = files.boot_image.read_bytes()
+            elf = boot_elf(image)
+            btf = raw_image_btf(image) if elf is None else btf_section(elf)
     except InfraError as exc:
         where = files.vmlinux or files.boot_image
         raise KernelRefused(f"kernel {where} carries no BTF (CONFIG_DEBUG_INFO_BTF): "
                             f"{exc}") from exc
     (out / "vmlinux.btf").write_bytes(btf)
+    return elf
 
 
 def _install_modules(recipe: Recipe, files: KernelFiles, work: Path, out: Path,
@@ -294,9 +302,9 @@ def _assemble(recipe: Recipe, root: Path, work: Path, out: Path,
     progress("unpacking")
     roots = [_unpack(pkg, work / "root") for pkg in packages]
     shutil.copyfile(files.boot_image, out / "vmlinuz")
-    entry = _write_entry(recipe, out, progress)
     (out / "config").write_text(files.config)
-    _vmlinux_btf(files, out)
+    elf = _vmlinux_btf(files, out)
+    entry = _write_entry(recipe, out, progress, elf)
     (out / "modules").mkdir()
     modules, modules_dep = _install_modules(recipe, files, work, out, progress)
     _compile_workload(recipe, out / "slat-workload", progress)

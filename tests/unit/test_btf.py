@@ -322,3 +322,24 @@ def test_a_bad_entry_names_the_recipe_and_the_choices(extra: str, error: str) ->
     assert parse_recipe(text, "r.yaml").entry == "image"
     with pytest.raises(InfraError, match=f"r.yaml: {error}"):
         parse_recipe(text + extra, "r.yaml")
+
+
+def test_the_boot_image_is_decompressed_once_and_a_kernel_without_btf_is_refused(
+        tmp_path: Path) -> None:
+    """The builder reads the types from the decompressed boot image and hands that ELF on
+    to the PVH entry (one decompression); a kernel without BTF is refused (a scenario
+    error, KernelRefused), before any entry is written."""
+    from harness.images import build as build_mod
+    from harness.images.kernel import KernelFiles, KernelRefused
+    b = BtfBuilder()
+    b.struct("kvm", 8, [])
+    elf = _elf_with_btf(tmp_path, b.encode())
+    for name, payload in (("with", elf), ("without", _executable(tmp_path, _note("Xen", 6, 1)))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vmlinuz").write_bytes(b"MZ" + bytes(0x200) + gzip.compress(payload))
+    files = KernelFiles("boot-image", tmp_path / "with" / "vmlinuz", "6.1", "", None, None, {})
+    assert build_mod._vmlinux_btf(files, tmp_path / "with") == elf
+    assert Btf.load((tmp_path / "with" / "vmlinux.btf").read_bytes()).sizeof("struct kvm") == 8
+    bad = KernelFiles("boot-image", tmp_path / "without" / "vmlinuz", "6.1", "", None, None, {})
+    with pytest.raises(KernelRefused, match="carries no BTF"):
+        build_mod._vmlinux_btf(bad, tmp_path / "without")
